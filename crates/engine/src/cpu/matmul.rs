@@ -1,0 +1,238 @@
+//! `out[m, n] = x[m, k] · Wᵀ` for a weight matrix `W[n, k]` in any stored precision.
+//!
+//! Two regimes. Few rows (decode): each output feature's weight row is dequantized once into L1 and dotted with every
+//! input row — memory traffic is the stored weight size, the bound that matters for batch-1 decode. Many rows
+//! (prefill, large decode batches): panels of weight rows are dequantized into a per-thread buffer sized for L2 and
+//! multiplied with the `gemm` crate's register-blocked kernels. Work is split over output features with rayon, so
+//! threads write disjoint columns of `out`.
+
+use rayon::prelude::*;
+
+use crate::weights::Matrix;
+
+/// At or below this many input rows the row-dot kernel beats dequantize-then-GEMM.
+const ROW_DOT_MAX_M: usize = 4;
+/// Weight rows dequantized per GEMM panel: 64 rows × 576 f32 ≈ 147 KB stays in L2.
+const PANEL_BYTES: usize = 160 * 1024;
+
+/// A raw pointer that may cross threads; every user writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only to hand disjoint output regions to rayon tasks; see each use.
+#[allow(unsafe_code)]
+unsafe impl Send for SyncPtr {}
+#[allow(unsafe_code)]
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// Going through a method makes closures capture the whole wrapper (edition 2021 captures fields otherwise).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), m * k, "matmul input shape");
+    assert_eq!(out.len(), m * n, "matmul output shape");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if let Some(dense) = w.as_f32() {
+        gemm_f32(m, n, k, x, dense, out, true);
+    } else if m <= ROW_DOT_MAX_M {
+        row_dot(x, m, w, out);
+    } else {
+        panel_gemm(x, m, w, out);
+    }
+}
+
+fn row_dot(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    let rows_per_task = (n / (rayon::current_num_threads() * 8)).clamp(16, 256);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    (0..n.div_ceil(rows_per_task)).into_par_iter().for_each_init(
+        || vec![0.0f32; rows_per_task * k],
+        |buf, task| {
+            let r0 = task * rows_per_task;
+            let r1 = (r0 + rows_per_task).min(n);
+            let rows = &mut buf[..(r1 - r0) * k];
+            w.dequantize_rows(r0, rows);
+            for (r, wrow) in (r0..r1).zip(rows.chunks_exact(k)) {
+                for i in 0..m {
+                    let v = dot(&x[i * k..(i + 1) * k], wrow);
+                    // SAFETY: element (i, r) lies inside `out` (i < m, r < n) and each r belongs to one task only.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        *out_ptr.get().add(i * n + r) = v;
+                    }
+                }
+            }
+        },
+    );
+}
+
+fn panel_gemm(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    let panel_rows = (PANEL_BYTES / (4 * k)).clamp(8, 256);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    (0..n.div_ceil(panel_rows)).into_par_iter().for_each_init(
+        || vec![0.0f32; panel_rows * k],
+        |buf, task| {
+            let r0 = task * panel_rows;
+            let r1 = (r0 + panel_rows).min(n);
+            let panel = &mut buf[..(r1 - r0) * k];
+            w.dequantize_rows(r0, panel);
+            // SAFETY: dst covers columns r0..r1 of every output row (row stride n) — inside `out` and disjoint from
+            // other tasks' columns; lhs is x [m, k] row-major; rhs is the panel read as [k, r1 - r0] (column stride
+            // k). All pointers are valid for the extents gemm reads and writes.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemm::gemm(
+                    m,
+                    r1 - r0,
+                    k,
+                    out_ptr.get().add(r0),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    panel.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        },
+    );
+}
+
+/// `out[m, n] = a[m, k] · b[n, k]ᵀ` with both operands dense f32 and row-major.
+pub fn gemm_f32(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], out: &mut [f32], parallel: bool) {
+    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n, "gemm_f32 shapes");
+    let parallelism = if parallel && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every extent gemm touches: dst [m, n] (row stride n), lhs [m, k] (row stride
+    // k), rhs read as [k, n] with column stride k.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// A read-only strided view of a row-major-or-transposed f32 matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl MatRef<'_> {
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `out[m, n] = scale · a[m, k] · b[k, n]` on strided views, single-threaded (callers parallelise outside).
+pub fn gemm_strided(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], out_row_stride: usize, scale: f32) {
+    assert!(a.covers(m, k) && b.covers(k, n), "gemm_strided operand shapes");
+    assert!(m == 0 || n == 0 || (m - 1) * out_row_stride + n <= out.len(), "gemm_strided output shape");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the asserts above prove every element gemm reads (a: m×k, b: k×n at their strides) and writes
+    // (out: m×n at row stride `out_row_stride`, column stride 1) lies inside the slices.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_row_stride as isize,
+            false,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Dot product with eight independent accumulators so the compiler can keep a vector register per lane.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for (checked just above).
+            #[allow(unsafe_code)]
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks_a = a.chunks_exact(16);
+    let chunks_b = b.chunks_exact(16);
+    let tail: f32 = chunks_a.remainder().iter().zip(chunks_b.remainder()).map(|(x, y)| x * y).sum();
+    for (ca, cb) in chunks_a.zip(chunks_b) {
+        for l in 0..16 {
+            acc[l] = ca[l].mul_add(cb[l], acc[l]);
+        }
+    }
+    let mut s = 0.0;
+    for v in acc {
+        s += v;
+    }
+    s + tail
+}

@@ -1,0 +1,5 @@
+//! The CPU backend's kernels: f32 math, multi-threaded with rayon, vectorised by the compiler and `gemm`.
+
+pub mod attention;
+pub mod matmul;
+pub mod ops;

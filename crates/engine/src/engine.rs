@@ -1,0 +1,282 @@
+//! The engine thread: one OS thread owns the model, the KV cache and the scheduler, and runs steps while there is
+//! work. Everything else talks to it through an `Engine` handle — submit, abort, stats — over channels.
+//!
+//! A `GenerationStream` is the only way to read a request's output, and dropping it aborts the request, so a client
+//! that goes away frees its KV blocks at the next step. Compute runs on this thread (and rayon's pool), never on an
+//! async runtime's workers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use cleave_tokens::Tokenizer;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::EngineError;
+use crate::kv::KvCache;
+use crate::model::LlamaModel;
+use crate::sampling::{ModelLimits, SamplingSpec};
+use crate::scheduler::{NewRequest, RequestId, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub scheduler: SchedulerConfig,
+    /// Memory for the KV cache; divided into blocks of `scheduler.block_size` tokens.
+    pub kv_cache_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { scheduler: SchedulerConfig::default(), kv_cache_bytes: 512 << 20 }
+    }
+}
+
+type OutputSender = mpsc::UnboundedSender<Result<SeqOutput, EngineError>>;
+
+enum Command {
+    Submit { req: NewRequest, tx: OutputSender },
+    Abort(RequestId),
+    Stats(oneshot::Sender<SchedulerStats>),
+    Shutdown,
+}
+
+/// Handle to a running engine. Dropping it stops the engine thread after its current step.
+#[derive(Debug)]
+pub struct Engine {
+    commands: mpsc::UnboundedSender<Command>,
+    thread: Option<JoinHandle<()>>,
+    next_id: AtomicU64,
+    limits: ModelLimits,
+    tokenizer: Arc<Tokenizer>,
+    kv_blocks: usize,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Submit { req, .. } => write!(f, "Submit({})", req.id),
+            Command::Abort(id) => write!(f, "Abort({id})"),
+            Command::Stats(_) => write!(f, "Stats"),
+            Command::Shutdown => write!(f, "Shutdown"),
+        }
+    }
+}
+
+impl Engine {
+    /// Allocates the KV cache and starts the engine thread.
+    pub fn start(model: LlamaModel, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Engine, EngineError> {
+        let block_size = config.scheduler.block_size;
+        if block_size == 0 {
+            return Err(EngineError::invalid("block_size", "must be at least 1"));
+        }
+        let bytes_per_block = model.kv_shape(1, block_size).bytes_per_token() * block_size;
+        let kv_blocks = config.kv_cache_bytes / bytes_per_block;
+        if kv_blocks == 0 {
+            return Err(EngineError::invalid(
+                "kv_cache_bytes",
+                format!("{} bytes hold no {block_size}-token block ({bytes_per_block} bytes)", config.kv_cache_bytes),
+            ));
+        }
+        let limits = ModelLimits { max_context: model.config().max_context, vocab_size: model.config().vocab_size };
+        let (commands, rx) = mpsc::unbounded_channel();
+        let scheduler = Scheduler::new(config.scheduler, kv_blocks, tokenizer.clone(), limits.max_context);
+        let kv = KvCache::new(model.kv_shape(kv_blocks, block_size));
+        let thread = std::thread::Builder::new()
+            .name("cleave-engine".into())
+            .spawn(move || run(model, kv, scheduler, rx))
+            .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
+        Ok(Engine { commands, thread: Some(thread), next_id: AtomicU64::new(1), limits, tokenizer, kv_blocks })
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn limits(&self) -> ModelLimits {
+        self.limits
+    }
+
+    pub fn kv_blocks(&self) -> usize {
+        self.kv_blocks
+    }
+
+    /// Validates and queues a request; its output arrives on the returned stream.
+    pub fn submit(&self, prompt: Vec<u32>, spec: &SamplingSpec, priority: i32) -> Result<GenerationStream, EngineError> {
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.limits.vocab_size) {
+            return Err(EngineError::invalid(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary of {} tokens", self.limits.vocab_size),
+            ));
+        }
+        let sampling = spec.validate(prompt.len(), self.limits)?;
+        let n = sampling.n;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.commands
+            .send(Command::Submit { req: NewRequest { id, prompt, sampling, priority }, tx })
+            .map_err(|_| EngineError::Unavailable)?;
+        Ok(GenerationStream { id, rx, commands: self.commands.clone(), open_choices: n, closed: false })
+    }
+
+    /// Aborts a request by id (its stream, if still held, ends with `Cancelled`).
+    pub fn abort(&self, id: RequestId) {
+        // A stopped engine has nothing left to abort.
+        let _ = self.commands.send(Command::Abort(id));
+    }
+
+    pub async fn stats(&self) -> Result<SchedulerStats, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Stats(tx)).map_err(|_| EngineError::Unavailable)?;
+        rx.await.map_err(|_| EngineError::Unavailable)
+    }
+
+    /// `stats` for callers outside an async runtime.
+    pub fn blocking_stats(&self) -> Result<SchedulerStats, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Stats(tx)).map_err(|_| EngineError::Unavailable)?;
+        rx.blocking_recv().map_err(|_| EngineError::Unavailable)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            // A panicked engine thread has already dropped every stream's sender; nothing more to report here.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The outputs of one request. Dropping it before the request finishes aborts the request.
+#[derive(Debug)]
+pub struct GenerationStream {
+    id: RequestId,
+    rx: mpsc::UnboundedReceiver<Result<SeqOutput, EngineError>>,
+    commands: mpsc::UnboundedSender<Command>,
+    open_choices: u32,
+    closed: bool,
+}
+
+impl GenerationStream {
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The next output; `None` once every choice has finished.
+    pub async fn next(&mut self) -> Option<Result<SeqOutput, EngineError>> {
+        let item = if self.closed { None } else { self.rx.recv().await };
+        self.track(item)
+    }
+
+    /// `next` for callers outside an async runtime.
+    pub fn blocking_next(&mut self) -> Option<Result<SeqOutput, EngineError>> {
+        let item = if self.closed { None } else { self.rx.blocking_recv() };
+        self.track(item)
+    }
+
+    fn track(&mut self, item: Option<Result<SeqOutput, EngineError>>) -> Option<Result<SeqOutput, EngineError>> {
+        match item {
+            Some(Ok(out)) => {
+                if out.finish.is_some() {
+                    self.open_choices = self.open_choices.saturating_sub(1);
+                    self.closed = self.open_choices == 0;
+                }
+                Some(Ok(out))
+            }
+            Some(Err(e)) => {
+                self.closed = true;
+                Some(Err(e))
+            }
+            // The engine went away mid-request: say so once rather than ending the stream as if complete.
+            None if !self.closed => {
+                self.closed = true;
+                Some(Err(EngineError::Unavailable))
+            }
+            None => None,
+        }
+    }
+}
+
+impl Drop for GenerationStream {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.commands.send(Command::Abort(self.id));
+        }
+    }
+}
+
+struct Live {
+    tx: OutputSender,
+    open_choices: u32,
+}
+
+fn run(model: LlamaModel, mut kv: KvCache, mut scheduler: Scheduler, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut live: HashMap<RequestId, Live> = HashMap::new();
+    loop {
+        if !scheduler.has_work() {
+            match rx.blocking_recv() {
+                Some(cmd) => {
+                    if !handle(cmd, &mut scheduler, &mut live) {
+                        return;
+                    }
+                }
+                None => return,
+            }
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            if !handle(cmd, &mut scheduler, &mut live) {
+                return;
+            }
+        }
+        if !scheduler.has_work() {
+            continue;
+        }
+        for out in scheduler.step(&model, &mut kv) {
+            let Some(entry) = live.get_mut(&out.request) else { continue };
+            let request = out.request;
+            let finished = out.finish.is_some();
+            if entry.tx.send(Ok(out)).is_err() {
+                // The receiver is gone: the client left. Free its blocks now.
+                scheduler.abort(request);
+                live.remove(&request);
+                continue;
+            }
+            if finished {
+                entry.open_choices -= 1;
+                if entry.open_choices == 0 {
+                    live.remove(&request);
+                }
+            }
+        }
+    }
+}
+
+/// Applies one command; `false` means shut down.
+fn handle(cmd: Command, scheduler: &mut Scheduler, live: &mut HashMap<RequestId, Live>) -> bool {
+    match cmd {
+        Command::Submit { req, tx } => {
+            let (id, n) = (req.id, req.sampling.n);
+            match scheduler.add(req) {
+                Ok(()) => {
+                    live.insert(id, Live { tx, open_choices: n });
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        }
+        Command::Abort(id) => {
+            scheduler.abort(id);
+            if let Some(entry) = live.remove(&id) {
+                let _ = entry.tx.send(Err(EngineError::Cancelled));
+            }
+        }
+        Command::Stats(reply) => {
+            let _ = reply.send(scheduler.stats());
+        }
+        Command::Shutdown => return false,
+    }
+    true
+}

@@ -1,0 +1,17 @@
+//! cleave's inference engine: Llama-family models on a CPU backend, a paged KV cache with prefix reuse, and a
+//! continuous-batching scheduler owned by one engine thread.
+
+pub mod config;
+pub mod cpu;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use engine::{Engine, EngineConfig, GenerationStream};
+pub use error::{EngineError, ErrorCategory};
+pub use model::{LlamaModel, SeqChunk};

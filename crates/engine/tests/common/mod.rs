@@ -1,0 +1,81 @@
+//! Shared by the engine's integration tests: the real default model and the golden data made by transformers.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cleave_engine::LlamaModel;
+use cleave_tokens::Tokenizer;
+use serde::Deserialize;
+
+/// The default model's GGUF: `$CLEAVE_TEST_GGUF`, else the cache `cleave model pull` fills.
+pub fn model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLEAVE_TEST_GGUF") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("CLEAVE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cleave"));
+    let path = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: run `cleave model pull` first (CI does)", path.display());
+    path
+}
+
+pub fn load_model() -> (LlamaModel, Arc<Tokenizer>) {
+    let (file, model) = LlamaModel::load_gguf(&model_path()).expect("the default model loads");
+    let tokenizer = Tokenizer::from_gguf(&file).expect("the default model's tokenizer builds");
+    (model, Arc::new(tokenizer))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    pub new_tokens: usize,
+    pub prompts: Vec<GoldenPrompt>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenPrompt {
+    pub name: String,
+    pub text: String,
+    pub prompt_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub margins: Vec<f32>,
+    pub messages: Option<Vec<serde_json::Value>>,
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+pub fn golden() -> Golden {
+    let text = std::fs::read_to_string(golden_dir().join("golden.json")).expect("golden.json");
+    serde_json::from_str(&text).expect("golden.json parses")
+}
+
+/// Logits transformers computed at the first generated position.
+pub fn golden_logits(name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(golden_dir().join(format!("logits_{name}.f32"))).expect("golden logits");
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+/// Below this top-1/top-2 logit gap, f32 summation order may legitimately flip a greedy choice.
+pub const NEAR_TIE: f32 = 0.01;
+
+/// Asserts `got` equals the golden greedy ids. A divergence is accepted only at a step whose golden margin is a
+/// near-tie (after which the continuations are unrelated, so comparison stops there).
+pub fn assert_greedy_matches(p: &GoldenPrompt, got: &[u32]) {
+    assert_eq!(got.len(), p.output_ids.len(), "{}: generated {} tokens", p.name, got.len());
+    if let Some(step) = got.iter().zip(&p.output_ids).position(|(a, b)| a != b) {
+        let margin = p.margins[step];
+        assert!(
+            margin < NEAR_TIE,
+            "{}: token {step} is {} but transformers chose {} with a margin of {margin} (not a near-tie)\n got {got:?}\nwant {:?}",
+            p.name,
+            got[step],
+            p.output_ids[step],
+            p.output_ids
+        );
+        eprintln!("{}: diverged at step {step} on a near-tie (margin {margin}); equal before it", p.name);
+    }
+}
