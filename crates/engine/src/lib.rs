@@ -1,11 +1,13 @@
 //! cleave's inference engine: Llama-family models on a CPU backend, a paged KV cache with prefix reuse, and a
 //! continuous-batching scheduler owned by one engine thread.
 
+pub mod bench;
 pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod kv;
+pub mod loader;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;
@@ -14,4 +16,5 @@ pub mod weights;
 pub use config::ModelConfig;
 pub use engine::{Engine, EngineConfig, GenerationStream};
 pub use error::{EngineError, ErrorCategory};
+pub use loader::{ModelFiles, load_model};
 pub use model::{LlamaModel, SeqChunk};

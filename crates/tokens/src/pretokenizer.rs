@@ -1,30 +1,46 @@
-//! Pre-tokenizers of byte-level BPE vocabularies, chosen by `tokenizer.ggml.pre` as llama.cpp chooses them.
+//! Split regexes of byte-level BPE vocabularies, chosen by `tokenizer.ggml.pre` as llama.cpp chooses them.
 //!
 //! A byte-level vocabulary's merges were learned on text cut by a particular regex; encoding with another
 //! cut gives other ids. llama.cpp (`llama-vocab.cpp`) maps each `pre` name to a list of regexes applied in
 //! turn, each one cutting the pieces the previous left (matches and the text between them both become
-//! pieces). This module reproduces that list as a `tokenizers` `Sequence` of `Split(.., Isolated)` followed
-//! by the byte-to-unicode mapping (`ByteLevel` without its own regex).
-//!
+//! pieces). This module holds those lists, each regex in its lookahead-free form for `crate::regex_split`
+//! (the original spellings are kept beside them; the tests check both give the same pieces).
 //! Invariant: an unknown name is an error, never a silent fallback to another split.
-//! Cost: compiling the regexes once per tokenizer (well under a millisecond).
-
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::SplitDelimiterBehavior;
+//! Cost: compiling the regexes once per tokenizer (a few milliseconds).
 
 use crate::error::TokenizerError;
+use crate::regex_split::{Lookahead, PreTokenizer, RegexSplit};
 
-/// GPT-2's split: contractions, letter runs, digit runs, other-symbol runs, whitespace.
-const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// GPT-2's split (llama.cpp's spelling): contractions, letter runs, digit runs, symbol runs, whitespace.
+pub(crate) const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// GPT-2's split as the `tokenizers` crate's ByteLevel spells it.
+pub(crate) const GPT2_BYTE_LEVEL: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub(crate) const GPT2_FAST: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
 
 /// Llama 3's split: case-insensitive contractions, numbers in groups of up to three.
-const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_FAST: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
+/// Llama 3's split as its tokenizer.json spells it.
+pub(crate) const LLAMA3_HF: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_HF_FAST: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
 
 /// Qwen 2's split: Llama 3's with single digits.
-const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_FAST: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
+/// Qwen 2's split as its tokenizer.json spells it.
+pub(crate) const QWEN2_HF: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_HF_FAST: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
+
+/// Each lookahead regex with its fast form: (original, lookahead-free, which matches give a character back).
+pub(crate) const LOOKAHEAD_EQUIVALENTS: &[(&str, &str, Lookahead)] = &[
+    (GPT2, GPT2_FAST, Lookahead::AnyWhitespace),
+    (GPT2_BYTE_LEVEL, GPT2_FAST, Lookahead::AnyWhitespace),
+    (LLAMA3, LLAMA3_FAST, Lookahead::WithoutLineBreaks),
+    (LLAMA3_HF, LLAMA3_HF_FAST, Lookahead::WithoutLineBreaks),
+    (QWEN2, QWEN2_FAST, Lookahead::WithoutLineBreaks),
+    (QWEN2_HF, QWEN2_HF_FAST, Lookahead::WithoutLineBreaks),
+];
 
 /// The `tokenizer.ggml.pre` names accepted, for error messages.
 pub(crate) const KNOWN_PRE_TOKENIZERS: &[&str] = &[
@@ -54,7 +70,7 @@ pub(crate) const KNOWN_PRE_TOKENIZERS: &[&str] = &[
 ];
 
 /// The regexes llama.cpp applies, in order, for the pre-tokenizer `pre` (`None`: the key is absent,
-/// which llama.cpp treats as "default").
+/// which llama.cpp treats as "default"), in their original spelling.
 pub(crate) fn split_regexes(pre: Option<&str>) -> Result<&'static [&'static str], TokenizerError> {
     const DEFAULT: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"];
     const STARCODER: &[&str] = &[r"\p{N}", GPT2];
@@ -84,27 +100,32 @@ pub(crate) fn ignores_merges(pre: Option<&str>) -> bool {
     )
 }
 
-/// The full byte-level pre-tokenizer for `pre`: the regex cuts, then the byte-to-unicode mapping.
-pub(crate) fn byte_level_pre_tokenizer(
-    pre: Option<&str>,
-) -> Result<PreTokenizerWrapper, TokenizerError> {
-    let mut steps = Vec::new();
-    for regex in split_regexes(pre)? {
-        let split = Split::new(
-            SplitPattern::Regex((*regex).to_owned()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|source| TokenizerError::Build {
-            stage: "the pre-tokenizer split regex",
-            source,
-        })?;
-        steps.push(PreTokenizerWrapper::Split(split));
+/// A regex the `regex` crate runs with the same matches as `pattern` under `fancy-regex`: the known
+/// lookahead regexes' fast forms, or the pattern itself when it needs no lookaround or backreference
+/// (`fancy-regex` hands such patterns to the `regex` crate unchanged). `None`: keep `fancy-regex`.
+pub(crate) fn fast_equivalent(pattern: &str) -> Option<(String, Lookahead)> {
+    if let Some((_, fast, lookahead)) = LOOKAHEAD_EQUIVALENTS
+        .iter()
+        .find(|(original, _, _)| *original == pattern)
+    {
+        return Some(((*fast).to_owned(), *lookahead));
     }
-    steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-        false, true, false,
-    )));
-    Ok(PreTokenizerWrapper::Sequence(Sequence::new(steps)))
+    regex::Regex::new(pattern)
+        .ok()
+        .map(|_| (pattern.to_owned(), Lookahead::None))
+}
+
+/// The full byte-level pre-tokenizer for `pre`: the regex cuts, then the byte-to-unicode mapping.
+pub(crate) fn byte_level_pre_tokenizer(pre: Option<&str>) -> Result<PreTokenizer, TokenizerError> {
+    let mut splits = Vec::new();
+    for pattern in split_regexes(pre)? {
+        let (fast, lookahead) = fast_equivalent(pattern).ok_or_else(|| TokenizerError::Build {
+            stage: "a pre-tokenizer split regex",
+            source: format!("no automaton form of {pattern:?}").into(),
+        })?;
+        splits.push(RegexSplit::new(&fast, lookahead)?);
+    }
+    Ok(PreTokenizer::byte_level(splits))
 }
 
 /// GPT-2's reversible byte → printable character table: printable Latin-1 bytes stand for themselves,

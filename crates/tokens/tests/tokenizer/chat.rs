@@ -81,7 +81,7 @@ fn a_template_that_does_not_parse_fails_at_build() {
     let (dir, tokenizer) = with_template("syntax", Some("{% for message in messages %}{{ message.content }}"));
     let error = tokenizer.unwrap_err();
     assert!(matches!(error, TokenizerError::ChatTemplateSyntax(_)), "{error}");
-    assert!(error.to_string().contains("endfor"), "{error}");
+    assert!(error.to_string().contains("syntax error"), "{error}");
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -90,7 +90,8 @@ fn tojson_ensure_ascii_and_special_token_variables() {
     let template = "{{ bos_token }}|{{ eos_token }}|{{ unk_token is defined }}|{{ messages[0].content | tojson(ensure_ascii=True) }}";
     let (dir, tokenizer) = with_template("ascii", Some(template));
     let rendered = tokenizer.unwrap().apply_chat_template(&[ChatMessage::new("user", "é😀<")], false).unwrap();
-    assert_eq!(rendered, r#"<|im_start|>|<|endoftext|>|false|"\u00e9\ud83d\ude00<""#);
+    // Booleans print as Python prints them.
+    assert_eq!(rendered, r#"<|im_start|>|<|endoftext|>|False|"\u00e9\ud83d\ude00<""#);
     fs::remove_dir_all(dir).unwrap();
 }
 

@@ -91,6 +91,6 @@ fn logprobs_are_normalised_and_sorted() {
     assert_eq!(lp.token_id, 1);
     let ids: Vec<u32> = lp.top.iter().map(|x| x.0).collect();
     assert_eq!(ids, vec![1, 3, 0]);
-    let total: f32 = logits.iter().map(|&l| (l - lp.logprob - 2.0).exp()).sum();
+    let total: f32 = logits.iter().map(|&l| (l - 2.0 + lp.logprob).exp()).sum();
     assert!((total - 1.0).abs() < 1e-5, "probabilities sum to {total}");
 }

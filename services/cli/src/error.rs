@@ -1,0 +1,84 @@
+//! The CLI's errors and the exit status each maps to: 2 when what the user typed is wrong (a sampling value out of
+//! range, a model path that is not a model), 1 when a valid request failed (a corrupt file, the network).
+//!
+//! Invariant: every failure reaches `main` as a `CliError`, so the process never ends in a panic and the message
+//! always names the field, file or model at fault. Cost: none.
+
+use std::error::Error as _;
+use std::io;
+
+use cleave_engine::{EngineError, ErrorCategory};
+use cleave_modelstore::ModelStoreError;
+use cleave_tokens::TokenizerError;
+
+/// Exit status for a request that is wrong as typed (clap uses the same for unparsable flags).
+pub const EXIT_INVALID_ARGUMENT: u8 = 2;
+/// Exit status for a valid request that failed.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    ModelStore(#[from] ModelStoreError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(
+        "--model {spec}: synthetic models are not supported by the engine yet; \
+         give a model name, a .gguf file or a model directory"
+    )]
+    SyntheticModel { spec: String },
+    #[error("cannot start {threads} compute threads")]
+    ThreadPool {
+        threads: u16,
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
+    #[error("cannot write to stdout")]
+    Stdout(#[source] io::Error),
+    #[error("cannot encode the output as JSON")]
+    Json(#[from] serde_json::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        let invalid = match self {
+            CliError::Engine(e) => e.category() == ErrorCategory::InvalidArgument,
+            CliError::ModelStore(e) => matches!(
+                e,
+                ModelStoreError::EmptySpec
+                    | ModelStoreError::UnknownModel { .. }
+                    | ModelStoreError::EmptySyntheticShape { .. }
+                    | ModelStoreError::SpecNotFound { .. }
+                    | ModelStoreError::NotAModel { .. }
+                    | ModelStoreError::NotGguf { .. }
+                    | ModelStoreError::IncompleteHfDir { .. }
+            ),
+            CliError::Tokenizer(e) => matches!(e, TokenizerError::NoChatTemplate),
+            CliError::SyntheticModel { .. } => true,
+            CliError::ThreadPool { .. } | CliError::Stdout(_) | CliError::Json(_) => false,
+        };
+        if invalid {
+            EXIT_INVALID_ARGUMENT
+        } else {
+            EXIT_FAILURE
+        }
+    }
+
+    /// The message and its causes on one line. Many errors already quote their source in their own message, so
+    /// a cause is added only when the text so far does not contain it.
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = self.source();
+        while let Some(err) = cause {
+            let line = err.to_string();
+            if !text.contains(&line) {
+                text.push_str(": ");
+                text.push_str(&line);
+            }
+            cause = err.source();
+        }
+        text
+    }
+}
