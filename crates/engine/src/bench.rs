@@ -22,11 +22,12 @@ use crate::scheduler::SchedulerConfig;
 pub const PREFILL_DEFINITION: &str = "time to first token (TTFT: submit to first output) of one request whose \
     prompt is exactly prompt_tokens tokens of English prose, max_tokens 1, prefix caching off; one untimed warm-up \
     run, then `runs` timed runs; tokens/s = prompt_tokens / median TTFT";
-pub const DECODE_DEFINITION: &str = "B requests with distinct decode_prompt_tokens-token prompts, submitted \
-    together, greedy, ignore_eos, max_tokens = decode_tokens; the decode phase runs from the earliest first token \
-    among the B to the latest last token; aggregate tokens/s = tokens generated after each request's first token \
-    (B x (decode_tokens - 1)) / decode-phase time, median over `runs` runs; per-sequence tokens/s = aggregate / B; \
-    ms/step = decode-phase time / (decode_tokens - 1)";
+pub const DECODE_DEFINITION: &str = "B requests with distinct decode_prompt_tokens-token prompts, queued together \
+    while the engine runs a 64-token prefill (so all B are admitted in one step), greedy, ignore_eos, max_tokens = \
+    decode_tokens; the decode phase runs from the earliest first token among the B to the latest last token; \
+    aggregate tokens/s = tokens generated after each request's first token (B x (decode_tokens - 1)) / decode-phase \
+    time, median over `runs` runs; per-sequence tokens/s = aggregate / B; ms/step = decode-phase time / \
+    (decode_tokens - 1)";
 pub const MEMORY_DEFINITION: &str = "peak_rss = VmHWM of /proc/self/status after all runs: the whole process \
     (weights, KV cache, activations, tokenizer, runtime); weights and KV cache bytes are the engine's own \
     allocations, the KV cache sized to fit the largest measurement";
@@ -249,13 +250,14 @@ fn engine_config(config: &BenchConfig, kv_bytes_per_token: usize) -> EngineConfi
     let bs = defaults.block_size;
     let max_batch = config.max_batch();
     let prefill_blocks = (config.prompt_tokens + 1).div_ceil(bs);
-    let decode_blocks = max_batch * (config.decode_prompt_tokens + config.decode_tokens).div_ceil(bs);
+    let decode_blocks = max_batch * (config.decode_prompt_tokens + config.decode_tokens).div_ceil(bs)
+        + (BLOCKER_TOKENS + 1).div_ceil(bs);
     // One spare block per sequence absorbs the scheduler's per-request admission rounding.
-    let blocks = prefill_blocks.max(decode_blocks) + max_batch;
+    let blocks = prefill_blocks.max(decode_blocks) + max_batch + 1;
     EngineConfig {
         scheduler: SchedulerConfig {
             prefix_caching: false,
-            max_running: defaults.max_running.max(max_batch),
+            max_running: defaults.max_running.max(max_batch + 1),
             max_batch_tokens: defaults.max_batch_tokens.max(max_batch),
             ..defaults
         },
@@ -266,8 +268,16 @@ fn engine_config(config: &BenchConfig, kv_bytes_per_token: usize) -> EngineConfi
 /// Step between the start offsets of consecutive decode prompts in the corpus.
 const PROMPT_STRIDE: usize = 7;
 
+/// Prompt length of the request that keeps the engine busy while a decode batch is queued behind it. Without it
+/// the engine wakes on the batch's first request and may start a step before the rest arrive, and the decode
+/// phase would then hold the late requests' prefill.
+const BLOCKER_TOKENS: usize = 64;
+
+/// Time the engine gets to start the blocker's step before the batch is queued; far shorter than that step.
+const BLOCKER_HEAD_START: Duration = Duration::from_millis(5);
+
 fn corpus_len(config: &BenchConfig) -> usize {
-    let prefill = config.prompt_tokens + config.runs + 1;
+    let prefill = config.prompt_tokens.max(BLOCKER_TOKENS) + config.runs + 1;
     let decode = config.decode_prompt_tokens + PROMPT_STRIDE * (config.max_batch() * config.runs + 1);
     prefill.max(decode)
 }
@@ -366,6 +376,8 @@ fn measure_decode(
     let (mut decode_ms, mut rates) = (Vec::with_capacity(config.runs), Vec::with_capacity(config.runs));
     let (mut counted_tokens, mut spread_ms) = (0, 0.0f64);
     for run in 0..config.runs {
+        let blocker = engine.submit(corpus[run..run + BLOCKER_TOKENS].to_vec(), &greedy(1), 0)?;
+        std::thread::sleep(BLOCKER_HEAD_START);
         let streams = (0..batch)
             .map(|i| {
                 let at = PROMPT_STRIDE * (run * batch + i);
@@ -373,6 +385,7 @@ fn measure_decode(
             })
             .collect::<Result<Vec<_>, _>>()?;
         let traces = trace_all(streams)?;
+        trace(blocker)?;
         let (Some(start), Some(latest_first), Some(end)) = (
             traces.iter().map(|t| t.first).min(),
             traces.iter().map(|t| t.first).max(),
@@ -454,12 +467,16 @@ impl fmt::Display for BenchReport {
             p.tokens_per_s
         )?;
         writeln!(f, "decode   {} tokens per request, median of {} runs", self.config.decode_tokens, self.config.runs)?;
-        writeln!(f, "         {:>5}  {:>10}  {:>8}  {:>14}", "batch", "tokens/s", "ms/step", "per-seq tok/s")?;
+        writeln!(
+            f,
+            "         {:>5}  {:>10}  {:>8}  {:>14}  {:>16}",
+            "batch", "tokens/s", "ms/step", "per-seq tok/s", "1st-token spread"
+        )?;
         for d in &self.decode {
             writeln!(
                 f,
-                "         {:>5}  {:>10.1}  {:>8.2}  {:>14.1}",
-                d.batch, d.tokens_per_s, d.ms_per_step, d.per_sequence_tokens_per_s
+                "         {:>5}  {:>10.1}  {:>8.2}  {:>14.1}  {:>13.1} ms",
+                d.batch, d.tokens_per_s, d.ms_per_step, d.per_sequence_tokens_per_s, d.first_token_spread_ms
             )?;
         }
         let mem = &self.memory;

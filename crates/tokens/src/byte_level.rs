@@ -7,13 +7,14 @@
 //! Cost: building is dominated by hashing the vocabulary and merges (~50k each: tens of ms).
 
 use ahash::AHashMap;
-use tokenizers::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{DecoderWrapper, ModelWrapper};
 
 use crate::error::TokenizerError;
 use crate::pretokenizer::{byte_level_pre_tokenizer, byte_to_char_table, ignores_merges};
 use crate::spec::GgufTokenizerSpec;
+use crate::tokenizer::Inner;
 
 /// Where the merges come from, for error messages.
 const MERGES: &str = "tokenizer.ggml.merges";
@@ -43,13 +44,16 @@ impl ByteAlphabet {
         if self.spells(token) {
             token.to_owned()
         } else {
-            token.bytes().map(|byte| self.table[byte as usize]).collect()
+            token
+                .bytes()
+                .map(|byte| self.table[byte as usize])
+                .collect()
         }
     }
 }
 
 /// The byte-level BPE tokenizer the spec describes, without added tokens (see `crate::gguf`).
-pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer, TokenizerError> {
+pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<Inner, TokenizerError> {
     let alphabet = ByteAlphabet::new();
     let mut vocab = AHashMap::with_capacity(spec.tokens.len());
     for (id, token) in spec.tokens.iter().enumerate() {
@@ -70,7 +74,7 @@ pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer, T
             stage: "the BPE model (a merge names a token missing from tokenizer.ggml.tokens?)",
             source,
         })?;
-    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    let mut tokenizer = Inner::new(ModelWrapper::BPE(bpe));
     tokenizer.with_pre_tokenizer(Some(byte_level_pre_tokenizer(spec.pre.as_deref())?));
     tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
     Ok(tokenizer)
@@ -82,7 +86,9 @@ pub(crate) fn parse_merges(stored: &[String]) -> Result<Vec<(String, String)>, T
         .iter()
         .enumerate()
         .map(|(index, merge)| match merge.split_once(' ') {
-            Some((left, right)) if !left.is_empty() && !right.is_empty() && !right.contains(' ') => {
+            Some((left, right))
+                if !left.is_empty() && !right.is_empty() && !right.contains(' ') =>
+            {
                 Ok((left.to_owned(), right.to_owned()))
             }
             _ => Err(TokenizerError::MalformedMerge {

@@ -81,9 +81,16 @@ impl Tokenizer {
 /// The (special, plain) added tokens of the vocabulary, as transformers' `add_gguf_special_tokens` picks
 /// them. In a byte-level vocabulary a token spelled outside the byte alphabet cannot be real text, so
 /// llama.cpp mislabelled it; it is left out rather than matched.
-fn added_tokens(spec: &GgufTokenizerSpec, byte_level: bool) -> (Vec<String>, Vec<String>) {
+pub(crate) fn added_tokens(
+    spec: &GgufTokenizerSpec,
+    byte_level: bool,
+) -> (Vec<String>, Vec<String>) {
     let alphabet = byte_level.then(ByteAlphabet::new);
-    let spelled = |token: &str| alphabet.as_ref().is_none_or(|alphabet| alphabet.spells(token));
+    let spelled = |token: &str| {
+        alphabet
+            .as_ref()
+            .is_none_or(|alphabet| alphabet.spells(token))
+    };
     let mut special = Vec::new();
     let mut plain = Vec::new();
     for (id, token) in spec.tokens.iter().enumerate() {
@@ -105,10 +112,9 @@ fn added_tokens(spec: &GgufTokenizerSpec, byte_level: bool) -> (Vec<String>, Vec
     for id in named.into_iter().flatten() {
         let id = id as usize;
         let is_text = matches!(spec.token_type(id), TokenType::Normal | TokenType::Byte);
-        if let Some(token) = spec.tokens.get(id).filter(|_| !is_text) {
-            if !special.contains(token) && !plain.contains(token) {
-                special.push(token.clone());
-            }
+        let fresh = |token: &&String| !special.contains(*token) && !plain.contains(*token);
+        if let Some(token) = spec.tokens.get(id).filter(|_| !is_text).filter(fresh) {
+            special.push(token.clone());
         }
     }
     (special, plain)

@@ -15,19 +15,21 @@ use serde_json::Value;
 
 use crate::chat::{ChatTemplate, SpecialTokenText};
 use crate::error::TokenizerError;
-use crate::tokenizer::{Parts, Tokenizer, disable_padding_and_truncation};
+use crate::regex_split::PreTokenizer;
+use crate::tokenizer::{Inner, Parts, Tokenizer, disable_padding_and_truncation};
 
 impl Tokenizer {
     /// The tokenizer of the Hugging Face model directory `dir`.
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
         let tokenizer_path = dir.join("tokenizer.json");
-        let mut inner = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|source| {
+        let loaded = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|source| {
             TokenizerError::TokenizerJson {
                 path: tokenizer_path.clone(),
                 source,
             }
         })?;
+        let mut inner = with_fast_splits(loaded)?;
         disable_padding_and_truncation(&mut inner)?;
         let config = JsonFile::read_optional(dir.join("tokenizer_config.json"))?;
         let generation = JsonFile::read_optional(dir.join("generation_config.json"))?;
@@ -43,7 +45,8 @@ impl Tokenizer {
             unk: text_of("unk_token")?,
             pad: text_of("pad_token")?,
         };
-        let id_of = |text: &Option<String>| text.as_deref().and_then(|text| inner.token_to_id(text));
+        let id_of =
+            |text: &Option<String>| text.as_deref().and_then(|text| inner.token_to_id(text));
         let bos_token_id = match id_of(&special.bos) {
             Some(id) => Some(id),
             None => match &model_config {
@@ -64,7 +67,10 @@ impl Tokenizer {
                 prefix_ids = bos_token_id.filter(|_| add_bos).into_iter().collect();
             }
             if let Some(add_eos) = config.flag("add_eos_token")? {
-                suffix_ids = id_of(&special.eos).filter(|_| add_eos).into_iter().collect();
+                suffix_ids = id_of(&special.eos)
+                    .filter(|_| add_eos)
+                    .into_iter()
+                    .collect();
             }
         }
 
@@ -105,12 +111,34 @@ impl Tokenizer {
     }
 }
 
+/// The loaded pipeline with its pre-tokenizer's split regexes moved to `regex` automata where possible.
+fn with_fast_splits(loaded: tokenizers::Tokenizer) -> Result<Inner, TokenizerError> {
+    let loaded = loaded.into_inner();
+    let pre_tokenizer = loaded
+        .get_pre_tokenizer()
+        .cloned()
+        .map(PreTokenizer::from_wrapper)
+        .transpose()?;
+    let mut inner = Inner::new(loaded.get_model().clone());
+    inner
+        .with_normalizer(loaded.get_normalizer().cloned())
+        .with_pre_tokenizer(pre_tokenizer)
+        .with_post_processor(loaded.get_post_processor().cloned())
+        .with_decoder(loaded.get_decoder().cloned())
+        .with_added_vocabulary(loaded.get_added_vocabulary().clone());
+    Ok(inner)
+}
+
 /// The ids tokenizer.json's post-processor puts before and after a text, found by encoding a probe with
 /// and without special tokens and locating the plain ids inside the other.
-fn post_processor_additions(inner: &tokenizers::Tokenizer) -> Result<(Vec<u32>, Vec<u32>), TokenizerError> {
+fn post_processor_additions(inner: &Inner) -> Result<(Vec<u32>, Vec<u32>), TokenizerError> {
     const PROBE: &str = "probe";
-    let plain = inner.encode_fast(PROBE, false).map_err(TokenizerError::Encode)?;
-    let full = inner.encode_fast(PROBE, true).map_err(TokenizerError::Encode)?;
+    let plain = inner
+        .encode_fast(PROBE, false)
+        .map_err(TokenizerError::Encode)?;
+    let full = inner
+        .encode_fast(PROBE, true)
+        .map_err(TokenizerError::Encode)?;
     let (plain, full) = (plain.get_ids(), full.get_ids());
     let at = if plain.is_empty() {
         Some(0)
@@ -172,7 +200,10 @@ impl JsonFile {
                 Some(Value::String(text)) => Ok(Some(text.clone())),
                 _ => Err(self.invalid(field, "an object without a string `content`")),
             },
-            Some(other) => Err(self.invalid(field, format!("expected a string or an object, found {}", json_kind(other)))),
+            Some(other) => Err(self.invalid(
+                field,
+                format!("expected a string or an object, found {}", json_kind(other)),
+            )),
         }
     }
 
@@ -195,7 +226,10 @@ impl JsonFile {
         match self.field(field) {
             None => Ok(None),
             Some(Value::Bool(flag)) => Ok(Some(*flag)),
-            Some(other) => Err(self.invalid(field, format!("expected true or false, found {}", json_kind(other)))),
+            Some(other) => Err(self.invalid(
+                field,
+                format!("expected true or false, found {}", json_kind(other)),
+            )),
         }
     }
 
@@ -218,17 +252,27 @@ impl JsonFile {
             None => Ok(None),
             Some(Value::String(source)) => Ok(Some(source.clone())),
             Some(Value::Array(named)) => {
-                let template_of = |entry: &Value| entry.get("template").and_then(Value::as_str).map(str::to_owned);
+                let template_of = |entry: &Value| {
+                    entry
+                        .get("template")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
                 let default = named
                     .iter()
                     .find(|entry| entry.get("name").and_then(Value::as_str) == Some("default"));
                 match default.or(named.first()).map(template_of) {
                     Some(Some(source)) => Ok(Some(source)),
-                    Some(None) => Err(self.invalid(FIELD, "a named template without a string `template`")),
+                    Some(None) => {
+                        Err(self.invalid(FIELD, "a named template without a string `template`"))
+                    }
                     None => Ok(None),
                 }
             }
-            Some(other) => Err(self.invalid(FIELD, format!("expected a string or a list, found {}", json_kind(other)))),
+            Some(other) => Err(self.invalid(
+                FIELD,
+                format!("expected a string or a list, found {}", json_kind(other)),
+            )),
         }
     }
 }

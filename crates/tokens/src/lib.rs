@@ -23,11 +23,13 @@
 
 mod block_hash;
 mod byte_level;
+mod byte_level_encoder;
 mod chat;
 mod error;
 mod gguf;
 mod hf_dir;
 mod pretokenizer;
+mod regex_split;
 mod sentencepiece;
 mod spec;
 mod stream;

@@ -54,9 +54,9 @@ impl RegexSplit {
         let gives_back = match self.lookahead {
             Lookahead::None => false,
             Lookahead::AnyWhitespace => text.chars().all(char::is_whitespace),
-            Lookahead::WithoutLineBreaks => {
-                text.chars().all(|c| c.is_whitespace() && c != '\r' && c != '\n')
-            }
+            Lookahead::WithoutLineBreaks => text
+                .chars()
+                .all(|c| c.is_whitespace() && c != '\r' && c != '\n'),
         };
         let mut chars = text.chars();
         let last = chars.next_back();
@@ -70,32 +70,47 @@ impl RegexSplit {
     }
 }
 
+impl RegexSplit {
+    /// Calls `piece` with the byte range of each piece of `text` (matches and the non-empty text between
+    /// them), in order, and whether it is a match. The ranges cover `text` exactly.
+    fn cut(&self, text: &str, mut piece: impl FnMut(usize, usize, bool)) {
+        let mut position = 0;
+        while position < text.len() {
+            let Some((start, end)) = self.next_match(text, position) else {
+                break;
+            };
+            if end == start {
+                // None of this crate's patterns matches empty text; step over it rather than loop.
+                let step = text[start..].chars().next().map_or(1, char::len_utf8);
+                position = start + step;
+                continue;
+            }
+            if start > position {
+                piece(position, start, false);
+            }
+            piece(start, end, true);
+            position = end;
+        }
+        if position < text.len() {
+            piece(position, text.len(), false);
+        }
+    }
+
+    /// Calls `piece` with each piece of `text`, as `cut` cuts it.
+    pub(crate) fn for_each_piece<'t>(&self, text: &'t str, mut piece: impl FnMut(&'t str)) {
+        self.cut(text, |start, end, _| piece(&text[start..end]));
+    }
+}
+
 impl Pattern for &RegexSplit {
     fn find_matches(&self, inside: &str) -> tokenizers::Result<Vec<(Offsets, bool)>> {
         if inside.is_empty() {
             return Ok(vec![((0, 0), false)]);
         }
         let mut pieces = Vec::new();
-        let mut position = 0;
-        while position < inside.len() {
-            let Some((start, end)) = self.next_match(inside, position) else {
-                break;
-            };
-            if end == start {
-                // None of this crate's patterns matches empty text; step over it rather than loop.
-                let step = inside[start..].chars().next().map_or(1, char::len_utf8);
-                position = start + step;
-                continue;
-            }
-            if start > position {
-                pieces.push(((position, start), false));
-            }
-            pieces.push(((start, end), true));
-            position = end;
-        }
-        if position < inside.len() {
-            pieces.push(((position, inside.len()), false));
-        }
+        self.cut(inside, |start, end, is_match| {
+            pieces.push(((start, end), is_match))
+        });
         Ok(pieces)
     }
 }
@@ -123,6 +138,27 @@ impl PreTokenizer {
         Self { steps }
     }
 
+    /// The split regexes of a plain byte-level pre-tokenizer (regex splits, then the byte mapping without
+    /// prefix space or regex of its own), or `None` for any other shape.
+    pub(crate) fn byte_level_splits(&self) -> Option<Vec<RegexSplit>> {
+        let (last, splits) = self.steps.split_last()?;
+        let maps_bytes = matches!(
+            last,
+            Step::Other(PreTokenizerWrapper::ByteLevel(byte_level))
+                if !byte_level.add_prefix_space && !byte_level.use_regex
+        );
+        if !maps_bytes {
+            return None;
+        }
+        splits
+            .iter()
+            .map(|step| match step {
+                Step::Split(split) => Some(split.clone()),
+                Step::Other(_) => None,
+            })
+            .collect()
+    }
+
     /// `wrapper` with its slow split regexes replaced by equivalent fast ones where one is known.
     pub(crate) fn from_wrapper(wrapper: PreTokenizerWrapper) -> Result<Self, TokenizerError> {
         let mut steps = Vec::new();
@@ -139,7 +175,9 @@ fn push_steps(wrapper: PreTokenizerWrapper, steps: &mut Vec<Step>) -> Result<(),
             }
         }
         // The built-in GPT-2 regex; only without the prefix space, which ByteLevel adds before splitting.
-        PreTokenizerWrapper::ByteLevel(byte_level) if byte_level.use_regex && !byte_level.add_prefix_space => {
+        PreTokenizerWrapper::ByteLevel(byte_level)
+            if byte_level.use_regex && !byte_level.add_prefix_space =>
+        {
             steps.push(Step::Split(RegexSplit::new(
                 crate::pretokenizer::GPT2_FAST,
                 Lookahead::AnyWhitespace,

@@ -17,11 +17,13 @@ use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
-use tokenizers::{DecoderWrapper, PreTokenizerWrapper};
+use tokenizers::{DecoderWrapper, ModelWrapper, PreTokenizerWrapper};
 
 use crate::byte_level::parse_merges;
 use crate::error::TokenizerError;
+use crate::regex_split::PreTokenizer;
 use crate::spec::GgufTokenizerSpec;
+use crate::tokenizer::Inner;
 
 const SPACE: char = '\u{2581}';
 
@@ -30,7 +32,7 @@ const SPACE: char = '\u{2581}';
 const UNSUPPORTED_ARCHITECTURES: &[&str] = &["gemma", "gemma2", "gemma3", "phi3"];
 
 /// The SentencePiece tokenizer the spec describes, without added tokens (see `crate::gguf`).
-pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer, TokenizerError> {
+pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<Inner, TokenizerError> {
     if let Some(arch) = spec
         .architecture
         .as_deref()
@@ -38,7 +40,9 @@ pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer, T
     {
         return Err(TokenizerError::UnsupportedModel {
             model: spec.model.clone(),
-            reason: format!("the SentencePiece variant of architecture `{arch}` is not implemented"),
+            reason: format!(
+                "the SentencePiece variant of architecture `{arch}` is not implemented"
+            ),
         });
     }
     let mut vocab = AHashMap::with_capacity(spec.tokens.len());
@@ -83,10 +87,9 @@ pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer, T
         decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
     }
 
-    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Metaspace(Metaspace::new(
-        SPACE, scheme, false,
-    ))));
+    let metaspace = PreTokenizerWrapper::Metaspace(Metaspace::new(SPACE, scheme, false));
+    let mut tokenizer = Inner::new(ModelWrapper::BPE(bpe));
+    tokenizer.with_pre_tokenizer(Some(PreTokenizer::from_wrapper(metaspace)?));
     tokenizer.with_decoder(Some(DecoderWrapper::Sequence(Sequence::new(decoders))));
     Ok(tokenizer)
 }
@@ -123,7 +126,10 @@ pub(crate) fn recover_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, 
     let mut candidates = Vec::new();
     let mut local: Vec<(u32, u32, Candidate<'_>)> = Vec::new();
     for piece in order {
-        let score = score_of.get(piece).copied().map_or(f32::NEG_INFINITY, comparable);
+        let score = score_of
+            .get(piece)
+            .copied()
+            .map_or(f32::NEG_INFINITY, comparable);
         local.clear();
         for (at, _) in piece.char_indices().skip(1) {
             let (left, right) = piece.split_at(at);
@@ -162,3 +168,6 @@ fn comparable(score: f32) -> f32 {
 fn char_len(text: &str) -> usize {
     text.chars().count()
 }
+
+#[cfg(test)]
+mod tests;

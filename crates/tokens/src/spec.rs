@@ -124,7 +124,9 @@ impl GgufTokenizerSpec {
                     .map(|(index, id)| {
                         TokenType::from_id(id).ok_or_else(|| TokenizerError::InvalidMetadata {
                             key: TOKEN_TYPE,
-                            reason: format!("entry {index} is {id}, not a llama.cpp token type (0..=6)"),
+                            reason: format!(
+                                "entry {index} is {id}, not a llama.cpp token type (0..=6)"
+                            ),
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?,

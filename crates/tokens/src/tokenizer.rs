@@ -1,23 +1,41 @@
 //! `Tokenizer`: text ↔ token ids for one model, its special tokens, stop ids and chat template.
 //!
-//! Wraps a `tokenizers::Tokenizer` built from GGUF metadata (`crate::gguf`) or a Hugging Face directory
-//! (`crate::hf_dir`). Special tokens written in text (`<|im_start|>`) are always recognised as their ids.
-//! BOS/EOS are added by this type, not by the wrapped tokenizer's post-processor, so both sources share one
-//! encode path.
+//! Wraps a `tokenizers` pipeline built from GGUF metadata (`crate::gguf`) or a Hugging Face directory
+//! (`crate::hf_dir`); byte-level vocabularies encode through `crate::byte_level_encoder`, which gives the
+//! pipeline's ids without its offset bookkeeping. Special tokens written in text (`<|im_start|>`) are always
+//! recognised as their ids. BOS/EOS are added by this type, not by tokenizer.json's post-processor, so
+//! both sources share one encode path.
 //! Invariant: immutable after construction, so one instance is shared (`Arc`) by all requests and threads.
-//! Cost: encode is the `tokenizers` BPE (a 600-token prompt in well under a millisecond); decode is linear.
+//! Cost: a 600-token prompt encodes in ~0.2 ms (byte-level; ~0.8 ms through the full pipeline); decode is
+//! linear in the ids.
 
 use std::fmt;
 
-use tokenizers::AddedToken;
+use tokenizers::{
+    AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
+    TokenizerImpl,
+};
 
+use crate::byte_level_encoder::ByteLevelEncoder;
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::TokenizerError;
+use crate::regex_split::PreTokenizer;
 use crate::stream::DecodeStream;
+
+/// The wrapped `tokenizers` pipeline, with this crate's pre-tokenizer (fast split regexes).
+pub(crate) type Inner = TokenizerImpl<
+    ModelWrapper,
+    NormalizerWrapper,
+    PreTokenizer,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
 
 /// A model's tokenizer. Build with [`Tokenizer::from_gguf`] or [`Tokenizer::from_hf_dir`].
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
+    /// The same encoding without offset bookkeeping, when the pipeline is plain byte-level BPE.
+    byte_level: Option<ByteLevelEncoder>,
     vocab_size: usize,
     bos_token_id: Option<u32>,
     /// Ids put before the text when `add_special_tokens` (BOS when the model asks for it).
@@ -30,7 +48,7 @@ pub struct Tokenizer {
 
 /// What a builder hands to [`Tokenizer::assemble`].
 pub(crate) struct Parts {
-    pub inner: tokenizers::Tokenizer,
+    pub inner: Inner,
     pub vocab_size: usize,
     pub bos_token_id: Option<u32>,
     pub prefix_ids: Vec<u32>,
@@ -77,6 +95,7 @@ impl Tokenizer {
             }
         }
         Ok(Self {
+            byte_level: ByteLevelEncoder::for_pipeline(&inner),
             inner,
             vocab_size,
             bos_token_id,
@@ -91,19 +110,29 @@ impl Tokenizer {
     /// BOS (and EOS) are added only if the model says so (`add_bos_token`/`add_eos_token`, or the
     /// post-processor of tokenizer.json).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::new();
+        if add_special_tokens {
+            ids.extend_from_slice(&self.prefix_ids);
+        }
+        self.encode_text_into(text, &mut ids)?;
+        if add_special_tokens {
+            ids.extend_from_slice(&self.suffix_ids);
+        }
+        Ok(ids)
+    }
+
+    /// Appends the ids of `text` alone; the `tokenizers` pipeline runs only where the direct byte-level
+    /// encoder does not apply.
+    fn encode_text_into(&self, text: &str, ids: &mut Vec<u32>) -> Result<(), TokenizerError> {
+        if let Some(byte_level) = &self.byte_level {
+            return byte_level.encode_into(&self.inner, text, ids);
+        }
         let encoding = self
             .inner
             .encode_fast(text, false)
             .map_err(TokenizerError::Encode)?;
-        let body = encoding.get_ids();
-        if !add_special_tokens {
-            return Ok(body.to_vec());
-        }
-        let mut ids = Vec::with_capacity(self.prefix_ids.len() + body.len() + self.suffix_ids.len());
-        ids.extend_from_slice(&self.prefix_ids);
-        ids.extend_from_slice(body);
-        ids.extend_from_slice(&self.suffix_ids);
-        Ok(ids)
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(())
     }
 
     /// The text of `ids`. An id at or past `vocab_size()` is an error; with `skip_special_tokens`, special
@@ -197,14 +226,13 @@ impl fmt::Debug for Tokenizer {
             .field("suffix_ids", &self.suffix_ids)
             .field("eos_token_ids", &self.eos_token_ids)
             .field("has_chat_template", &self.chat_template.is_some())
+            .field("direct_byte_level_encoding", &self.byte_level.is_some())
             .finish_non_exhaustive()
     }
 }
 
 /// A tokenizer.json may carry padding or truncation settings; prompts must never be cut or padded here.
-pub(crate) fn disable_padding_and_truncation(
-    inner: &mut tokenizers::Tokenizer,
-) -> Result<(), TokenizerError> {
+pub(crate) fn disable_padding_and_truncation(inner: &mut Inner) -> Result<(), TokenizerError> {
     inner.with_padding(None);
     inner
         .with_truncation(None)
@@ -216,7 +244,7 @@ pub(crate) fn disable_padding_and_truncation(
 }
 
 /// The id of `token` if it is one of the tokenizer's special added tokens.
-fn special_token_id(inner: &tokenizers::Tokenizer, token: &str) -> Option<u32> {
+fn special_token_id(inner: &Inner, token: &str) -> Option<u32> {
     let added = inner.get_added_vocabulary();
     if !added.is_special_token(token) {
         return None;
@@ -226,7 +254,7 @@ fn special_token_id(inner: &tokenizers::Tokenizer, token: &str) -> Option<u32> {
 
 /// Registers added tokens on `inner`: `special` ones are matched in text and skippable on decode, the
 /// others (`<think>`) are matched in text and kept. Neither is normalized, so they match as written.
-pub(crate) fn add_tokens(inner: &mut tokenizers::Tokenizer, special: &[String], plain: &[String]) {
+pub(crate) fn add_tokens(inner: &mut Inner, special: &[String], plain: &[String]) {
     let to_added = |tokens: &[String], is_special: bool| -> Vec<AddedToken> {
         tokens
             .iter()

@@ -1,19 +1,24 @@
 //! `out[m, n] = x[m, k] · Wᵀ` for a weight matrix `W[n, k]` in any stored precision.
 //!
-//! Two regimes. Few rows (decode): each output feature's weight row is dequantized once into L1 and dotted with every
-//! input row — memory traffic is the stored weight size, the bound that matters for batch-1 decode. Many rows
-//! (prefill, large decode batches): panels of weight rows are dequantized into a per-thread buffer sized for L2 and
-//! multiplied with the `gemm` crate's register-blocked kernels. Work is split over output features with rayon, so
-//! threads write disjoint columns of `out`.
+//! Three regimes, by the number of input rows `m`. Few (decode, up to 16): block-quantized weight rows are
+//! dequantized in registers and dotted with every input row (`qdot`), so memory traffic is the stored weight size —
+//! the bound for batch-1 decode. Medium: panels of weight rows are dequantized into a per-thread buffer sized for L2
+//! and multiplied with the `gemm` crate's register-blocked kernels. Many (prefill): the whole weight is dequantized
+//! once and multiplied in one parallel GEMM. Work is split over output features with rayon, so threads write
+//! disjoint columns of `out`.
 
 use rayon::prelude::*;
 
-use crate::weights::Matrix;
+use super::qdot;
+use crate::weights::{Matrix, WeightData};
 
-/// At or below this many input rows the row-dot kernel beats dequantize-then-GEMM.
-const ROW_DOT_MAX_M: usize = 4;
-/// Weight rows dequantized per GEMM panel: 64 rows × 576 f32 ≈ 147 KB stays in L2.
-const PANEL_BYTES: usize = 160 * 1024;
+/// At or below this many input rows the fused row-dot kernel beats dequantize-then-GEMM (measured: docs/perf.md).
+const ROW_DOT_MAX_M: usize = 16;
+/// At or above this many input rows the whole weight is dequantized once and multiplied in one parallel GEMM,
+/// so `gemm` packs the input once instead of once per panel.
+const WHOLE_MATRIX_MIN_M: usize = 128;
+/// Bytes of f32 weights dequantized per GEMM panel (about L2); larger panels pack the input fewer times.
+const PANEL_BYTES: usize = 512 * 1024;
 
 /// A raw pointer that may cross threads; every user writes a disjoint region.
 #[derive(Clone, Copy)]
@@ -42,6 +47,11 @@ pub fn matmul(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
         gemm_f32(m, n, k, x, dense, out, true);
     } else if m <= ROW_DOT_MAX_M {
         row_dot(x, m, w, out);
+    } else if m >= WHOLE_MATRIX_MIN_M {
+        let mut dense = vec![0.0f32; n * k];
+        let rows_per_task = n.div_ceil(rayon::current_num_threads() * 4).max(1);
+        dense.par_chunks_mut(rows_per_task * k).enumerate().for_each(|(i, rows)| w.dequantize_rows(i * rows_per_task, rows));
+        gemm_f32(m, n, k, x, &dense, out, true);
     } else {
         panel_gemm(x, m, w, out);
     }
@@ -51,37 +61,61 @@ fn row_dot(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     let rows_per_task = (n / (rayon::current_num_threads() * 8)).clamp(16, 256);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    (0..n.div_ceil(rows_per_task)).into_par_iter().for_each_init(
-        || vec![0.0f32; rows_per_task * k],
-        |buf, task| {
-            let r0 = task * rows_per_task;
-            let r1 = (r0 + rows_per_task).min(n);
-            let rows = &mut buf[..(r1 - r0) * k];
-            w.dequantize_rows(r0, rows);
-            for (r, wrow) in (r0..r1).zip(rows.chunks_exact(k)) {
-                for i in 0..m {
-                    let v = dot(&x[i * k..(i + 1) * k], wrow);
-                    // SAFETY: element (i, r) lies inside `out` (i < m, r < n) and each r belongs to one task only.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        *out_ptr.get().add(i * n + r) = v;
+    (0..n.div_ceil(rows_per_task)).into_par_iter().for_each(|task| {
+        let r0 = task * rows_per_task;
+        let r1 = (r0 + rows_per_task).min(n);
+        let mut local = vec![0.0f32; m * (r1 - r0)];
+        let fused = match &w.data {
+            WeightData::Quantized { ty, bytes, row_bytes } => {
+                let rows = &bytes[r0 * row_bytes..r1 * row_bytes];
+                // Groups of input rows share each dequantized block; the task's weight rows stay in L2 across groups.
+                (0..m).step_by(qdot::MAX_ROWS).all(|i0| {
+                    let g = qdot::MAX_ROWS.min(m - i0);
+                    let dst = &mut local[i0 * (r1 - r0)..(i0 + g) * (r1 - r0)];
+                    qdot::quant_rows_dot(*ty, rows, *row_bytes, &x[i0 * k..(i0 + g) * k], g, k, dst)
+                })
+            }
+            _ => false,
+        };
+        if !fused {
+            SCRATCH.with_borrow_mut(|buf| {
+                buf.resize((r1 - r0) * k, 0.0);
+                w.dequantize_rows(r0, buf);
+                for (j, wrow) in buf.chunks_exact(k).enumerate() {
+                    for i in 0..m {
+                        local[i * (r1 - r0) + j] = dot(&x[i * k..(i + 1) * k], wrow);
                     }
                 }
+            });
+        }
+        for i in 0..m {
+            for j in 0..r1 - r0 {
+                // SAFETY: element (i, r0 + j) lies inside `out` (i < m, r0 + j < n) and rows r0..r1 belong to
+                // this task only.
+                #[allow(unsafe_code)]
+                unsafe {
+                    *out_ptr.get().add(i * n + r0 + j) = local[i * (r1 - r0) + j];
+                }
             }
-        },
-    );
+        }
+    });
+}
+
+thread_local! {
+    /// Per-thread dequantization buffer, reused across calls so hot loops never allocate or zero memory.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn panel_gemm(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
-    let panel_rows = (PANEL_BYTES / (4 * k)).clamp(8, 256);
+    let panel_rows = (PANEL_BYTES / (4 * k)).clamp(8, 4096);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    (0..n.div_ceil(panel_rows)).into_par_iter().for_each_init(
-        || vec![0.0f32; panel_rows * k],
-        |buf, task| {
+    (0..n.div_ceil(panel_rows)).into_par_iter().for_each(|task| {
+        SCRATCH.with_borrow_mut(|buf| {
             let r0 = task * panel_rows;
             let r1 = (r0 + panel_rows).min(n);
-            let panel = &mut buf[..(r1 - r0) * k];
+            buf.resize((r1 - r0) * k, 0.0);
+            let panel = &mut buf[..];
             w.dequantize_rows(r0, panel);
             // SAFETY: dst covers columns r0..r1 of every output row (row stride n) — inside `out` and disjoint from
             // other tasks' columns; lhs is x [m, k] row-major; rhs is the panel read as [k, r1 - r0] (column stride
@@ -110,8 +144,8 @@ fn panel_gemm(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
                     gemm::Parallelism::None,
                 );
             }
-        },
-    );
+        });
+    });
 }
 
 /// `out[m, n] = a[m, k] · b[n, k]ᵀ` with both operands dense f32 and row-major.

@@ -147,26 +147,52 @@ fn same_storage(a: &WeightData, b: &WeightData) -> bool {
     }
 }
 
-/// Dequantizes whole blocks. The common 32-element block types have inlined loops the compiler vectorizes; they
-/// compute `d * q` then `+ m` with two roundings, exactly as ggml and gguf-py do (no fused multiply-add).
+/// Dequantizes whole blocks, with the AVX2 build of the loops where the CPU has it.
 fn dequantize_blocks(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, the only feature the function is compiled for.
+            #[allow(unsafe_code)]
+            unsafe {
+                return dequantize_blocks_avx2(ty, src, out);
+            }
+        }
+    }
+    dequantize_blocks_portable(ty, src, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dequantize_blocks_avx2(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+    dequantize_blocks_portable(ty, src, out);
+}
+
+/// The 32-element block types have fixed-size loops the compiler vectorizes; they compute `d * q` then `+ m` with
+/// two roundings, exactly as ggml and gguf-py do (no fused multiply-add). Other types go through `cleave_gguf`.
+#[inline(always)]
+fn dequantize_blocks_portable(ty: GgmlType, src: &[u8], out: &mut [f32]) {
     match ty {
         GgmlType::Q8_0 => {
             for (block, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                for (o, &q) in o.iter_mut().zip(&block[2..34]) {
-                    *o = d * f32::from(q as i8);
+                let (Ok(q), Ok(o)) = (<&[u8; 32]>::try_from(&block[2..]), <&mut [f32; 32]>::try_from(o)) else {
+                    continue;
+                };
+                for j in 0..32 {
+                    o[j] = d * f32::from(q[j] as i8);
                 }
             }
         }
         GgmlType::Q4_0 => {
             for (block, o) in src.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                let (lo, hi) = o.split_at_mut(16);
+                let (Ok(q), Ok(o)) = (<&[u8; 16]>::try_from(&block[2..]), <&mut [f32; 32]>::try_from(o)) else {
+                    continue;
+                };
                 for j in 0..16 {
-                    let q = block[2 + j];
-                    lo[j] = d * (f32::from(q & 0x0f) - 8.0);
-                    hi[j] = d * (f32::from(q >> 4) - 8.0);
+                    o[j] = d * (f32::from(q[j] & 0x0f) - 8.0);
+                    o[j + 16] = d * (f32::from(q[j] >> 4) - 8.0);
                 }
             }
         }
@@ -174,11 +200,12 @@ fn dequantize_blocks(ty: GgmlType, src: &[u8], out: &mut [f32]) {
             for (block, o) in src.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
                 let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
-                let (lo, hi) = o.split_at_mut(16);
+                let (Ok(q), Ok(o)) = (<&[u8; 16]>::try_from(&block[4..]), <&mut [f32; 32]>::try_from(o)) else {
+                    continue;
+                };
                 for j in 0..16 {
-                    let q = block[4 + j];
-                    lo[j] = d * f32::from(q & 0x0f) + m;
-                    hi[j] = d * f32::from(q >> 4) + m;
+                    o[j] = d * f32::from(q[j] & 0x0f) + m;
+                    o[j + 16] = d * f32::from(q[j] >> 4) + m;
                 }
             }
         }

@@ -8,7 +8,10 @@ use cleave_tokens::{DecodeStream, Tokenizer, TokenizerError};
 use crate::common::{Golden, golden, smollm2, tiny_gguf};
 
 /// Streams `ids` one at a time; returns the deltas (`None` steps included) and the flushed rest.
-fn stream<T: Deref<Target = Tokenizer>>(stream: &mut DecodeStream<T>, ids: &[u32]) -> (Vec<Option<String>>, Option<String>) {
+fn stream<T: Deref<Target = Tokenizer>>(
+    stream: &mut DecodeStream<T>,
+    ids: &[u32],
+) -> (Vec<Option<String>>, Option<String>) {
     let steps = ids.iter().map(|&id| stream.step(id).unwrap()).collect();
     (steps, stream.flush().unwrap())
 }
@@ -16,13 +19,28 @@ fn stream<T: Deref<Target = Tokenizer>>(stream: &mut DecodeStream<T>, ids: &[u32
 fn assert_streams_like_decode(label: &str, tokenizer: &Tokenizer, ids: &[u32]) {
     for skip in [false, true] {
         let (steps, rest) = stream(&mut tokenizer.decode_stream(skip), ids);
-        let streamed: String = steps.iter().flatten().chain(&rest).map(String::as_str).collect();
-        assert_eq!(streamed, tokenizer.decode(ids, skip).unwrap(), "{label} (skip special: {skip}), ids {ids:?}");
+        let streamed: String = steps
+            .iter()
+            .flatten()
+            .chain(&rest)
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            streamed,
+            tokenizer.decode(ids, skip).unwrap(),
+            "{label} (skip special: {skip}), ids {ids:?}"
+        );
         let complete = tokenizer.decode(ids, skip).unwrap();
         if !complete.contains(char::REPLACEMENT_CHARACTER) {
-            assert!(rest.is_none(), "{label}: complete text leaves nothing to flush, got {rest:?}");
+            assert!(
+                rest.is_none(),
+                "{label}: complete text leaves nothing to flush, got {rest:?}"
+            );
             for delta in steps.iter().flatten() {
-                assert!(!delta.contains(char::REPLACEMENT_CHARACTER), "{label}: delta {delta:?}");
+                assert!(
+                    !delta.contains(char::REPLACEMENT_CHARACTER),
+                    "{label}: delta {delta:?}"
+                );
             }
         }
     }
@@ -46,7 +64,11 @@ fn sentencepiece_and_other_byte_level_streams_equal_decode() {
     for (name, golden) in &goldens {
         let tokenizer = tiny_gguf(name);
         for case in &golden.encode {
-            assert_streams_like_decode(&format!("{name}: {:?}", case.text), &tokenizer, &case.ids_with_special);
+            assert_streams_like_decode(
+                &format!("{name}: {:?}", case.text),
+                &tokenizer,
+                &case.ids_with_special,
+            );
         }
     }
 }
@@ -56,13 +78,24 @@ fn characters_split_across_tokens_wait_for_their_last_byte() {
     let tokenizer = smollm2();
     let text = "😀🎉 中文テキスト👨‍👩‍👧!";
     let ids = tokenizer.encode(text, false).unwrap();
-    assert!(ids.len() > text.chars().count(), "these characters take several byte tokens each");
+    assert!(
+        ids.len() > text.chars().count(),
+        "these characters take several byte tokens each"
+    );
     let (steps, rest) = stream(&mut tokenizer.decode_stream(false), &ids);
-    assert!(steps.iter().any(Option::is_none), "some steps end mid-character");
+    assert!(
+        steps.iter().any(Option::is_none),
+        "some steps end mid-character"
+    );
     assert!(rest.is_none());
     let deltas: Vec<String> = steps.into_iter().flatten().collect();
     assert_eq!(deltas.concat(), text);
-    assert!(deltas.iter().all(|delta| !delta.contains(char::REPLACEMENT_CHARACTER)), "{deltas:?}");
+    assert!(
+        deltas
+            .iter()
+            .all(|delta| !delta.contains(char::REPLACEMENT_CHARACTER)),
+        "{deltas:?}"
+    );
 }
 
 #[test]
@@ -86,7 +119,13 @@ fn an_id_outside_the_vocabulary_is_an_error_and_the_stream_goes_on() {
     let hello = tokenizer.encode("Hello", false).unwrap();
     assert_eq!(decoder.step(hello[0]).unwrap().as_deref(), Some("Hello"));
     let error = decoder.step(1_000_000).unwrap_err();
-    assert!(matches!(error, TokenizerError::TokenIdOutOfRange { id: 1_000_000, .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            TokenizerError::TokenIdOutOfRange { id: 1_000_000, .. }
+        ),
+        "{error}"
+    );
     let world = tokenizer.encode(" world", false).unwrap();
     assert_eq!(decoder.step(world[0]).unwrap().as_deref(), Some(" world"));
 }

@@ -22,13 +22,19 @@ fn sentencepiece_matches_transformers() {
 fn sentencepiece_special_tokens() {
     let tokenizer = tiny_gguf("tiny-spm.gguf");
     assert_eq!(tokenizer.bos_token_id(), Some(1));
-    assert!(tokenizer.adds_bos_token(), "a llama vocabulary without add_bos_token gets BOS");
+    assert!(
+        tokenizer.adds_bos_token(),
+        "a llama vocabulary without add_bos_token gets BOS"
+    );
     assert_eq!(tokenizer.eos_token_ids(), &[2]);
     assert_eq!(tokenizer.encode("", true).unwrap(), vec![1]);
     // <unk> is typed "unknown", not "control", but is still special (skipped on decode).
     assert!(tokenizer.is_special_token(0));
     let think = tokenizer.token_to_id("<think>").unwrap();
-    assert!(!tokenizer.is_special_token(think), "user-defined tokens are kept on decode");
+    assert!(
+        !tokenizer.is_special_token(think),
+        "user-defined tokens are kept on decode"
+    );
 }
 
 #[test]
@@ -50,5 +56,8 @@ fn byte_level_bos_follows_add_bos_token() {
     assert_eq!(llama3.encode("hi", true).unwrap()[0], bos.unwrap());
     let qwen2 = tiny_gguf("tiny-qwen2.gguf");
     assert!(!qwen2.adds_bos_token());
-    assert_eq!(qwen2.encode("hi", true).unwrap(), qwen2.encode("hi", false).unwrap());
+    assert_eq!(
+        qwen2.encode("hi", true).unwrap(),
+        qwen2.encode("hi", false).unwrap()
+    );
 }
