@@ -86,10 +86,16 @@ impl BenchConfig {
             ));
         }
         if self.decode_prompt_tokens == 0 {
-            return Err(EngineError::invalid("decode_prompt_tokens", "must be at least 1"));
+            return Err(EngineError::invalid(
+                "decode_prompt_tokens",
+                "must be at least 1",
+            ));
         }
         if self.batches.is_empty() {
-            return Err(EngineError::invalid("batches", "name at least one batch size"));
+            return Err(EngineError::invalid(
+                "batches",
+                "name at least one batch size",
+            ));
         }
         if let Some(&bad) = self.batches.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
             return Err(EngineError::invalid(
@@ -107,7 +113,10 @@ impl BenchConfig {
         if self.prompt_tokens + 1 > max_context {
             return Err(EngineError::invalid(
                 "prompt_tokens",
-                format!("{} tokens and one generated exceed the model's context of {max_context}", self.prompt_tokens),
+                format!(
+                    "{} tokens and one generated exceed the model's context of {max_context}",
+                    self.prompt_tokens
+                ),
             ));
         }
         if self.decode_prompt_tokens + self.decode_tokens > max_context {
@@ -219,8 +228,11 @@ pub fn run_bench(files: ModelFiles<'_>, config: &BenchConfig) -> Result<BenchRep
     let engine = Engine::start(model, Arc::new(tokenizer), engine_config)?;
 
     let prefill = measure_prefill(&engine, &corpus, config)?;
-    let decode =
-        config.batches.iter().map(|&b| measure_decode(&engine, &corpus, config, b)).collect::<Result<_, _>>()?;
+    let decode = config
+        .batches
+        .iter()
+        .map(|&b| measure_decode(&engine, &corpus, config, b))
+        .collect::<Result<_, _>>()?;
     let kv_cache_bytes = engine.kv_blocks() * scheduler.block_size * kv_bytes_per_token;
     drop(engine);
     Ok(BenchReport {
@@ -239,7 +251,11 @@ pub fn run_bench(files: ModelFiles<'_>, config: &BenchConfig) -> Result<BenchRep
             rss_after_load_bytes,
             peak_rss_bytes: proc_status_bytes("VmHWM:"),
         },
-        definitions: Definitions { prefill: PREFILL_DEFINITION, decode: DECODE_DEFINITION, memory: MEMORY_DEFINITION },
+        definitions: Definitions {
+            prefill: PREFILL_DEFINITION,
+            decode: DECODE_DEFINITION,
+            memory: MEMORY_DEFINITION,
+        },
     })
 }
 
@@ -250,7 +266,8 @@ fn engine_config(config: &BenchConfig, kv_bytes_per_token: usize) -> EngineConfi
     let bs = defaults.block_size;
     let max_batch = config.max_batch();
     let prefill_blocks = (config.prompt_tokens + 1).div_ceil(bs);
-    let decode_blocks = max_batch * (config.decode_prompt_tokens + config.decode_tokens).div_ceil(bs)
+    let decode_blocks = max_batch
+        * (config.decode_prompt_tokens + config.decode_tokens).div_ceil(bs)
         + (BLOCKER_TOKENS + 1).div_ceil(bs);
     // One spare block per sequence absorbs the scheduler's per-request admission rounding.
     let blocks = prefill_blocks.max(decode_blocks) + max_batch + 1;
@@ -278,7 +295,8 @@ const BLOCKER_HEAD_START: Duration = Duration::from_millis(5);
 
 fn corpus_len(config: &BenchConfig) -> usize {
     let prefill = config.prompt_tokens.max(BLOCKER_TOKENS) + config.runs + 1;
-    let decode = config.decode_prompt_tokens + PROMPT_STRIDE * (config.max_batch() * config.runs + 1);
+    let decode =
+        config.decode_prompt_tokens + PROMPT_STRIDE * (config.max_batch() * config.runs + 1);
     prefill.max(decode)
 }
 
@@ -288,7 +306,10 @@ fn prose_tokens(tokenizer: &cleave_tokens::Tokenizer, len: usize) -> Result<Vec<
     let text = PROSE.repeat(len.div_ceil(per_copy) + 1);
     let tokens = tokenizer.encode(&text, false)?;
     if tokens.len() < len {
-        return Err(EngineError::Internal(format!("the benchmark prose gave {} tokens, {len} needed", tokens.len())));
+        return Err(EngineError::Internal(format!(
+            "the benchmark prose gave {} tokens, {len} needed",
+            tokens.len()
+        )));
     }
     Ok(tokens)
 }
@@ -314,8 +335,14 @@ fn trace(mut stream: GenerationStream) -> Result<Trace, EngineError> {
         }
     }
     match (first, last) {
-        (Some(first), Some(last)) => Ok(Trace { first, last, tokens }),
-        _ => Err(EngineError::Internal("a benchmark request finished without producing a token".into())),
+        (Some(first), Some(last)) => Ok(Trace {
+            first,
+            last,
+            tokens,
+        }),
+        _ => Err(EngineError::Internal(
+            "a benchmark request finished without producing a token".into(),
+        )),
     }
 }
 
@@ -327,13 +354,19 @@ fn trace_all(streams: Vec<GenerationStream>) -> Result<Vec<Trace>, EngineError> 
             let reader = std::thread::Builder::new()
                 .name("cleave-bench-reader".into())
                 .spawn_scoped(scope, move || trace(stream))
-                .map_err(|e| EngineError::Internal(format!("cannot start a benchmark reader thread: {e}")))?;
+                .map_err(|e| {
+                    EngineError::Internal(format!("cannot start a benchmark reader thread: {e}"))
+                })?;
             readers.push(reader);
         }
         readers
             .into_iter()
             .map(|r| {
-                r.join().unwrap_or_else(|_| Err(EngineError::Internal("a benchmark reader thread panicked".into())))
+                r.join().unwrap_or_else(|_| {
+                    Err(EngineError::Internal(
+                        "a benchmark reader thread panicked".into(),
+                    ))
+                })
             })
             .collect()
     })
@@ -348,7 +381,11 @@ fn greedy(max_tokens: usize) -> SamplingSpec {
     }
 }
 
-fn measure_prefill(engine: &Engine, corpus: &[u32], config: &BenchConfig) -> Result<PrefillResult, EngineError> {
+fn measure_prefill(
+    engine: &Engine,
+    corpus: &[u32],
+    config: &BenchConfig,
+) -> Result<PrefillResult, EngineError> {
     let spec = greedy(1);
     let n = config.prompt_tokens;
     let mut ttft_ms = Vec::with_capacity(config.runs);
@@ -362,7 +399,12 @@ fn measure_prefill(engine: &Engine, corpus: &[u32], config: &BenchConfig) -> Res
         }
     }
     let median_ttft_ms = median(&ttft_ms);
-    Ok(PrefillResult { prompt_tokens: n, tokens_per_s: n as f64 / (median_ttft_ms / 1e3), median_ttft_ms, ttft_ms })
+    Ok(PrefillResult {
+        prompt_tokens: n,
+        tokens_per_s: n as f64 / (median_ttft_ms / 1e3),
+        median_ttft_ms,
+        ttft_ms,
+    })
 }
 
 fn measure_decode(
@@ -373,7 +415,10 @@ fn measure_decode(
 ) -> Result<DecodeResult, EngineError> {
     let spec = greedy(config.decode_tokens);
     let len = config.decode_prompt_tokens;
-    let (mut decode_ms, mut rates) = (Vec::with_capacity(config.runs), Vec::with_capacity(config.runs));
+    let (mut decode_ms, mut rates) = (
+        Vec::with_capacity(config.runs),
+        Vec::with_capacity(config.runs),
+    );
     let (mut counted_tokens, mut spread_ms) = (0, 0.0f64);
     for run in 0..config.runs {
         let blocker = engine.submit(corpus[run..run + BLOCKER_TOKENS].to_vec(), &greedy(1), 0)?;
@@ -391,7 +436,9 @@ fn measure_decode(
             traces.iter().map(|t| t.first).max(),
             traces.iter().map(|t| t.last).max(),
         ) else {
-            return Err(EngineError::Internal("a decode run produced no requests".into()));
+            return Err(EngineError::Internal(
+                "a decode run produced no requests".into(),
+            ));
         };
         counted_tokens = traces.iter().map(|t| t.tokens - 1).sum();
         let elapsed = millis(end - start);
@@ -430,7 +477,12 @@ fn median(values: &[f64]) -> f64 {
 fn proc_status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
-    let kib: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: u64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kib * 1024)
 }
 
@@ -466,7 +518,11 @@ impl fmt::Display for BenchReport {
             p.ttft_ms.len(),
             p.tokens_per_s
         )?;
-        writeln!(f, "decode   {} tokens per request, median of {} runs", self.config.decode_tokens, self.config.runs)?;
+        writeln!(
+            f,
+            "decode   {} tokens per request, median of {} runs",
+            self.config.decode_tokens, self.config.runs
+        )?;
         writeln!(
             f,
             "         {:>5}  {:>10}  {:>8}  {:>14}  {:>16}",
@@ -476,7 +532,11 @@ impl fmt::Display for BenchReport {
             writeln!(
                 f,
                 "         {:>5}  {:>10.1}  {:>8.2}  {:>14.1}  {:>13.1} ms",
-                d.batch, d.tokens_per_s, d.ms_per_step, d.per_sequence_tokens_per_s, d.first_token_spread_ms
+                d.batch,
+                d.tokens_per_s,
+                d.ms_per_step,
+                d.per_sequence_tokens_per_s,
+                d.first_token_spread_ms
             )?;
         }
         let mem = &self.memory;

@@ -50,7 +50,8 @@ impl ModelConfig {
             ));
         }
         let key = |k: &str| format!("{arch}.{k}");
-        let usize_key = |k: &str| -> Result<usize, EngineError> { Ok(file.get_u64(&key(k))? as usize) };
+        let usize_key =
+            |k: &str| -> Result<usize, EngineError> { Ok(file.get_u64(&key(k))? as usize) };
         let hidden = usize_key("embedding_length")?;
         let n_heads = usize_key("attention.head_count")?;
         let n_kv_heads = match file.get(&key("attention.head_count_kv")) {
@@ -71,18 +72,28 @@ impl ModelConfig {
             None => 10_000.0,
         };
         let rope_scaling = match file.get(&key("rope.scaling.type")) {
-            Some(_) if file.get_str(&key("rope.scaling.type"))? == "llama3" => Some(Llama3RopeScaling {
-                factor: file.get_f32(&key("rope.scaling.factor"))?,
-                low_freq_factor: file.get_f32(&key("rope.scaling.low_freq_factor")).unwrap_or(1.0),
-                high_freq_factor: file.get_f32(&key("rope.scaling.high_freq_factor")).unwrap_or(4.0),
-                original_max_position_embeddings: file
-                    .get_u64(&key("rope.scaling.original_context_length"))
-                    .unwrap_or(8192) as usize,
-            }),
+            Some(_) if file.get_str(&key("rope.scaling.type"))? == "llama3" => {
+                Some(Llama3RopeScaling {
+                    factor: file.get_f32(&key("rope.scaling.factor"))?,
+                    low_freq_factor: file
+                        .get_f32(&key("rope.scaling.low_freq_factor"))
+                        .unwrap_or(1.0),
+                    high_freq_factor: file
+                        .get_f32(&key("rope.scaling.high_freq_factor"))
+                        .unwrap_or(4.0),
+                    original_max_position_embeddings: file
+                        .get_u64(&key("rope.scaling.original_context_length"))
+                        .unwrap_or(8192)
+                        as usize,
+                })
+            }
             Some(_) => {
                 let kind = file.get_str(&key("rope.scaling.type"))?;
                 if kind != "none" {
-                    return Err(EngineError::model(file.path(), format!("unsupported rope scaling '{kind}'")));
+                    return Err(EngineError::model(
+                        file.path(),
+                        format!("unsupported rope scaling '{kind}'"),
+                    ));
                 }
                 None
             }
@@ -120,18 +131,27 @@ impl ModelConfig {
             ));
         }
         let rope = raw.rope_parameters.or(raw.rope_scaling);
-        let rope_theta = rope.as_ref().and_then(|r| r.rope_theta).or(raw.rope_theta).unwrap_or(10_000.0);
+        let rope_theta = rope
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(raw.rope_theta)
+            .unwrap_or(10_000.0);
         let rope_scaling = match rope {
             Some(r) => match r.rope_type.as_deref().or(r.kind.as_deref()) {
                 Some("llama3") => Some(Llama3RopeScaling {
                     factor: r.factor.unwrap_or(8.0),
                     low_freq_factor: r.low_freq_factor.unwrap_or(1.0),
                     high_freq_factor: r.high_freq_factor.unwrap_or(4.0),
-                    original_max_position_embeddings: r.original_max_position_embeddings.unwrap_or(8192),
+                    original_max_position_embeddings: r
+                        .original_max_position_embeddings
+                        .unwrap_or(8192),
                 }),
                 Some("default") | None => None,
                 Some(other) => {
-                    return Err(EngineError::model(path, format!("unsupported rope_type '{other}'")));
+                    return Err(EngineError::model(
+                        path,
+                        format!("unsupported rope_type '{other}'"),
+                    ));
                 }
             },
             None => None,
@@ -144,7 +164,11 @@ impl ModelConfig {
             intermediate: raw.intermediate_size,
             n_heads,
             n_kv_heads: raw.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: raw.head_dim.unwrap_or(if n_heads > 0 { raw.hidden_size / n_heads } else { 0 }),
+            head_dim: raw.head_dim.unwrap_or(if n_heads > 0 {
+                raw.hidden_size / n_heads
+            } else {
+                0
+            }),
             vocab_size: raw.vocab_size,
             rope_theta,
             rope_scaling,
@@ -158,11 +182,14 @@ impl ModelConfig {
 
     fn validate(self, path: &Path) -> Result<Self, EngineError> {
         let bad = |what: String| Err(EngineError::model(path, what));
-        if self.n_layers == 0 || self.hidden == 0 || self.intermediate == 0 || self.vocab_size == 0 {
+        if self.n_layers == 0 || self.hidden == 0 || self.intermediate == 0 || self.vocab_size == 0
+        {
             return bad(format!("model dimensions must be non-zero: {self:?}"));
         }
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 {
-            return bad(format!("attention heads and head dim must be non-zero: {self:?}"));
+            return bad(format!(
+                "attention heads and head dim must be non-zero: {self:?}"
+            ));
         }
         if self.n_heads % self.n_kv_heads != 0 {
             return bad(format!(
@@ -192,7 +219,11 @@ impl ModelConfig {
         let attn = self.hidden * (self.q_dim() + 2 * self.kv_dim()) + self.q_dim() * self.hidden;
         let mlp = 3 * self.hidden * self.intermediate;
         let per_layer = attn + mlp + 2 * self.hidden;
-        let head = if self.tie_embeddings { 0 } else { self.vocab_size * self.hidden };
+        let head = if self.tie_embeddings {
+            0
+        } else {
+            self.vocab_size * self.hidden
+        };
         self.n_layers * per_layer + self.vocab_size * self.hidden + head + self.hidden
     }
 
@@ -221,7 +252,8 @@ fn llama3_scale(inv_freq: f32, s: Llama3RopeScaling) -> f32 {
     } else if wavelen > low_wavelen {
         inv_freq / s.factor
     } else {
-        let smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        let smooth =
+            (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         (1.0 - smooth) * inv_freq / s.factor + smooth * inv_freq
     }
 }

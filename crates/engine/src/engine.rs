@@ -17,7 +17,9 @@ use crate::error::EngineError;
 use crate::kv::KvCache;
 use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
-use crate::scheduler::{NewRequest, RequestId, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput};
+use crate::scheduler::{
+    NewRequest, RequestId, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput,
+};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -28,7 +30,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { scheduler: SchedulerConfig::default(), kv_cache_bytes: 512 << 20 }
+        EngineConfig {
+            scheduler: SchedulerConfig::default(),
+            kv_cache_bytes: 512 << 20,
+        }
     }
 }
 
@@ -65,7 +70,11 @@ impl std::fmt::Debug for Command {
 
 impl Engine {
     /// Allocates the KV cache and starts the engine thread.
-    pub fn start(model: LlamaModel, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Engine, EngineError> {
+    pub fn start(
+        model: LlamaModel,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
         let block_size = config.scheduler.block_size;
         if block_size == 0 {
             return Err(EngineError::invalid("block_size", "must be at least 1"));
@@ -75,18 +84,36 @@ impl Engine {
         if kv_blocks == 0 {
             return Err(EngineError::invalid(
                 "kv_cache_bytes",
-                format!("{} bytes hold no {block_size}-token block ({bytes_per_block} bytes)", config.kv_cache_bytes),
+                format!(
+                    "{} bytes hold no {block_size}-token block ({bytes_per_block} bytes)",
+                    config.kv_cache_bytes
+                ),
             ));
         }
-        let limits = ModelLimits { max_context: model.config().max_context, vocab_size: model.config().vocab_size };
+        let limits = ModelLimits {
+            max_context: model.config().max_context,
+            vocab_size: model.config().vocab_size,
+        };
         let (commands, rx) = mpsc::unbounded_channel();
-        let scheduler = Scheduler::new(config.scheduler, kv_blocks, tokenizer.clone(), limits.max_context);
+        let scheduler = Scheduler::new(
+            config.scheduler,
+            kv_blocks,
+            tokenizer.clone(),
+            limits.max_context,
+        );
         let kv = KvCache::new(model.kv_shape(kv_blocks, block_size));
         let thread = std::thread::Builder::new()
             .name("cleave-engine".into())
             .spawn(move || run(model, kv, scheduler, rx))
             .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
-        Ok(Engine { commands, thread: Some(thread), next_id: AtomicU64::new(1), limits, tokenizer, kv_blocks })
+        Ok(Engine {
+            commands,
+            thread: Some(thread),
+            next_id: AtomicU64::new(1),
+            limits,
+            tokenizer,
+            kv_blocks,
+        })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -102,11 +129,22 @@ impl Engine {
     }
 
     /// Validates and queues a request; its output arrives on the returned stream.
-    pub fn submit(&self, prompt: Vec<u32>, spec: &SamplingSpec, priority: i32) -> Result<GenerationStream, EngineError> {
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.limits.vocab_size) {
+    pub fn submit(
+        &self,
+        prompt: Vec<u32>,
+        spec: &SamplingSpec,
+        priority: i32,
+    ) -> Result<GenerationStream, EngineError> {
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= self.limits.vocab_size)
+        {
             return Err(EngineError::invalid(
                 "prompt",
-                format!("token id {bad} is outside the vocabulary of {} tokens", self.limits.vocab_size),
+                format!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    self.limits.vocab_size
+                ),
             ));
         }
         let sampling = spec.validate(prompt.len(), self.limits)?;
@@ -114,9 +152,23 @@ impl Engine {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.commands
-            .send(Command::Submit { req: NewRequest { id, prompt, sampling, priority }, tx })
+            .send(Command::Submit {
+                req: NewRequest {
+                    id,
+                    prompt,
+                    sampling,
+                    priority,
+                },
+                tx,
+            })
             .map_err(|_| EngineError::Unavailable)?;
-        Ok(GenerationStream { id, rx, commands: self.commands.clone(), open_choices: n, closed: false })
+        Ok(GenerationStream {
+            id,
+            rx,
+            commands: self.commands.clone(),
+            open_choices: n,
+            closed: false,
+        })
     }
 
     /// Aborts a request by id (its stream, if still held, ends with `Cancelled`).
@@ -127,14 +179,18 @@ impl Engine {
 
     pub async fn stats(&self) -> Result<SchedulerStats, EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Stats(tx)).map_err(|_| EngineError::Unavailable)?;
+        self.commands
+            .send(Command::Stats(tx))
+            .map_err(|_| EngineError::Unavailable)?;
         rx.await.map_err(|_| EngineError::Unavailable)
     }
 
     /// `stats` for callers outside an async runtime.
     pub fn blocking_stats(&self) -> Result<SchedulerStats, EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Stats(tx)).map_err(|_| EngineError::Unavailable)?;
+        self.commands
+            .send(Command::Stats(tx))
+            .map_err(|_| EngineError::Unavailable)?;
         rx.blocking_recv().map_err(|_| EngineError::Unavailable)
     }
 }
@@ -166,17 +222,28 @@ impl GenerationStream {
 
     /// The next output; `None` once every choice has finished.
     pub async fn next(&mut self) -> Option<Result<SeqOutput, EngineError>> {
-        let item = if self.closed { None } else { self.rx.recv().await };
+        let item = if self.closed {
+            None
+        } else {
+            self.rx.recv().await
+        };
         self.track(item)
     }
 
     /// `next` for callers outside an async runtime.
     pub fn blocking_next(&mut self) -> Option<Result<SeqOutput, EngineError>> {
-        let item = if self.closed { None } else { self.rx.blocking_recv() };
+        let item = if self.closed {
+            None
+        } else {
+            self.rx.blocking_recv()
+        };
         self.track(item)
     }
 
-    fn track(&mut self, item: Option<Result<SeqOutput, EngineError>>) -> Option<Result<SeqOutput, EngineError>> {
+    fn track(
+        &mut self,
+        item: Option<Result<SeqOutput, EngineError>>,
+    ) -> Option<Result<SeqOutput, EngineError>> {
         match item {
             Some(Ok(out)) => {
                 if out.finish.is_some() {
@@ -212,7 +279,12 @@ struct Live {
     open_choices: u32,
 }
 
-fn run(model: LlamaModel, mut kv: KvCache, mut scheduler: Scheduler, mut rx: mpsc::UnboundedReceiver<Command>) {
+fn run(
+    model: LlamaModel,
+    mut kv: KvCache,
+    mut scheduler: Scheduler,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
     let mut live: HashMap<RequestId, Live> = HashMap::new();
     loop {
         if !scheduler.has_work() {
@@ -234,7 +306,9 @@ fn run(model: LlamaModel, mut kv: KvCache, mut scheduler: Scheduler, mut rx: mps
             continue;
         }
         for out in scheduler.step(&model, &mut kv) {
-            let Some(entry) = live.get_mut(&out.request) else { continue };
+            let Some(entry) = live.get_mut(&out.request) else {
+                continue;
+            };
             let request = out.request;
             let finished = out.finish.is_some();
             if entry.tx.send(Ok(out)).is_err() {
@@ -260,7 +334,13 @@ fn handle(cmd: Command, scheduler: &mut Scheduler, live: &mut HashMap<RequestId,
             let (id, n) = (req.id, req.sampling.n);
             match scheduler.add(req) {
                 Ok(()) => {
-                    live.insert(id, Live { tx, open_choices: n });
+                    live.insert(
+                        id,
+                        Live {
+                            tx,
+                            open_choices: n,
+                        },
+                    );
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));

@@ -16,7 +16,10 @@ pub enum ErrorCategory {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("invalid argument '{field}': {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
     #[error("{}: {message}", path.display())]
     Model { path: PathBuf, message: String },
     #[error("{}: {source}", path.display())]
@@ -41,15 +44,24 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        EngineError::InvalidArgument { field, message: message.into() }
+        EngineError::InvalidArgument {
+            field,
+            message: message.into(),
+        }
     }
 
     pub fn model(path: &Path, message: impl Into<String>) -> Self {
-        EngineError::Model { path: path.to_path_buf(), message: message.into() }
+        EngineError::Model {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
     }
 
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        EngineError::Io { path: path.to_path_buf(), source }
+        EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub fn category(&self) -> ErrorCategory {

@@ -35,7 +35,11 @@ pub struct LlamaModel {
 impl LlamaModel {
     pub fn new(config: ModelConfig, weights: LlamaWeights) -> Self {
         let inv_freq = config.rope_inv_freq();
-        LlamaModel { config, weights, inv_freq }
+        LlamaModel {
+            config,
+            weights,
+            inv_freq,
+        }
     }
 
     /// Loads a GGUF file (also returning it, for the tokenizer) — see `weights::load_gguf`.
@@ -72,29 +76,47 @@ impl LlamaModel {
     /// `want_logits`, in batch order.
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvCache) -> Vec<f32> {
         let cfg = &self.config;
-        let (hidden, q_dim, kv_dim, inter) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let (hidden, q_dim, kv_dim, inter) =
+            (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
         let n_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let positions: Vec<usize> =
-            chunks.iter().flat_map(|c| (0..c.tokens.len()).map(move |i| c.start_pos + i)).collect();
+        let positions: Vec<usize> = chunks
+            .iter()
+            .flat_map(|c| (0..c.tokens.len()).map(move |i| c.start_pos + i))
+            .collect();
         let (cos, sin) = rope_tables(&positions, &self.inv_freq);
 
         let mut x = vec![0.0f32; n_tokens * hidden];
-        for (row, &tok) in x.chunks_exact_mut(hidden).zip(chunks.iter().flat_map(|c| c.tokens)) {
+        for (row, &tok) in x
+            .chunks_exact_mut(hidden)
+            .zip(chunks.iter().flat_map(|c| c.tokens))
+        {
             self.weights.embed.dequantize_rows(tok as usize, row);
         }
         let mut attn_chunks = Vec::with_capacity(chunks.len());
         let mut row = 0;
         for c in chunks {
-            attn_chunks.push(AttnChunk { row, len: c.tokens.len(), start_pos: c.start_pos, blocks: c.blocks });
+            attn_chunks.push(AttnChunk {
+                row,
+                len: c.tokens.len(),
+                start_pos: c.start_pos,
+                blocks: c.blocks,
+            });
             row += c.tokens.len();
         }
-        let dims = AttnDims { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: cfg.head_dim };
+        let dims = AttnDims {
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+        };
         let block_size = kv.block_size();
 
         let mut normed = vec![0.0f32; n_tokens * hidden];
         let mut qkv = vec![0.0f32; n_tokens * (q_dim + 2 * kv_dim)];
-        let (mut q, mut k, mut v) =
-            (vec![0.0f32; n_tokens * q_dim], vec![0.0f32; n_tokens * kv_dim], vec![0.0f32; n_tokens * kv_dim]);
+        let (mut q, mut k, mut v) = (
+            vec![0.0f32; n_tokens * q_dim],
+            vec![0.0f32; n_tokens * kv_dim],
+            vec![0.0f32; n_tokens * kv_dim],
+        );
         let mut attn = vec![0.0f32; n_tokens * q_dim];
         let mut proj = vec![0.0f32; n_tokens * hidden];
         let mut gate_up = vec![0.0f32; n_tokens * 2 * inter];
@@ -118,7 +140,10 @@ impl LlamaModel {
             for c in &attn_chunks {
                 for i in 0..c.len {
                     let (t, pos) = (c.row + i, c.start_pos + i);
-                    let (kt, vt) = (&k[t * kv_dim..(t + 1) * kv_dim], &v[t * kv_dim..(t + 1) * kv_dim]);
+                    let (kt, vt) = (
+                        &k[t * kv_dim..(t + 1) * kv_dim],
+                        &v[t * kv_dim..(t + 1) * kv_dim],
+                    );
                     kv.write(layer, c.blocks[pos / block_size], pos % block_size, kt, vt);
                 }
             }
@@ -146,7 +171,12 @@ impl LlamaModel {
         let mut final_norm = vec![0.0f32; selected.len()];
         rms_norm(&selected, &self.weights.norm, cfg.rms_eps, &mut final_norm);
         let mut logits = vec![0.0f32; last_rows.len() * cfg.vocab_size];
-        matmul(&final_norm, last_rows.len(), self.weights.head(), &mut logits);
+        matmul(
+            &final_norm,
+            last_rows.len(),
+            self.weights.head(),
+            &mut logits,
+        );
         logits
     }
 }

@@ -7,7 +7,13 @@ use cleave_engine::ModelFiles;
 use cleave_engine::bench::{BenchConfig, run_bench};
 
 fn tiny() -> BenchConfig {
-    BenchConfig { prompt_tokens: 40, decode_tokens: 5, batches: vec![1, 3], decode_prompt_tokens: 8, runs: 2 }
+    BenchConfig {
+        prompt_tokens: 40,
+        decode_tokens: 5,
+        batches: vec![1, 3],
+        decode_prompt_tokens: 8,
+        runs: 2,
+    }
 }
 
 #[test]
@@ -19,17 +25,31 @@ fn tiny_run_reports_every_measurement() {
     assert!(report.load_ms > 0.0);
 
     assert_eq!(report.prefill.prompt_tokens, 40);
-    assert_eq!(report.prefill.ttft_ms.len(), 2, "one warm-up, then the timed runs");
+    assert_eq!(
+        report.prefill.ttft_ms.len(),
+        2,
+        "one warm-up, then the timed runs"
+    );
     assert!(report.prefill.tokens_per_s > 0.0);
     let want = 40.0 / (report.prefill.median_ttft_ms / 1e3);
     assert!((report.prefill.tokens_per_s - want).abs() < 1e-6 * want);
 
-    assert_eq!(report.decode.iter().map(|d| d.batch).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(
+        report.decode.iter().map(|d| d.batch).collect::<Vec<_>>(),
+        [1, 3]
+    );
     for d in &report.decode {
-        assert_eq!(d.counted_tokens, d.batch * 4, "every request runs its full count after its first token");
+        assert_eq!(
+            d.counted_tokens,
+            d.batch * 4,
+            "every request runs its full count after its first token"
+        );
         assert_eq!(d.decode_ms.len(), 2);
         assert!(d.tokens_per_s > 0.0);
-        assert!((d.per_sequence_tokens_per_s * d.batch as f64 - d.tokens_per_s).abs() < 1e-6 * d.tokens_per_s);
+        assert!(
+            (d.per_sequence_tokens_per_s * d.batch as f64 - d.tokens_per_s).abs()
+                < 1e-6 * d.tokens_per_s
+        );
     }
 
     let m = &report.memory;
@@ -38,10 +58,17 @@ fn tiny_run_reports_every_measurement() {
     assert!(m.kv_cache_bytes >= 41 * m.kv_bytes_per_token, "{m:?}");
     assert!(m.kv_cache_bytes >= 3 * 13 * m.kv_bytes_per_token, "{m:?}");
     if cfg!(target_os = "linux") {
-        assert!(m.peak_rss_bytes.is_some_and(|peak| peak as usize > m.weights_bytes), "{m:?}");
+        assert!(
+            m.peak_rss_bytes
+                .is_some_and(|peak| peak as usize > m.weights_bytes),
+            "{m:?}"
+        );
     }
     let table = report.to_string();
-    assert!(table.contains("prefill") && table.contains("decode") && table.contains("peak RSS"), "{table}");
+    assert!(
+        table.contains("prefill") && table.contains("decode") && table.contains("peak RSS"),
+        "{table}"
+    );
 }
 
 fn invalid_field(result: Result<impl std::fmt::Debug, EngineError>) -> &'static str {
@@ -54,11 +81,41 @@ fn invalid_field(result: Result<impl std::fmt::Debug, EngineError>) -> &'static 
 #[test]
 fn bad_settings_name_their_field() {
     let bad = |c: BenchConfig| invalid_field(c.validate());
-    assert_eq!(bad(BenchConfig { prompt_tokens: 0, ..tiny() }), "prompt_tokens");
-    assert_eq!(bad(BenchConfig { decode_tokens: 1, ..tiny() }), "decode_tokens");
-    assert_eq!(bad(BenchConfig { decode_prompt_tokens: 0, ..tiny() }), "decode_prompt_tokens");
-    assert_eq!(bad(BenchConfig { batches: vec![], ..tiny() }), "batches");
-    assert_eq!(bad(BenchConfig { batches: vec![2, 0], ..tiny() }), "batches");
+    assert_eq!(
+        bad(BenchConfig {
+            prompt_tokens: 0,
+            ..tiny()
+        }),
+        "prompt_tokens"
+    );
+    assert_eq!(
+        bad(BenchConfig {
+            decode_tokens: 1,
+            ..tiny()
+        }),
+        "decode_tokens"
+    );
+    assert_eq!(
+        bad(BenchConfig {
+            decode_prompt_tokens: 0,
+            ..tiny()
+        }),
+        "decode_prompt_tokens"
+    );
+    assert_eq!(
+        bad(BenchConfig {
+            batches: vec![],
+            ..tiny()
+        }),
+        "batches"
+    );
+    assert_eq!(
+        bad(BenchConfig {
+            batches: vec![2, 0],
+            ..tiny()
+        }),
+        "batches"
+    );
     assert_eq!(bad(BenchConfig { runs: 0, ..tiny() }), "runs");
     assert!(BenchConfig::default().validate().is_ok());
 }
@@ -66,6 +123,12 @@ fn bad_settings_name_their_field() {
 #[test]
 fn a_prompt_longer_than_the_context_is_refused() {
     let path = common::model_path();
-    let config = BenchConfig { prompt_tokens: 8192, ..tiny() };
-    assert_eq!(invalid_field(run_bench(ModelFiles::Gguf(&path), &config)), "prompt_tokens");
+    let config = BenchConfig {
+        prompt_tokens: 8192,
+        ..tiny()
+    };
+    assert_eq!(
+        invalid_field(run_bench(ModelFiles::Gguf(&path), &config)),
+        "prompt_tokens"
+    );
 }

@@ -2,9 +2,9 @@
 
 mod common;
 
+use cleave_engine::SeqChunk;
 use cleave_engine::kv::KvCache;
 use cleave_engine::sampling::argmax;
-use cleave_engine::SeqChunk;
 use common::*;
 
 /// Worst absolute logit difference accepted against transformers' f32 logits (observed: under 1e-4; values span roughly ±30; the
@@ -23,10 +23,19 @@ fn tokenizer_reproduces_transformers_prompt_ids() {
 #[test]
 fn chat_template_renders_as_transformers() {
     let (_, tokenizer) = load_model();
-    for p in golden().prompts.into_iter().filter(|p| p.messages.is_some()) {
+    for p in golden()
+        .prompts
+        .into_iter()
+        .filter(|p| p.messages.is_some())
+    {
         let messages: Vec<cleave_tokens::ChatMessage> =
             serde_json::from_value(serde_json::Value::Array(p.messages.clone().unwrap())).unwrap();
-        assert_eq!(tokenizer.apply_chat_template(&messages, true).unwrap(), p.text, "{}", p.name);
+        assert_eq!(
+            tokenizer.apply_chat_template(&messages, true).unwrap(),
+            p.text,
+            "{}",
+            p.name
+        );
     }
 }
 
@@ -41,13 +50,29 @@ fn greedy_tokens_and_first_logits_match_transformers() {
         let n_blocks = total.div_ceil(block_size);
         let mut kv = KvCache::new(model.kv_shape(n_blocks, block_size));
         let blocks: Vec<u32> = (0..n_blocks as u32).collect();
-        let chunk = SeqChunk { tokens: &p.prompt_ids, start_pos: 0, blocks: &blocks, want_logits: true };
+        let chunk = SeqChunk {
+            tokens: &p.prompt_ids,
+            start_pos: 0,
+            blocks: &blocks,
+            want_logits: true,
+        };
         let logits = model.forward(&[chunk], &mut kv);
 
         let want = golden_logits(&p.name);
-        let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        eprintln!("{}: worst first-position logit difference {worst:e}", p.name);
-        assert!(worst < LOGIT_TOLERANCE, "{}: logits differ by up to {worst}", p.name);
+        let worst = logits
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "{}: worst first-position logit difference {worst:e}",
+            p.name
+        );
+        assert!(
+            worst < LOGIT_TOLERANCE,
+            "{}: logits differ by up to {worst}",
+            p.name
+        );
 
         let mut tokens = p.prompt_ids.clone();
         let mut next = argmax(&logits);
@@ -56,7 +81,12 @@ fn greedy_tokens_and_first_logits_match_transformers() {
             out.push(next);
             tokens.push(next);
             let pos = tokens.len() - 1;
-            let chunk = SeqChunk { tokens: &tokens[pos..], start_pos: pos, blocks: &blocks, want_logits: true };
+            let chunk = SeqChunk {
+                tokens: &tokens[pos..],
+                start_pos: pos,
+                blocks: &blocks,
+                want_logits: true,
+            };
             next = argmax(&model.forward(&[chunk], &mut kv));
         }
         assert_greedy_matches(p, &out);

@@ -32,7 +32,10 @@ fn tiny_llama_logits_and_greedy_tokens_match_transformers() {
     let r = reference();
     let (model, tokenizer) = load_model(ModelFiles::HfDir(&fixtures().join("tiny-llama"))).unwrap();
     let cfg = model.config();
-    assert_eq!((cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size), (4, 2, r.vocab_size));
+    assert_eq!(
+        (cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size),
+        (4, 2, r.vocab_size)
+    );
     assert!(cfg.rope_scaling.is_some() && !cfg.tie_embeddings);
     assert_eq!(tokenizer.encode(&r.text, false).unwrap(), r.input_ids);
 
@@ -43,15 +46,32 @@ fn tiny_llama_logits_and_greedy_tokens_match_transformers() {
     let mut kv = KvCache::new(model.kv_shape(n_blocks, block_size));
     let mut worst = 0.0f32;
     for (pos, want) in r.logits.chunks_exact(r.vocab_size).enumerate() {
-        let chunk = SeqChunk { tokens: &r.input_ids[pos..=pos], start_pos: pos, blocks: &blocks, want_logits: true };
+        let chunk = SeqChunk {
+            tokens: &r.input_ids[pos..=pos],
+            start_pos: pos,
+            blocks: &blocks,
+            want_logits: true,
+        };
         let got = model.forward(&[chunk], &mut kv);
-        worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+        worst = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(worst, f32::max);
     }
-    assert!(worst < 1e-4, "logits differ from transformers by up to {worst}");
+    assert!(
+        worst < 1e-4,
+        "logits differ from transformers by up to {worst}"
+    );
 
     // Greedy continuation from a single prefill of the whole prompt.
     let mut kv = KvCache::new(model.kv_shape(n_blocks, block_size));
-    let chunk = SeqChunk { tokens: &r.input_ids, start_pos: 0, blocks: &blocks, want_logits: true };
+    let chunk = SeqChunk {
+        tokens: &r.input_ids,
+        start_pos: 0,
+        blocks: &blocks,
+        want_logits: true,
+    };
     let mut next = argmax(&model.forward(&[chunk], &mut kv));
     let mut tokens = r.input_ids.clone();
     let mut out = Vec::new();
@@ -59,14 +79,24 @@ fn tiny_llama_logits_and_greedy_tokens_match_transformers() {
         out.push(next);
         tokens.push(next);
         let pos = tokens.len() - 1;
-        let chunk = SeqChunk { tokens: &tokens[pos..], start_pos: pos, blocks: &blocks, want_logits: true };
+        let chunk = SeqChunk {
+            tokens: &tokens[pos..],
+            start_pos: pos,
+            blocks: &blocks,
+            want_logits: true,
+        };
         next = argmax(&model.forward(&[chunk], &mut kv));
     }
     assert_eq!(out, r.greedy_ids);
 }
 
 fn copy_fixture(dir: &std::path::Path) {
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(fixtures().join("tiny-llama").join(f), dir.join(f)).unwrap();
     }
 }
@@ -88,26 +118,45 @@ fn broken_model_directories_are_named_in_the_error() {
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
     let msg = load_err(&tmp);
-    assert!(msg.contains("model.safetensors") && msg.contains("not a valid safetensors file"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("not a valid safetensors file"),
+        "{msg}"
+    );
 
     copy_fixture(&tmp);
     let cfg = tmp.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
     std::fs::write(&cfg, text).unwrap();
     let msg = load_err(&tmp);
-    assert!(msg.contains("missing tensor 'model.layers.2.self_attn.q_proj.weight'"), "{msg}");
+    assert!(
+        msg.contains("missing tensor 'model.layers.2.self_attn.q_proj.weight'"),
+        "{msg}"
+    );
 
     copy_fixture(&tmp);
     std::fs::write(&cfg, "{ not json").unwrap();
     let msg = load_err(&tmp);
-    assert!(msg.contains("config.json") && msg.contains("invalid config.json"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("invalid config.json"),
+        "{msg}"
+    );
 
     copy_fixture(&tmp);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"hidden_size\": 64", "\"hidden_size\": 32");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"hidden_size\": 64", "\"hidden_size\": 32");
     std::fs::write(&cfg, text).unwrap();
     let msg = load_err(&tmp);
-    assert!(msg.contains("has shape") && msg.contains("expected"), "{msg}");
+    assert!(
+        msg.contains("has shape") && msg.contains("expected"),
+        "{msg}"
+    );
 
     std::fs::remove_dir_all(&tmp).unwrap();
-    assert!(matches!(load_model(ModelFiles::HfDir(&tmp)), Err(EngineError::Io { .. } | EngineError::Model { .. })));
+    assert!(matches!(
+        load_model(ModelFiles::HfDir(&tmp)),
+        Err(EngineError::Io { .. } | EngineError::Model { .. })
+    ));
 }

@@ -21,7 +21,12 @@ fn engine(config: EngineConfig) -> Engine {
 }
 
 fn greedy(max_tokens: u32) -> SamplingSpec {
-    SamplingSpec { max_tokens: Some(max_tokens), temperature: Some(0.0), ignore_eos: true, ..Default::default() }
+    SamplingSpec {
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ignore_eos: true,
+        ..Default::default()
+    }
 }
 
 /// Reads a stream to the end: per choice index, (token ids, text, last output).
@@ -37,7 +42,10 @@ fn collect(stream: &mut GenerationStream) -> Vec<(Vec<u32>, String, SeqOutput)> 
         choices[i].1.push_str(&out.text);
         choices[i].2 = Some(out);
     }
-    choices.into_iter().map(|(ids, text, last)| (ids, text, last.unwrap())).collect()
+    choices
+        .into_iter()
+        .map(|(ids, text, last)| (ids, text, last.unwrap()))
+        .collect()
 }
 
 fn wait_until_idle(engine: &Engine) -> cleave_engine::scheduler::SchedulerStats {
@@ -59,7 +67,11 @@ fn concurrent_mixed_length_requests_each_match_running_alone() {
     let mut streams: Vec<_> = golden
         .prompts
         .iter()
-        .map(|p| engine.submit(p.prompt_ids.clone(), &greedy(golden.new_tokens as u32), 0).unwrap())
+        .map(|p| {
+            engine
+                .submit(p.prompt_ids.clone(), &greedy(golden.new_tokens as u32), 0)
+                .unwrap()
+        })
         .collect();
     for (p, stream) in golden.prompts.iter().zip(&mut streams) {
         let choices = collect(stream);
@@ -71,13 +83,20 @@ fn concurrent_mixed_length_requests_each_match_running_alone() {
         assert_eq!(finish.usage.completion_tokens, golden.new_tokens);
     }
     let stats = wait_until_idle(&engine);
-    assert_eq!(stats.free_blocks, stats.total_blocks, "every block is released or idle-cached");
+    assert_eq!(
+        stats.free_blocks, stats.total_blocks,
+        "every block is released or idle-cached"
+    );
 }
 
 #[test]
 fn chunked_prefill_matches_unchunked() {
     let config = EngineConfig {
-        scheduler: SchedulerConfig { max_batch_tokens: 32, prefix_caching: false, ..Default::default() },
+        scheduler: SchedulerConfig {
+            max_batch_tokens: 32,
+            prefix_caching: false,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let engine = engine(config);
@@ -85,7 +104,9 @@ fn chunked_prefill_matches_unchunked() {
     for name in ["long", "chat"] {
         let p = golden.prompts.iter().find(|p| p.name == name).unwrap();
         assert!(p.prompt_ids.len() > 32, "{name} needs several chunks");
-        let mut stream = engine.submit(p.prompt_ids.clone(), &greedy(golden.new_tokens as u32), 0).unwrap();
+        let mut stream = engine
+            .submit(p.prompt_ids.clone(), &greedy(golden.new_tokens as u32), 0)
+            .unwrap();
         assert_greedy_matches(p, &collect(&mut stream)[0].0);
     }
 }
@@ -96,20 +117,31 @@ fn prefix_cache_hit_reports_cached_tokens_and_gives_the_same_tokens() {
     let golden = golden();
     let p = golden.prompts.iter().find(|p| p.name == "long").unwrap();
     let run = |prompt: Vec<u32>| {
-        let mut stream = engine.submit(prompt, &greedy(golden.new_tokens as u32), 0).unwrap();
+        let mut stream = engine
+            .submit(prompt, &greedy(golden.new_tokens as u32), 0)
+            .unwrap();
         collect(&mut stream).remove(0)
     };
     let (cold_ids, _, cold) = run(p.prompt_ids.clone());
     assert_eq!(cold.finish.unwrap().usage.cached_tokens, 0);
     let (warm_ids, _, warm) = run(p.prompt_ids.clone());
     let cached = warm.finish.unwrap().usage.cached_tokens;
-    assert_eq!(cached, (p.prompt_ids.len() - 1) / 16 * 16, "every full prompt block but the last token's is reused");
+    assert_eq!(
+        cached,
+        (p.prompt_ids.len() - 1) / 16 * 16,
+        "every full prompt block but the last token's is reused"
+    );
     assert_eq!(warm_ids, cold_ids);
     assert_greedy_matches(p, &warm_ids);
 
     // A different question after the same document reuses the document's blocks.
     let mut other = p.prompt_ids[..p.prompt_ids.len() - 20].to_vec();
-    other.extend(engine.tokenizer().encode(" Which invention came first?", false).unwrap());
+    other.extend(
+        engine
+            .tokenizer()
+            .encode(" Which invention came first?", false)
+            .unwrap(),
+    );
     let (_, _, last) = run(other);
     assert!(last.finish.unwrap().usage.cached_tokens >= (p.prompt_ids.len() - 20) / 16 * 16 - 16);
     let stats = engine.blocking_stats().unwrap();
@@ -119,20 +151,33 @@ fn prefix_cache_hit_reports_cached_tokens_and_gives_the_same_tokens() {
 #[test]
 fn preemption_under_block_pressure_recomputes_the_same_tokens() {
     // Room for 8 blocks; the four prompts below need 20 blocks to finish together, one at most needs 6.
-    let config = EngineConfig { kv_cache_bytes: 8 * BLOCK_BYTES, ..Default::default() };
+    let config = EngineConfig {
+        kv_cache_bytes: 8 * BLOCK_BYTES,
+        ..Default::default()
+    };
     let engine = engine(config);
     let golden = golden();
-    let chosen: Vec<_> =
-        golden.prompts.iter().filter(|p| ["short", "code", "numbers", "chat"].contains(&p.name.as_str())).collect();
+    let chosen: Vec<_> = golden
+        .prompts
+        .iter()
+        .filter(|p| ["short", "code", "numbers", "chat"].contains(&p.name.as_str()))
+        .collect();
     let mut streams: Vec<_> = chosen
         .iter()
-        .map(|p| engine.submit(p.prompt_ids.clone(), &greedy(golden.new_tokens as u32), 0).unwrap())
+        .map(|p| {
+            engine
+                .submit(p.prompt_ids.clone(), &greedy(golden.new_tokens as u32), 0)
+                .unwrap()
+        })
         .collect();
     for (p, stream) in chosen.iter().zip(&mut streams) {
         assert_greedy_matches(p, &collect(stream)[0].0);
     }
     let stats = wait_until_idle(&engine);
-    assert!(stats.preemptions > 0, "the test must actually preempt: {stats:?}");
+    assert!(
+        stats.preemptions > 0,
+        "the test must actually preempt: {stats:?}"
+    );
     assert_eq!(stats.free_blocks, stats.total_blocks);
 }
 
@@ -143,7 +188,10 @@ fn parallel_samples_share_the_prompt_and_reproduce_with_a_seed() {
     let p = golden.prompts.iter().find(|p| p.name == "chat").unwrap();
 
     // Greedy samples are all the golden continuation.
-    let spec = SamplingSpec { n: Some(3), ..greedy(golden.new_tokens as u32) };
+    let spec = SamplingSpec {
+        n: Some(3),
+        ..greedy(golden.new_tokens as u32)
+    };
     let choices = collect(&mut engine.submit(p.prompt_ids.clone(), &spec, 0).unwrap());
     assert_eq!(choices.len(), 3);
     for (ids, _, last) in &choices {
@@ -160,12 +208,20 @@ fn parallel_samples_share_the_prompt_and_reproduce_with_a_seed() {
         ignore_eos: true,
         ..Default::default()
     };
-    let first: Vec<Vec<u32>> =
-        collect(&mut engine.submit(p.prompt_ids.clone(), &spec, 0).unwrap()).into_iter().map(|c| c.0).collect();
+    let first: Vec<Vec<u32>> = collect(&mut engine.submit(p.prompt_ids.clone(), &spec, 0).unwrap())
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
     let second: Vec<Vec<u32>> =
-        collect(&mut engine.submit(p.prompt_ids.clone(), &spec, 0).unwrap()).into_iter().map(|c| c.0).collect();
+        collect(&mut engine.submit(p.prompt_ids.clone(), &spec, 0).unwrap())
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
     assert_eq!(first, second);
-    assert!(first[0] != first[1] || first[1] != first[2], "three samples at temperature 1 all equal: {first:?}");
+    assert!(
+        first[0] != first[1] || first[1] != first[2],
+        "three samples at temperature 1 all equal: {first:?}"
+    );
     let stats = wait_until_idle(&engine);
     assert_eq!(stats.free_blocks, stats.total_blocks);
 }
@@ -175,20 +231,28 @@ fn dropping_a_stream_aborts_the_request_and_frees_its_blocks() {
     let engine = engine(EngineConfig::default());
     let golden = golden();
     let p = golden.prompts.iter().find(|p| p.name == "long").unwrap();
-    let mut stream = engine.submit(p.prompt_ids.clone(), &greedy(2000), 0).unwrap();
+    let mut stream = engine
+        .submit(p.prompt_ids.clone(), &greedy(2000), 0)
+        .unwrap();
     let first = stream.blocking_next().unwrap().unwrap();
     assert_eq!(first.token_ids.len(), 1);
     let busy = engine.blocking_stats().unwrap();
     assert!(busy.free_blocks < busy.total_blocks);
     drop(stream);
     let stats = wait_until_idle(&engine);
-    assert_eq!(stats.free_blocks, stats.total_blocks, "all blocks back (free or idle-cached)");
+    assert_eq!(
+        stats.free_blocks, stats.total_blocks,
+        "all blocks back (free or idle-cached)"
+    );
 }
 
 #[test]
 fn explicit_abort_ends_the_stream_with_cancelled() {
     let engine = engine(EngineConfig::default());
-    let prompt = engine.tokenizer().encode("Count from one to a thousand:", false).unwrap();
+    let prompt = engine
+        .tokenizer()
+        .encode("Count from one to a thousand:", false)
+        .unwrap();
     let mut stream = engine.submit(prompt, &greedy(2000), 0).unwrap();
     stream.blocking_next().unwrap().unwrap();
     engine.abort(stream.id());
@@ -208,15 +272,24 @@ fn stop_strings_cut_the_text_and_eos_ends_generation() {
     let golden = golden();
     let short = golden.prompts.iter().find(|p| p.name == "short").unwrap();
     // transformers continues " Paris.\n\nThe answer is: ..."
-    let spec = SamplingSpec { stop: vec![".\n".into()], ..greedy(48) };
-    let (_, text, last) = collect(&mut engine.submit(short.prompt_ids.clone(), &spec, 0).unwrap()).remove(0);
+    let spec = SamplingSpec {
+        stop: vec![".\n".into()],
+        ..greedy(48)
+    };
+    let (_, text, last) =
+        collect(&mut engine.submit(short.prompt_ids.clone(), &spec, 0).unwrap()).remove(0);
     assert_eq!(text, " Paris");
     assert_eq!(last.finish.unwrap().reason, FinishReason::Stop);
 
     // Without ignore_eos the chat answer ends at <|im_end|> (id 2), which is not part of the text.
     let chat = golden.prompts.iter().find(|p| p.name == "chat").unwrap();
-    let spec = SamplingSpec { max_tokens: Some(48), temperature: Some(0.0), ..Default::default() };
-    let (ids, text, last) = collect(&mut engine.submit(chat.prompt_ids.clone(), &spec, 0).unwrap()).remove(0);
+    let spec = SamplingSpec {
+        max_tokens: Some(48),
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let (ids, text, last) =
+        collect(&mut engine.submit(chat.prompt_ids.clone(), &spec, 0).unwrap()).remove(0);
     let eos_at = chat.output_ids.iter().position(|&t| t == 2).unwrap();
     assert_eq!(ids, chat.output_ids[..=eos_at]);
     assert_eq!(text, "The capital of France is Paris.");
@@ -228,7 +301,10 @@ fn logprobs_describe_the_chosen_tokens() {
     let engine = engine(EngineConfig::default());
     let golden = golden();
     let p = golden.prompts.iter().find(|p| p.name == "numbers").unwrap();
-    let spec = SamplingSpec { logprobs: Some(5), ..greedy(8) };
+    let spec = SamplingSpec {
+        logprobs: Some(5),
+        ..greedy(8)
+    };
     let mut stream = engine.submit(p.prompt_ids.clone(), &spec, 0).unwrap();
     let mut n = 0;
     while let Some(out) = stream.blocking_next() {
@@ -246,19 +322,41 @@ fn logprobs_describe_the_chosen_tokens() {
 
 #[test]
 fn bad_requests_are_refused_with_the_field_named() {
-    let engine = engine(EngineConfig { kv_cache_bytes: 8 * BLOCK_BYTES, ..Default::default() });
+    let engine = engine(EngineConfig {
+        kv_cache_bytes: 8 * BLOCK_BYTES,
+        ..Default::default()
+    });
     let field = |r: Result<GenerationStream, EngineError>| match r {
         Err(EngineError::InvalidArgument { field, .. }) => field,
         other => panic!("expected invalid argument, got {other:?}"),
     };
-    assert_eq!(field(engine.submit(vec![1, 49152], &greedy(4), 0)), "prompt");
+    assert_eq!(
+        field(engine.submit(vec![1, 49152], &greedy(4), 0)),
+        "prompt"
+    );
     assert_eq!(field(engine.submit(vec![], &greedy(4), 0)), "prompt");
     assert_eq!(field(engine.submit(vec![1; 8192], &greedy(4), 0)), "prompt");
-    assert_eq!(field(engine.submit(vec![1, 2], &SamplingSpec { top_p: Some(0.0), ..greedy(4) }, 0)), "top_p");
-    assert_eq!(field(engine.submit(vec![1, 2], &greedy(0), 0)), "max_tokens");
+    assert_eq!(
+        field(engine.submit(
+            vec![1, 2],
+            &SamplingSpec {
+                top_p: Some(0.0),
+                ..greedy(4)
+            },
+            0
+        )),
+        "top_p"
+    );
+    assert_eq!(
+        field(engine.submit(vec![1, 2], &greedy(0), 0)),
+        "max_tokens"
+    );
     // Valid, but larger than this engine's whole KV cache: refused on the stream, not hung.
     let mut stream = engine.submit(vec![1, 2], &greedy(1000), 0).unwrap();
-    assert!(matches!(stream.blocking_next(), Some(Err(EngineError::ResourceExhausted(_)))));
+    assert!(matches!(
+        stream.blocking_next(),
+        Some(Err(EngineError::ResourceExhausted(_)))
+    ));
     // The engine still serves afterwards.
     let choices = collect(&mut engine.submit(vec![504, 3458, 282], &greedy(3), 0).unwrap());
     assert_eq!(choices[0].0.len(), 3);
@@ -271,8 +369,13 @@ fn engine_handle_is_usable_across_threads() {
         .map(|i| {
             let engine = engine.clone();
             std::thread::spawn(move || {
-                let prompt = engine.tokenizer().encode(&format!("Fact number {i}:"), false).unwrap();
-                collect(&mut engine.submit(prompt, &greedy(6), 0).unwrap())[0].0.len()
+                let prompt = engine
+                    .tokenizer()
+                    .encode(&format!("Fact number {i}:"), false)
+                    .unwrap();
+                collect(&mut engine.submit(prompt, &greedy(6), 0).unwrap())[0]
+                    .0
+                    .len()
             })
         })
         .collect();

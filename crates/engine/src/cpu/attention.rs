@@ -29,13 +29,25 @@ pub struct AttnDims {
 
 /// `q` is `[tokens, n_heads * head_dim]` (already rotated); the chunk's keys/values must already be in `kv`.
 /// Writes `out` in the same layout as `q`.
-pub fn paged_attention(q: &[f32], chunks: &[AttnChunk<'_>], kv: &KvCache, layer: usize, dims: AttnDims, out: &mut [f32]) {
-    let AttnDims { n_heads, n_kv_heads, head_dim: hd } = dims;
+pub fn paged_attention(
+    q: &[f32],
+    chunks: &[AttnChunk<'_>],
+    kv: &KvCache,
+    layer: usize,
+    dims: AttnDims,
+    out: &mut [f32],
+) {
+    let AttnDims {
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+    } = dims;
     let q_dim = n_heads * hd;
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let tasks: Vec<(usize, usize)> =
-        (0..chunks.len()).flat_map(|c| (0..n_kv_heads).map(move |g| (c, g))).collect();
+    let tasks: Vec<(usize, usize)> = (0..chunks.len())
+        .flat_map(|c| (0..n_kv_heads).map(move |g| (c, g)))
+        .collect();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(c, g)| {
@@ -48,16 +60,32 @@ pub fn paged_attention(q: &[f32], chunks: &[AttnChunk<'_>], kv: &KvCache, layer:
             let mut head_out = vec![0.0; group * chunk.len * hd];
             for r in 0..group {
                 let h = g * group + r;
-                let q_rows = MatRef { data: &q[chunk.row * q_dim + h * hd..], row_stride: q_dim, col_stride: 1 };
-                let k_t = MatRef { data: &keys, row_stride: 1, col_stride: hd };
+                let q_rows = MatRef {
+                    data: &q[chunk.row * q_dim + h * hd..],
+                    row_stride: q_dim,
+                    col_stride: 1,
+                };
+                let k_t = MatRef {
+                    data: &keys,
+                    row_stride: 1,
+                    col_stride: hd,
+                };
                 gemm_strided(chunk.len, ctx, hd, q_rows, k_t, &mut scores, ctx, scale);
                 for (i, row) in scores.chunks_exact_mut(ctx).enumerate() {
                     let visible = chunk.start_pos + i + 1;
                     softmax(&mut row[..visible]);
                     row[visible..].fill(0.0);
                 }
-                let p = MatRef { data: &scores, row_stride: ctx, col_stride: 1 };
-                let v = MatRef { data: &values, row_stride: hd, col_stride: 1 };
+                let p = MatRef {
+                    data: &scores,
+                    row_stride: ctx,
+                    col_stride: 1,
+                };
+                let v = MatRef {
+                    data: &values,
+                    row_stride: hd,
+                    col_stride: 1,
+                };
                 let dst = &mut head_out[r * chunk.len * hd..(r + 1) * chunk.len * hd];
                 gemm_strided(chunk.len, hd, ctx, p, v, dst, hd, 1.0);
             }

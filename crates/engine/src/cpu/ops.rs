@@ -19,9 +19,13 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         }
     };
     if x.len() >= PAR_MIN_ELEMS {
-        x.par_chunks_exact(width).zip(out.par_chunks_exact_mut(width)).for_each(norm_row);
+        x.par_chunks_exact(width)
+            .zip(out.par_chunks_exact_mut(width))
+            .for_each(norm_row);
     } else {
-        x.chunks_exact(width).zip(out.chunks_exact_mut(width)).for_each(norm_row);
+        x.chunks_exact(width)
+            .zip(out.chunks_exact_mut(width))
+            .for_each(norm_row);
     }
 }
 
@@ -45,7 +49,10 @@ pub fn apply_rope(x: &mut [f32], n_heads: usize, head_dim: usize, cos: &[f32], s
     let half = head_dim / 2;
     let width = n_heads * head_dim;
     for (t, row) in x.chunks_exact_mut(width).enumerate() {
-        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        let (c, s) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
         for head in row.chunks_exact_mut(head_dim) {
             let (a, b) = head.split_at_mut(half);
             for i in 0..half {
@@ -66,9 +73,15 @@ pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) {
         }
     };
     if out.len() >= PAR_MIN_ELEMS {
-        gate_up.par_chunks_exact(2 * inter).zip(out.par_chunks_exact_mut(inter)).for_each(row);
+        gate_up
+            .par_chunks_exact(2 * inter)
+            .zip(out.par_chunks_exact_mut(inter))
+            .for_each(row);
     } else {
-        gate_up.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)).for_each(row);
+        gate_up
+            .chunks_exact(2 * inter)
+            .zip(out.chunks_exact_mut(inter))
+            .for_each(row);
     }
 }
 

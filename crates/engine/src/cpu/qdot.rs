@@ -3,18 +3,26 @@
 //! Each 32-weight block is dequantized in AVX2 registers with the same formulas and roundings as
 //! `Matrix::dequantize_rows` (`d * q` then `+ m`: no fused multiply-add there, so the weights are bit-identical to a
 //! full dequantization) and multiplied straight into per-row accumulators: weights are read once, at their stored
-//! size, and never written back as f32. Two accumulators per input row hide FMA latency
-//! without spilling registers at four input rows. CPUs without AVX2,
+//! size, and never written back as f32. Up to four input rows keep two accumulators
+//! each (hiding FMA latency); five to eight keep one, so the accumulators still fit the sixteen vector registers. CPUs without AVX2,
 //! FMA and F16C, and other weight types, use the caller's dequantize-then-dot path.
 
 use cleave_gguf::GgmlType;
 
 /// Input rows this kernel handles at once.
-pub const MAX_ROWS: usize = 4;
+pub const MAX_ROWS: usize = 8;
 
 /// `out[i * n_out + j] = x[i] · row j` for the weight rows in `rows` (`row_bytes` each, `k` weights each) and
 /// `m <= MAX_ROWS` input rows. Returns `false`, computing nothing, when no fused kernel applies.
-pub fn quant_rows_dot(ty: GgmlType, rows: &[u8], row_bytes: usize, x: &[f32], m: usize, k: usize, out: &mut [f32]) -> bool {
+pub fn quant_rows_dot(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    out: &mut [f32],
+) -> bool {
     let n_out = rows.len() / row_bytes.max(1);
     let fits = m >= 1
         && m <= MAX_ROWS
@@ -64,16 +72,28 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; the extents must satisfy `quant_rows_dot`'s `fits` check.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn run(ty: GgmlType, rows: &[u8], row_bytes: usize, x: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    pub unsafe fn run(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        out: &mut [f32],
+    ) {
         macro_rules! by_rows {
             ($kernel:ident) => {
                 // SAFETY: forwarded from the caller's contract.
                 unsafe {
                     match m {
-                        1 => $kernel::<1>(rows, row_bytes, x, k, out),
-                        2 => $kernel::<2>(rows, row_bytes, x, k, out),
-                        3 => $kernel::<3>(rows, row_bytes, x, k, out),
-                        _ => $kernel::<4>(rows, row_bytes, x, k, out),
+                        1 => $kernel::<1, 2>(rows, row_bytes, x, k, out),
+                        2 => $kernel::<2, 2>(rows, row_bytes, x, k, out),
+                        3 => $kernel::<3, 2>(rows, row_bytes, x, k, out),
+                        4 => $kernel::<4, 2>(rows, row_bytes, x, k, out),
+                        5 => $kernel::<5, 1>(rows, row_bytes, x, k, out),
+                        6 => $kernel::<6, 1>(rows, row_bytes, x, k, out),
+                        7 => $kernel::<7, 1>(rows, row_bytes, x, k, out),
+                        _ => $kernel::<8, 1>(rows, row_bytes, x, k, out),
                     }
                 }
             };
@@ -89,7 +109,13 @@ mod avx2 {
     macro_rules! kernel {
         ($name:ident, $deq:ident, $block_bytes:literal) => {
             #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn $name<const M: usize>(rows: &[u8], row_bytes: usize, x: &[f32], k: usize, out: &mut [f32]) {
+            unsafe fn $name<const M: usize, const C: usize>(
+                rows: &[u8],
+                row_bytes: usize,
+                x: &[f32],
+                k: usize,
+                out: &mut [f32],
+            ) {
                 let n_out = rows.len() / row_bytes;
                 let blocks = k / 32;
                 // SAFETY: `fits` guarantees whole blocks per row, m = M input rows of k floats, and M * n_out
@@ -97,13 +123,17 @@ mod avx2 {
                 unsafe {
                     for j in 0..n_out {
                         let row = rows.as_ptr().add(j * row_bytes);
-                        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+                        let mut acc = [[_mm256_setzero_ps(); C]; M];
                         for b in 0..blocks {
                             let w = $deq(row.add(b * $block_bytes));
                             for i in 0..M {
                                 let xp = x.as_ptr().add(i * k + b * 32);
                                 for c in 0..4 {
-                                    acc[i][c % 2] = _mm256_fmadd_ps(w[c], _mm256_loadu_ps(xp.add(c * 8)), acc[i][c % 2]);
+                                    acc[i][c % C] = _mm256_fmadd_ps(
+                                        w[c],
+                                        _mm256_loadu_ps(xp.add(c * 8)),
+                                        acc[i][c % C],
+                                    );
                                 }
                             }
                         }
@@ -120,8 +150,8 @@ mod avx2 {
     kernel!(kernel_q8_0, deq_q8_0, 34);
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(acc: &[__m256; 2]) -> f32 {
-        let s = _mm256_add_ps(acc[0], acc[1]);
+    fn hsum(acc: &[__m256]) -> f32 {
+        let s = acc.iter().skip(1).fold(acc[0], |a, &b| _mm256_add_ps(a, b));
         let half = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
         let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
         _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
@@ -209,3 +239,6 @@ mod avx2 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

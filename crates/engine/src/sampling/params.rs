@@ -67,7 +67,9 @@ impl SamplingParams {
     }
 
     pub fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 }
 
@@ -96,14 +98,21 @@ pub struct ValidSampling {
 
 impl SamplingSpec {
     /// Checks every field against its range and the prompt against the model, naming the first offending field.
-    pub fn validate(&self, prompt_len: usize, limits: ModelLimits) -> Result<ValidSampling, EngineError> {
+    pub fn validate(
+        &self,
+        prompt_len: usize,
+        limits: ModelLimits,
+    ) -> Result<ValidSampling, EngineError> {
         if prompt_len == 0 {
             return Err(EngineError::invalid("prompt", "the prompt is empty"));
         }
         if prompt_len >= limits.max_context {
             return Err(EngineError::invalid(
                 "prompt",
-                format!("the prompt has {prompt_len} tokens; the model's context is {}", limits.max_context),
+                format!(
+                    "the prompt has {prompt_len} tokens; the model's context is {}",
+                    limits.max_context
+                ),
             ));
         }
         let room = limits.max_context - prompt_len;
@@ -123,42 +132,76 @@ impl SamplingSpec {
         };
         let temperature = self.temperature.unwrap_or(1.0);
         if !temperature.is_finite() || !(0.0..=100.0).contains(&temperature) {
-            return Err(EngineError::invalid("temperature", format!("must be in [0, 100], got {temperature}")));
+            return Err(EngineError::invalid(
+                "temperature",
+                format!("must be in [0, 100], got {temperature}"),
+            ));
         }
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(EngineError::invalid("top_p", format!("must be in (0, 1], got {top_p}")));
+            return Err(EngineError::invalid(
+                "top_p",
+                format!("must be in (0, 1], got {top_p}"),
+            ));
         }
         let min_p = self.min_p.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&min_p) {
-            return Err(EngineError::invalid("min_p", format!("must be in [0, 1], got {min_p}")));
+            return Err(EngineError::invalid(
+                "min_p",
+                format!("must be in [0, 1], got {min_p}"),
+            ));
         }
         let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
         if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
-            return Err(EngineError::invalid("repetition_penalty", format!("must be > 0, got {repetition_penalty}")));
+            return Err(EngineError::invalid(
+                "repetition_penalty",
+                format!("must be > 0, got {repetition_penalty}"),
+            ));
         }
         let presence_penalty = self.presence_penalty.unwrap_or(0.0);
         if !(-2.0..=2.0).contains(&presence_penalty) {
-            return Err(EngineError::invalid("presence_penalty", format!("must be in [-2, 2], got {presence_penalty}")));
+            return Err(EngineError::invalid(
+                "presence_penalty",
+                format!("must be in [-2, 2], got {presence_penalty}"),
+            ));
         }
         let frequency_penalty = self.frequency_penalty.unwrap_or(0.0);
         if !(-2.0..=2.0).contains(&frequency_penalty) {
-            return Err(EngineError::invalid("frequency_penalty", format!("must be in [-2, 2], got {frequency_penalty}")));
+            return Err(EngineError::invalid(
+                "frequency_penalty",
+                format!("must be in [-2, 2], got {frequency_penalty}"),
+            ));
         }
         if let Some(n) = self.logprobs
             && n > MAX_TOP_LOGPROBS
         {
-            return Err(EngineError::invalid("logprobs", format!("at most {MAX_TOP_LOGPROBS} alternatives, got {n}")));
+            return Err(EngineError::invalid(
+                "logprobs",
+                format!("at most {MAX_TOP_LOGPROBS} alternatives, got {n}"),
+            ));
         }
         let n = self.n.unwrap_or(1);
         if n == 0 || n > MAX_N {
-            return Err(EngineError::invalid("n", format!("must be in [1, {MAX_N}], got {n}")));
+            return Err(EngineError::invalid(
+                "n",
+                format!("must be in [1, {MAX_N}], got {n}"),
+            ));
         }
-        if let Some(&id) = self.stop_token_ids.iter().find(|&&id| id as usize >= limits.vocab_size) {
-            return Err(EngineError::invalid("stop_token_ids", format!("token id {id} is outside the vocabulary")));
+        if let Some(&id) = self
+            .stop_token_ids
+            .iter()
+            .find(|&&id| id as usize >= limits.vocab_size)
+        {
+            return Err(EngineError::invalid(
+                "stop_token_ids",
+                format!("token id {id} is outside the vocabulary"),
+            ));
         }
         if self.stop.iter().any(String::is_empty) {
-            return Err(EngineError::invalid("stop", "stop strings must not be empty"));
+            return Err(EngineError::invalid(
+                "stop",
+                "stop strings must not be empty",
+            ));
         }
         Ok(ValidSampling {
             params: SamplingParams {

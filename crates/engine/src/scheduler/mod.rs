@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use cleave_tokens::Tokenizer;
 
-pub use sequence::{Finish, FinishReason, NewRequest, RequestId, SeqOutput, Usage};
 use sequence::Sequence;
+pub use sequence::{Finish, FinishReason, NewRequest, RequestId, SeqOutput, Usage};
 
 use crate::error::EngineError;
 use crate::kv::{BlockManager, KvCache, PrefixCacheStats};
@@ -37,7 +37,13 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { block_size: 16, max_batch_tokens: 512, max_running: 64, prefix_caching: true, hash_seed: 0 }
+        SchedulerConfig {
+            block_size: 16,
+            max_batch_tokens: 512,
+            max_running: 64,
+            prefix_caching: true,
+            hash_seed: 0,
+        }
     }
 }
 
@@ -68,7 +74,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: SchedulerConfig, n_blocks: usize, tokenizer: Arc<Tokenizer>, max_context: usize) -> Self {
+    pub fn new(
+        config: SchedulerConfig,
+        n_blocks: usize,
+        tokenizer: Arc<Tokenizer>,
+        max_context: usize,
+    ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
         Scheduler {
             config,
@@ -97,7 +108,12 @@ impl Scheduler {
             waiting: self.waiting.len(),
             free_blocks: self.blocks.available(),
             total_blocks: self.blocks.n_blocks(),
-            queued_prefill_tokens: self.waiting.iter().chain(&self.running).map(|s| s.uncomputed()).sum(),
+            queued_prefill_tokens: self
+                .waiting
+                .iter()
+                .chain(&self.running)
+                .map(|s| s.uncomputed())
+                .sum(),
             preemptions: self.preemptions,
             prefix_cache: self.blocks.stats(),
         }
@@ -107,7 +123,8 @@ impl Scheduler {
     pub fn add(&mut self, req: NewRequest) -> Result<(), EngineError> {
         let bs = self.config.block_size;
         let prompt_blocks = req.prompt.len().div_ceil(bs);
-        let own_blocks = (req.prompt.len() + req.sampling.stop.max_tokens).div_ceil(bs) - req.prompt.len() / bs;
+        let own_blocks =
+            (req.prompt.len() + req.sampling.stop.max_tokens).div_ceil(bs) - req.prompt.len() / bs;
         let needed = prompt_blocks + own_blocks * req.sampling.n as usize;
         if needed > self.blocks.n_blocks() {
             return Err(EngineError::ResourceExhausted(format!(
@@ -117,7 +134,13 @@ impl Scheduler {
             )));
         }
         self.arrivals += 1;
-        let seq = Sequence::new(req, self.arrivals, bs, self.config.hash_seed, self.tokenizer.clone());
+        let seq = Sequence::new(
+            req,
+            self.arrivals,
+            bs,
+            self.config.hash_seed,
+            self.tokenizer.clone(),
+        );
         self.enqueue(seq);
         Ok(())
     }
@@ -125,7 +148,12 @@ impl Scheduler {
     /// Drops every sequence of a request and frees its blocks. Returns whether it was known.
     pub fn abort(&mut self, request: RequestId) -> bool {
         let mut found = false;
-        for seq in self.running.iter().chain(&self.waiting).filter(|s| s.request == request) {
+        for seq in self
+            .running
+            .iter()
+            .chain(&self.waiting)
+            .filter(|s| s.request == request)
+        {
             self.blocks.release_all(&seq.blocks);
             found = true;
         }
@@ -165,7 +193,9 @@ impl Scheduler {
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let take = self.running[i].uncomputed().min(budget);
-            let needed = (self.running[i].computed + take).div_ceil(bs).saturating_sub(self.running[i].blocks.len());
+            let needed = (self.running[i].computed + take)
+                .div_ceil(bs)
+                .saturating_sub(self.running[i].blocks.len());
             // Make room by preempting the least important sequence after this one.
             while self.blocks.available() < needed && self.running.len() > i + 1 {
                 let victim = self.pick_victim(i + 1);
@@ -186,10 +216,14 @@ impl Scheduler {
         }
         // A victim preempted above sits in `waiting` now; admitting it again in this step would thrash.
         while budget > 0 && self.running.len() < self.config.max_running && !preempted {
-            let Some(mut seq) = self.waiting.pop_front() else { break };
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
             if seq.blocks.is_empty() && self.config.prefix_caching {
                 let reusable = (seq.tokens.len() - 1) / bs;
-                seq.blocks = self.blocks.acquire_prefix(&seq.hashes[..reusable.min(seq.hashes.len())]);
+                seq.blocks = self
+                    .blocks
+                    .acquire_prefix(&seq.hashes[..reusable.min(seq.hashes.len())]);
                 seq.computed = seq.blocks.len() * bs;
                 seq.registered = seq.blocks.len();
                 if seq.generated() == 0 {
@@ -197,7 +231,9 @@ impl Scheduler {
                 }
             }
             let take = seq.uncomputed().min(budget);
-            let needed = (seq.computed + take).div_ceil(bs).saturating_sub(seq.blocks.len());
+            let needed = (seq.computed + take)
+                .div_ceil(bs)
+                .saturating_sub(seq.blocks.len());
             if self.blocks.available() < needed {
                 self.blocks.release_all(&seq.blocks);
                 seq.blocks.clear();
@@ -241,12 +277,20 @@ impl Scheduler {
 
     fn enqueue(&mut self, seq: Sequence) {
         let key = (seq.priority, seq.arrival);
-        let at = self.waiting.partition_point(|s| (s.priority, s.arrival) <= key);
+        let at = self
+            .waiting
+            .partition_point(|s| (s.priority, s.arrival) <= key);
         self.waiting.insert(at, seq);
     }
 
     /// Advances the scheduled sequences past the step: publishes full blocks, samples, checks stops.
-    fn apply(&mut self, plan: &[(usize, usize)], logits: &[f32], vocab: usize, kv: &mut KvCache) -> Vec<SeqOutput> {
+    fn apply(
+        &mut self,
+        plan: &[(usize, usize)],
+        logits: &[f32],
+        vocab: usize,
+        kv: &mut KvCache,
+    ) -> Vec<SeqOutput> {
         let bs = self.config.block_size;
         let mut outputs = Vec::new();
         let mut rows = logits.chunks_exact(vocab);
@@ -268,7 +312,14 @@ impl Scheduler {
             let Some(row) = rows.next() else { break };
             for index in 1..=std::mem::take(&mut seq.forks_pending) {
                 let mut child = seq.fork(index, self.tokenizer.clone());
-                share_prefix(&mut self.blocks, kv, &mut child, &seq.blocks, seq.computed, bs);
+                share_prefix(
+                    &mut self.blocks,
+                    kv,
+                    &mut child,
+                    &seq.blocks,
+                    seq.computed,
+                    bs,
+                );
                 let out = sample_and_check(&mut child, row, &self.eos, self.max_context);
                 if out.finish.is_some() {
                     self.blocks.release_all(&child.blocks);
@@ -354,7 +405,10 @@ fn sample_and_check(seq: &mut Sequence, row: &[f32], eos: &[u32], max_context: u
             // Text held back for a stop-string match that never came is released at the end.
             out.text.push_str(&seq.text.finish());
         }
-        out.finish = Some(Finish { reason, usage: seq.usage() });
+        out.finish = Some(Finish {
+            reason,
+            usage: seq.usage(),
+        });
     }
     out
 }

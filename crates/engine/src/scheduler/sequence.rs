@@ -85,7 +85,13 @@ pub(crate) struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(req: NewRequest, arrival: u64, block_size: usize, hash_seed: u64, tokenizer: Arc<Tokenizer>) -> Self {
+    pub fn new(
+        req: NewRequest,
+        arrival: u64,
+        block_size: usize,
+        hash_seed: u64,
+        tokenizer: Arc<Tokenizer>,
+    ) -> Self {
         let mut hasher = BlockHasher::new(block_size, hash_seed);
         let hashes = hasher.extend(&req.prompt);
         let ValidSampling { params, stop, n } = req.sampling;
@@ -125,7 +131,11 @@ impl Sequence {
             registered: 0,
             cached_tokens: self.cached_tokens,
             forks_pending: 0,
-            sampler: Sampler::new(self.sampler.params().clone(), &self.tokens[..self.prompt_len], u64::from(index)),
+            sampler: Sampler::new(
+                self.sampler.params().clone(),
+                &self.tokens[..self.prompt_len],
+                u64::from(index),
+            ),
             text: TextStream::new(tokenizer, self.stop.stop_strings.clone()),
             stop: self.stop.clone(),
         }
@@ -148,7 +158,11 @@ impl Sequence {
     }
 
     pub fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt_len, cached_tokens: self.cached_tokens, completion_tokens: self.generated() }
+        Usage {
+            prompt_tokens: self.prompt_len,
+            cached_tokens: self.cached_tokens,
+            completion_tokens: self.generated(),
+        }
     }
 
     pub fn output(&self) -> SeqOutput {

@@ -15,9 +15,27 @@ fn tiny() -> (LlamaModel, Arc<Tokenizer>) {
 
 fn request(id: RequestId, prompt_len: usize, max_tokens: u32, priority: i32) -> NewRequest {
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 3 + i % 200).collect();
-    let spec = SamplingSpec { max_tokens: Some(max_tokens), temperature: Some(0.0), ignore_eos: true, ..Default::default() };
-    let sampling = spec.validate(prompt.len(), ModelLimits { max_context: 128, vocab_size: 320 }).unwrap();
-    NewRequest { id, prompt, sampling, priority }
+    let spec = SamplingSpec {
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let sampling = spec
+        .validate(
+            prompt.len(),
+            ModelLimits {
+                max_context: 128,
+                vocab_size: 320,
+            },
+        )
+        .unwrap();
+    NewRequest {
+        id,
+        prompt,
+        sampling,
+        priority,
+    }
 }
 
 fn setup(config: SchedulerConfig, n_blocks: usize) -> (LlamaModel, KvCache, Scheduler) {
@@ -28,11 +46,21 @@ fn setup(config: SchedulerConfig, n_blocks: usize) -> (LlamaModel, KvCache, Sche
 }
 
 fn config(block_size: usize, max_batch_tokens: usize) -> SchedulerConfig {
-    SchedulerConfig { block_size, max_batch_tokens, max_running: 8, prefix_caching: true, hash_seed: 0 }
+    SchedulerConfig {
+        block_size,
+        max_batch_tokens,
+        max_running: 8,
+        prefix_caching: true,
+        hash_seed: 0,
+    }
 }
 
 /// Steps until idle; returns every request's token ids and the number of steps.
-fn drain(model: &LlamaModel, kv: &mut KvCache, s: &mut Scheduler) -> (HashMap<RequestId, Vec<u32>>, usize) {
+fn drain(
+    model: &LlamaModel,
+    kv: &mut KvCache,
+    s: &mut Scheduler,
+) -> (HashMap<RequestId, Vec<u32>>, usize) {
     let mut out: HashMap<RequestId, Vec<u32>> = HashMap::new();
     let mut steps = 0;
     while s.has_work() {
@@ -51,7 +79,11 @@ fn token_budget_chunks_a_long_prompt() {
     s.add(request(1, 25, 4, 0)).unwrap();
     let plan = s.plan();
     assert_eq!(plan, vec![(0, 10)]);
-    assert_eq!(s.running[0].blocks.len(), 3, "blocks cover the scheduled tokens only");
+    assert_eq!(
+        s.running[0].blocks.len(),
+        3,
+        "blocks cover the scheduled tokens only"
+    );
 }
 
 #[test]
@@ -66,7 +98,13 @@ fn decodes_go_first_then_prefill_fills_the_budget() {
 
 #[test]
 fn waiting_requests_are_admitted_by_priority_then_arrival() {
-    let (_, _, mut s) = setup(SchedulerConfig { max_running: 1, ..config(4, 64) }, 64);
+    let (_, _, mut s) = setup(
+        SchedulerConfig {
+            max_running: 1,
+            ..config(4, 64)
+        },
+        64,
+    );
     s.add(request(1, 4, 4, 5)).unwrap();
     s.add(request(2, 4, 4, 0)).unwrap();
     s.add(request(3, 4, 4, 0)).unwrap();
@@ -95,7 +133,13 @@ fn block_pressure_preempts_the_lowest_priority_newest_sequence_and_all_finish() 
 
 #[test]
 fn abort_frees_blocks_of_running_and_waiting_sequences() {
-    let (model, mut kv, mut s) = setup(SchedulerConfig { max_running: 1, ..config(4, 64) }, 16);
+    let (model, mut kv, mut s) = setup(
+        SchedulerConfig {
+            max_running: 1,
+            ..config(4, 64)
+        },
+        16,
+    );
     s.add(request(1, 10, 20, 0)).unwrap();
     s.add(request(2, 10, 20, 0)).unwrap();
     s.step(&model, &mut kv);
@@ -110,7 +154,10 @@ fn abort_frees_blocks_of_running_and_waiting_sequences() {
 #[test]
 fn a_request_larger_than_the_cache_is_refused() {
     let (_, _, mut s) = setup(config(4, 64), 4);
-    assert!(matches!(s.add(request(1, 8, 12, 0)), Err(EngineError::ResourceExhausted(_))));
+    assert!(matches!(
+        s.add(request(1, 8, 12, 0)),
+        Err(EngineError::ResourceExhausted(_))
+    ));
     s.add(request(2, 8, 8, 0)).unwrap();
 }
 

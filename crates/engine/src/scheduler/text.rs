@@ -23,7 +23,11 @@ pub struct TextDelta {
 
 impl TextStream {
     pub fn new(tokenizer: Arc<Tokenizer>, stop_strings: Vec<String>) -> Self {
-        TextStream { decoder: DecodeStream::new(tokenizer, true), stop_strings, held: String::new() }
+        TextStream {
+            decoder: DecodeStream::new(tokenizer, true),
+            stop_strings,
+            held: String::new(),
+        }
     }
 
     /// Adds a generated token. An id the tokenizer does not know (a model vocabulary padded past the tokenizer's)
@@ -48,17 +52,27 @@ impl TextStream {
     }
 
     fn release(&mut self) -> TextDelta {
-        let first_stop = self.stop_strings.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        let first_stop = self
+            .stop_strings
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
         if let Some(at) = first_stop {
             let text = self.held[..at].to_string();
             self.held.clear();
-            return TextDelta { text, stopped: true };
+            return TextDelta {
+                text,
+                stopped: true,
+            };
         }
         let keep = self.held_back_len();
         let cut = self.held.len() - keep;
         let text = self.held[..cut].to_string();
         self.held.drain(..cut);
-        TextDelta { text, stopped: false }
+        TextDelta {
+            text,
+            stopped: false,
+        }
     }
 
     /// Length of the longest suffix of `held` that is a proper prefix of some stop string.

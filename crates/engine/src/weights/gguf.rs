@@ -14,15 +14,21 @@ struct GgufSource<'a> {
 }
 
 impl GgufSource<'_> {
-    fn info(&self, name: &str, expected: &[usize]) -> Result<&cleave_gguf::TensorInfo, EngineError> {
-        let info = self
-            .file
-            .tensor(name)
-            .ok_or_else(|| EngineError::model(self.file.path(), format!("missing tensor '{name}'")))?;
+    fn info(
+        &self,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<&cleave_gguf::TensorInfo, EngineError> {
+        let info = self.file.tensor(name).ok_or_else(|| {
+            EngineError::model(self.file.path(), format!("missing tensor '{name}'"))
+        })?;
         if info.shape() != expected {
             return Err(EngineError::model(
                 self.file.path(),
-                format!("tensor '{name}' has shape {:?}, expected {expected:?}", info.shape()),
+                format!(
+                    "tensor '{name}' has shape {:?}, expected {expected:?}",
+                    info.shape()
+                ),
             ));
         }
         Ok(info)
@@ -39,25 +45,45 @@ impl TensorSource for GgufSource<'_> {
         let bytes = self.file.tensor_data(info);
         let data = match info.ty {
             GgmlType::F32 => WeightData::F32(
-                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
             ),
-            GgmlType::F16 => WeightData::F16(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
-            GgmlType::BF16 => {
-                WeightData::Bf16(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect())
-            }
+            GgmlType::F16 => WeightData::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            GgmlType::BF16 => WeightData::Bf16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
             ty if cleave_gguf::can_dequantize(ty) => {
                 if cols % ty.block_size() != 0 {
                     return Err(EngineError::model(
                         self.file.path(),
-                        format!("tensor '{name}': row length {cols} is not a multiple of {ty:?}'s block size"),
+                        format!(
+                            "tensor '{name}': row length {cols} is not a multiple of {ty:?}'s block size"
+                        ),
                     ));
                 }
-                WeightData::Quantized { ty, bytes: bytes.to_vec(), row_bytes: bytes.len() / rows }
+                WeightData::Quantized {
+                    ty,
+                    bytes: bytes.to_vec(),
+                    row_bytes: bytes.len() / rows,
+                }
             }
             ty => {
                 return Err(EngineError::model(
                     self.file.path(),
-                    format!("tensor '{name}' has type {} which cleave cannot dequantize", ty.name()),
+                    format!(
+                        "tensor '{name}' has type {} which cleave cannot dequantize",
+                        ty.name()
+                    ),
                 ));
             }
         };

@@ -13,7 +13,11 @@ pub enum WeightData {
     Bf16(Vec<bf16>),
     F16(Vec<f16>),
     /// A ggml block-quantized type; each row is `row_bytes` long and holds whole blocks.
-    Quantized { ty: GgmlType, bytes: Vec<u8>, row_bytes: usize },
+    Quantized {
+        ty: GgmlType,
+        bytes: Vec<u8>,
+        row_bytes: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -26,7 +30,11 @@ pub struct Matrix {
 impl Matrix {
     pub fn f32(rows: usize, cols: usize, values: Vec<f32>) -> Self {
         debug_assert_eq!(values.len(), rows * cols);
-        Matrix { rows, cols, data: WeightData::F32(values) }
+        Matrix {
+            rows,
+            cols,
+            data: WeightData::F32(values),
+        }
     }
 
     /// Bytes held, for memory reports.
@@ -71,7 +79,11 @@ impl Matrix {
                     *o = x.to_f32();
                 }
             }
-            WeightData::Quantized { ty, bytes, row_bytes } => {
+            WeightData::Quantized {
+                ty,
+                bytes,
+                row_bytes,
+            } => {
                 let src = &bytes[r0 * row_bytes..(r0 + n_rows) * row_bytes];
                 dequantize_blocks(*ty, src, out);
             }
@@ -83,7 +95,9 @@ impl Matrix {
     pub fn concat_rows(parts: Vec<Matrix>) -> Matrix {
         let cols = parts.first().map_or(0, |m| m.cols);
         let rows = parts.iter().map(|m| m.rows).sum();
-        let same_kind = parts.windows(2).all(|w| same_storage(&w[0].data, &w[1].data));
+        let same_kind = parts
+            .windows(2)
+            .all(|w| same_storage(&w[0].data, &w[1].data));
         if !same_kind {
             let mut values = vec![0.0; rows * cols];
             let mut r = 0;
@@ -110,9 +124,20 @@ impl Matrix {
                 a.extend(b);
                 WeightData::F16(a)
             }
-            (WeightData::Quantized { ty, mut bytes, row_bytes }, WeightData::Quantized { bytes: b, .. }) => {
+            (
+                WeightData::Quantized {
+                    ty,
+                    mut bytes,
+                    row_bytes,
+                },
+                WeightData::Quantized { bytes: b, .. },
+            ) => {
                 bytes.extend(b);
-                WeightData::Quantized { ty, bytes, row_bytes }
+                WeightData::Quantized {
+                    ty,
+                    bytes,
+                    row_bytes,
+                }
             }
             (acc, _) => acc,
         });
@@ -123,15 +148,24 @@ impl Matrix {
     pub fn permute_rows(self, order: &[usize]) -> Matrix {
         let Matrix { rows, cols, data } = self;
         fn gather<T: Copy>(v: &[T], order: &[usize], width: usize) -> Vec<T> {
-            order.iter().flat_map(|&r| v[r * width..(r + 1) * width].iter().copied()).collect()
+            order
+                .iter()
+                .flat_map(|&r| v[r * width..(r + 1) * width].iter().copied())
+                .collect()
         }
         let data = match data {
             WeightData::F32(v) => WeightData::F32(gather(&v, order, cols)),
             WeightData::Bf16(v) => WeightData::Bf16(gather(&v, order, cols)),
             WeightData::F16(v) => WeightData::F16(gather(&v, order, cols)),
-            WeightData::Quantized { ty, bytes, row_bytes } => {
-                WeightData::Quantized { ty, bytes: gather(&bytes, order, row_bytes), row_bytes }
-            }
+            WeightData::Quantized {
+                ty,
+                bytes,
+                row_bytes,
+            } => WeightData::Quantized {
+                ty,
+                bytes: gather(&bytes, order, row_bytes),
+                row_bytes,
+            },
         };
         Matrix { rows, cols, data }
     }
@@ -176,7 +210,10 @@ fn dequantize_blocks_portable(ty: GgmlType, src: &[u8], out: &mut [f32]) {
         GgmlType::Q8_0 => {
             for (block, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                let (Ok(q), Ok(o)) = (<&[u8; 32]>::try_from(&block[2..]), <&mut [f32; 32]>::try_from(o)) else {
+                let (Ok(q), Ok(o)) = (
+                    <&[u8; 32]>::try_from(&block[2..]),
+                    <&mut [f32; 32]>::try_from(o),
+                ) else {
                     continue;
                 };
                 for j in 0..32 {
@@ -187,7 +224,10 @@ fn dequantize_blocks_portable(ty: GgmlType, src: &[u8], out: &mut [f32]) {
         GgmlType::Q4_0 => {
             for (block, o) in src.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                let (Ok(q), Ok(o)) = (<&[u8; 16]>::try_from(&block[2..]), <&mut [f32; 32]>::try_from(o)) else {
+                let (Ok(q), Ok(o)) = (
+                    <&[u8; 16]>::try_from(&block[2..]),
+                    <&mut [f32; 32]>::try_from(o),
+                ) else {
                     continue;
                 };
                 for j in 0..16 {
@@ -200,7 +240,10 @@ fn dequantize_blocks_portable(ty: GgmlType, src: &[u8], out: &mut [f32]) {
             for (block, o) in src.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
                 let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
-                let (Ok(q), Ok(o)) = (<&[u8; 16]>::try_from(&block[4..]), <&mut [f32; 32]>::try_from(o)) else {
+                let (Ok(q), Ok(o)) = (
+                    <&[u8; 16]>::try_from(&block[4..]),
+                    <&mut [f32; 32]>::try_from(o),
+                ) else {
                     continue;
                 };
                 for j in 0..16 {

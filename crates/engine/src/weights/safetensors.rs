@@ -19,17 +19,30 @@ struct SafetensorsSource<'a> {
 }
 
 impl SafetensorsSource<'_> {
-    fn view(&self, name: &str, expected: &[usize]) -> Result<(&Path, safetensors::tensor::TensorView<'_>), EngineError> {
+    fn view(
+        &self,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<(&Path, safetensors::tensor::TensorView<'_>), EngineError> {
         let Some(&i) = self.index.get(name) else {
-            let dir = self.files.first().map(|(p, _)| p.parent().unwrap_or(p)).unwrap_or(Path::new("."));
+            let dir = self
+                .files
+                .first()
+                .map(|(p, _)| p.parent().unwrap_or(p))
+                .unwrap_or(Path::new("."));
             return Err(EngineError::model(dir, format!("missing tensor '{name}'")));
         };
         let (path, st) = &self.files[i];
-        let view = st.tensor(name).map_err(|e| EngineError::model(path, format!("tensor '{name}': {e}")))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| EngineError::model(path, format!("tensor '{name}': {e}")))?;
         if view.shape() != expected {
             return Err(EngineError::model(
                 path,
-                format!("tensor '{name}' has shape {:?}, expected {expected:?}", view.shape()),
+                format!(
+                    "tensor '{name}' has shape {:?}, expected {expected:?}",
+                    view.shape()
+                ),
             ));
         }
         Ok((path, view))
@@ -51,26 +64,41 @@ impl TensorSource for SafetensorsSource<'_> {
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix, EngineError> {
         let (path, view) = self.view(name, &[rows, cols])?;
-        Ok(Matrix { rows, cols, data: weight_data(path, name, &view)? })
+        Ok(Matrix {
+            rows,
+            cols,
+            data: weight_data(path, name, &view)?,
+        })
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
         let (path, view) = self.view(name, &[len])?;
-        let as_row = Matrix { rows: 1, cols: len, data: weight_data(path, name, &view)? };
+        let as_row = Matrix {
+            rows: 1,
+            cols: len,
+            data: weight_data(path, name, &view)?,
+        };
         let mut out = vec![0.0; len];
         as_row.dequantize_rows(0, &mut out);
         Ok(out)
     }
 }
 
-fn weight_data(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<WeightData, EngineError> {
+fn weight_data(
+    path: &Path,
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> Result<WeightData, EngineError> {
     let bytes = view.data();
     Ok(match view.dtype() {
         Dtype::F32 => WeightData::F32(le_chunks::<4>(bytes).map(f32::from_le_bytes).collect()),
         Dtype::BF16 => WeightData::Bf16(le_chunks::<2>(bytes).map(bf16::from_le_bytes).collect()),
         Dtype::F16 => WeightData::F16(le_chunks::<2>(bytes).map(f16::from_le_bytes).collect()),
         other => {
-            return Err(EngineError::model(path, format!("tensor '{name}' has unsupported dtype {other:?}")));
+            return Err(EngineError::model(
+                path,
+                format!("tensor '{name}' has unsupported dtype {other:?}"),
+            ));
         }
     })
 }
@@ -80,14 +108,19 @@ fn weight_data(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.exists() {
-        let text = std::fs::read_to_string(&index_path).map_err(|e| EngineError::io(&index_path, e))?;
+        let text =
+            std::fs::read_to_string(&index_path).map_err(|e| EngineError::io(&index_path, e))?;
         let index: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::model(&index_path, format!("invalid JSON: {e}")))?;
         let map = index
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| EngineError::model(&index_path, "missing object 'weight_map'"))?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|v| v.as_str())
+            .map(|f| dir.join(f))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files);
@@ -99,7 +132,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(EngineError::model(dir, "no *.safetensors files in the model directory"));
+        return Err(EngineError::model(
+            dir,
+            "no *.safetensors files in the model directory",
+        ));
     }
     Ok(files)
 }

@@ -16,9 +16,15 @@ pub fn model_path() -> PathBuf {
     }
     let home = std::env::var_os("CLEAVE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cleave"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cleave")
+        });
     let path = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run `cleave model pull` first (CI does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cleave model pull` first (CI does)",
+        path.display()
+    );
     path
 }
 
@@ -55,8 +61,12 @@ pub fn golden() -> Golden {
 
 /// Logits transformers computed at the first generated position.
 pub fn golden_logits(name: &str) -> Vec<f32> {
-    let bytes = std::fs::read(golden_dir().join(format!("logits_{name}.f32"))).expect("golden logits");
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    let bytes =
+        std::fs::read(golden_dir().join(format!("logits_{name}.f32"))).expect("golden logits");
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Below this top-1/top-2 logit gap, f32 summation order may legitimately flip a greedy choice.
@@ -65,7 +75,13 @@ pub const NEAR_TIE: f32 = 0.01;
 /// Asserts `got` equals the golden greedy ids. A divergence is accepted only at a step whose golden margin is a
 /// near-tie (after which the continuations are unrelated, so comparison stops there).
 pub fn assert_greedy_matches(p: &GoldenPrompt, got: &[u32]) {
-    assert_eq!(got.len(), p.output_ids.len(), "{}: generated {} tokens", p.name, got.len());
+    assert_eq!(
+        got.len(),
+        p.output_ids.len(),
+        "{}: generated {} tokens",
+        p.name,
+        got.len()
+    );
     if let Some(step) = got.iter().zip(&p.output_ids).position(|(a, b)| a != b) {
         let margin = p.margins[step];
         assert!(
@@ -76,6 +92,9 @@ pub fn assert_greedy_matches(p: &GoldenPrompt, got: &[u32]) {
             p.output_ids[step],
             p.output_ids
         );
-        eprintln!("{}: diverged at step {step} on a near-tie (margin {margin}); equal before it", p.name);
+        eprintln!(
+            "{}: diverged at step {step} on a near-tie (margin {margin}); equal before it",
+            p.name
+        );
     }
 }

@@ -85,5 +85,11 @@ fn stats_count_queries_and_hits() {
     m.register(a, h(1));
     let got = m.acquire_prefix(&[h(1), h(2), h(3)]);
     assert_eq!(got.len(), 1);
-    assert_eq!(m.stats(), PrefixCacheStats { queried_blocks: 3, hit_blocks: 1 });
+    assert_eq!(
+        m.stats(),
+        PrefixCacheStats {
+            queried_blocks: 3,
+            hit_blocks: 1
+        }
+    );
 }

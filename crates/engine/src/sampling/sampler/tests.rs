@@ -2,7 +2,15 @@ use super::*;
 use crate::sampling::{ModelLimits, SamplingSpec};
 
 fn params(spec: SamplingSpec) -> SamplingParams {
-    spec.validate(4, ModelLimits { max_context: 64, vocab_size: 8 }).unwrap().params
+    spec.validate(
+        4,
+        ModelLimits {
+            max_context: 64,
+            vocab_size: 8,
+        },
+    )
+    .unwrap()
+    .params
 }
 
 #[test]
@@ -13,7 +21,11 @@ fn greedy_takes_argmax_and_lowest_index_on_ties() {
 
 #[test]
 fn seeded_sampling_reproduces_and_streams_differ() {
-    let spec = SamplingSpec { temperature: Some(1.0), seed: Some(42), ..Default::default() };
+    let spec = SamplingSpec {
+        temperature: Some(1.0),
+        seed: Some(42),
+        ..Default::default()
+    };
     let logits: Vec<f32> = (0..8).map(|i| (i as f32) * 0.1).collect();
     let run = |stream| {
         let mut s = Sampler::new(params(spec.clone()), &[], stream);
@@ -25,7 +37,11 @@ fn seeded_sampling_reproduces_and_streams_differ() {
 
 #[test]
 fn sampling_follows_the_distribution() {
-    let spec = SamplingSpec { temperature: Some(1.0), seed: Some(7), ..Default::default() };
+    let spec = SamplingSpec {
+        temperature: Some(1.0),
+        seed: Some(7),
+        ..Default::default()
+    };
     let logits = [0.7f32.ln(), 0.2f32.ln(), 0.1f32.ln()];
     let mut s = Sampler::new(params(spec), &[], 0);
     let mut counts = [0u32; 3];
@@ -42,9 +58,21 @@ fn sampling_follows_the_distribution() {
 fn cuts_leave_only_the_top_token() {
     let logits = [1.0, 2.5, 2.0, 0.0];
     for spec in [
-        SamplingSpec { temperature: Some(2.0), top_k: Some(1), ..Default::default() },
-        SamplingSpec { temperature: Some(2.0), top_p: Some(0.01), ..Default::default() },
-        SamplingSpec { temperature: Some(2.0), min_p: Some(1.0), ..Default::default() },
+        SamplingSpec {
+            temperature: Some(2.0),
+            top_k: Some(1),
+            ..Default::default()
+        },
+        SamplingSpec {
+            temperature: Some(2.0),
+            top_p: Some(0.01),
+            ..Default::default()
+        },
+        SamplingSpec {
+            temperature: Some(2.0),
+            min_p: Some(1.0),
+            ..Default::default()
+        },
     ] {
         let mut s = Sampler::new(params(spec), &[], 0);
         for _ in 0..50 {
@@ -55,7 +83,12 @@ fn cuts_leave_only_the_top_token() {
 
 #[test]
 fn top_k_never_draws_outside_the_k_best() {
-    let spec = SamplingSpec { temperature: Some(5.0), top_k: Some(2), seed: Some(3), ..Default::default() };
+    let spec = SamplingSpec {
+        temperature: Some(5.0),
+        top_k: Some(2),
+        seed: Some(3),
+        ..Default::default()
+    };
     let mut s = Sampler::new(params(spec), &[], 0);
     for _ in 0..500 {
         let t = s.sample(&[0.0, 1.0, 0.9, 0.5, 0.2]).0;
@@ -65,14 +98,22 @@ fn top_k_never_draws_outside_the_k_best() {
 
 #[test]
 fn repetition_penalty_demotes_seen_tokens() {
-    let spec = SamplingSpec { temperature: Some(0.0), repetition_penalty: Some(1.5), ..Default::default() };
+    let spec = SamplingSpec {
+        temperature: Some(0.0),
+        repetition_penalty: Some(1.5),
+        ..Default::default()
+    };
     let mut s = Sampler::new(params(spec), &[0], 0);
     assert_eq!(s.sample(&[2.0, 1.9, 0.0]).0, 1);
 }
 
 #[test]
 fn frequency_penalty_grows_with_each_use() {
-    let spec = SamplingSpec { temperature: Some(0.0), frequency_penalty: Some(0.6), ..Default::default() };
+    let spec = SamplingSpec {
+        temperature: Some(0.0),
+        frequency_penalty: Some(0.6),
+        ..Default::default()
+    };
     let mut s = Sampler::new(params(spec), &[], 0);
     let logits = [2.0, 1.0];
     assert_eq!(s.sample(&logits).0, 0); // 2.0
@@ -82,7 +123,11 @@ fn frequency_penalty_grows_with_each_use() {
 
 #[test]
 fn logprobs_are_normalised_and_sorted() {
-    let spec = SamplingSpec { temperature: Some(0.0), logprobs: Some(3), ..Default::default() };
+    let spec = SamplingSpec {
+        temperature: Some(0.0),
+        logprobs: Some(3),
+        ..Default::default()
+    };
     let mut s = Sampler::new(params(spec), &[], 0);
     let logits = [0.5, 2.0, -1.0, 1.0];
     let (t, lp) = s.sample(&logits);
