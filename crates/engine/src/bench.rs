@@ -86,16 +86,10 @@ impl BenchConfig {
             ));
         }
         if self.decode_prompt_tokens == 0 {
-            return Err(EngineError::invalid(
-                "decode_prompt_tokens",
-                "must be at least 1",
-            ));
+            return Err(EngineError::invalid("decode_prompt_tokens", "must be at least 1"));
         }
         if self.batches.is_empty() {
-            return Err(EngineError::invalid(
-                "batches",
-                "name at least one batch size",
-            ));
+            return Err(EngineError::invalid("batches", "name at least one batch size"));
         }
         if let Some(&bad) = self.batches.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
             return Err(EngineError::invalid(
@@ -266,8 +260,7 @@ fn engine_config(config: &BenchConfig, kv_bytes_per_token: usize) -> EngineConfi
     let bs = defaults.block_size;
     let max_batch = config.max_batch();
     let prefill_blocks = (config.prompt_tokens + 1).div_ceil(bs);
-    let decode_blocks = max_batch
-        * (config.decode_prompt_tokens + config.decode_tokens).div_ceil(bs)
+    let decode_blocks = max_batch * (config.decode_prompt_tokens + config.decode_tokens).div_ceil(bs)
         + (BLOCKER_TOKENS + 1).div_ceil(bs);
     // One spare block per sequence absorbs the scheduler's per-request admission rounding.
     let blocks = prefill_blocks.max(decode_blocks) + max_batch + 1;
@@ -295,8 +288,7 @@ const BLOCKER_HEAD_START: Duration = Duration::from_millis(5);
 
 fn corpus_len(config: &BenchConfig) -> usize {
     let prefill = config.prompt_tokens.max(BLOCKER_TOKENS) + config.runs + 1;
-    let decode =
-        config.decode_prompt_tokens + PROMPT_STRIDE * (config.max_batch() * config.runs + 1);
+    let decode = config.decode_prompt_tokens + PROMPT_STRIDE * (config.max_batch() * config.runs + 1);
     prefill.max(decode)
 }
 
@@ -335,11 +327,7 @@ fn trace(mut stream: GenerationStream) -> Result<Trace, EngineError> {
         }
     }
     match (first, last) {
-        (Some(first), Some(last)) => Ok(Trace {
-            first,
-            last,
-            tokens,
-        }),
+        (Some(first), Some(last)) => Ok(Trace { first, last, tokens }),
         _ => Err(EngineError::Internal(
             "a benchmark request finished without producing a token".into(),
         )),
@@ -354,19 +342,14 @@ fn trace_all(streams: Vec<GenerationStream>) -> Result<Vec<Trace>, EngineError> 
             let reader = std::thread::Builder::new()
                 .name("cleave-bench-reader".into())
                 .spawn_scoped(scope, move || trace(stream))
-                .map_err(|e| {
-                    EngineError::Internal(format!("cannot start a benchmark reader thread: {e}"))
-                })?;
+                .map_err(|e| EngineError::Internal(format!("cannot start a benchmark reader thread: {e}")))?;
             readers.push(reader);
         }
         readers
             .into_iter()
             .map(|r| {
-                r.join().unwrap_or_else(|_| {
-                    Err(EngineError::Internal(
-                        "a benchmark reader thread panicked".into(),
-                    ))
-                })
+                r.join()
+                    .unwrap_or_else(|_| Err(EngineError::Internal("a benchmark reader thread panicked".into())))
             })
             .collect()
     })
@@ -381,11 +364,7 @@ fn greedy(max_tokens: usize) -> SamplingSpec {
     }
 }
 
-fn measure_prefill(
-    engine: &Engine,
-    corpus: &[u32],
-    config: &BenchConfig,
-) -> Result<PrefillResult, EngineError> {
+fn measure_prefill(engine: &Engine, corpus: &[u32], config: &BenchConfig) -> Result<PrefillResult, EngineError> {
     let spec = greedy(1);
     let n = config.prompt_tokens;
     let mut ttft_ms = Vec::with_capacity(config.runs);
@@ -415,10 +394,7 @@ fn measure_decode(
 ) -> Result<DecodeResult, EngineError> {
     let spec = greedy(config.decode_tokens);
     let len = config.decode_prompt_tokens;
-    let (mut decode_ms, mut rates) = (
-        Vec::with_capacity(config.runs),
-        Vec::with_capacity(config.runs),
-    );
+    let (mut decode_ms, mut rates) = (Vec::with_capacity(config.runs), Vec::with_capacity(config.runs));
     let (mut counted_tokens, mut spread_ms) = (0, 0.0f64);
     for run in 0..config.runs {
         let blocker = engine.submit(corpus[run..run + BLOCKER_TOKENS].to_vec(), &greedy(1), 0)?;
@@ -436,9 +412,7 @@ fn measure_decode(
             traces.iter().map(|t| t.first).max(),
             traces.iter().map(|t| t.last).max(),
         ) else {
-            return Err(EngineError::Internal(
-                "a decode run produced no requests".into(),
-            ));
+            return Err(EngineError::Internal("a decode run produced no requests".into()));
         };
         counted_tokens = traces.iter().map(|t| t.tokens - 1).sum();
         let elapsed = millis(end - start);
@@ -477,12 +451,7 @@ fn median(values: &[f64]) -> f64 {
 fn proc_status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
-    let kib: u64 = line[key.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kib: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
 }
 
@@ -532,11 +501,7 @@ impl fmt::Display for BenchReport {
             writeln!(
                 f,
                 "         {:>5}  {:>10.1}  {:>8.2}  {:>14.1}  {:>13.1} ms",
-                d.batch,
-                d.tokens_per_s,
-                d.ms_per_step,
-                d.per_sequence_tokens_per_s,
-                d.first_token_spread_ms
+                d.batch, d.tokens_per_s, d.ms_per_step, d.per_sequence_tokens_per_s, d.first_token_spread_ms
             )?;
         }
         let mem = &self.memory;

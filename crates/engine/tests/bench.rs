@@ -25,19 +25,12 @@ fn tiny_run_reports_every_measurement() {
     assert!(report.load_ms > 0.0);
 
     assert_eq!(report.prefill.prompt_tokens, 40);
-    assert_eq!(
-        report.prefill.ttft_ms.len(),
-        2,
-        "one warm-up, then the timed runs"
-    );
+    assert_eq!(report.prefill.ttft_ms.len(), 2, "one warm-up, then the timed runs");
     assert!(report.prefill.tokens_per_s > 0.0);
     let want = 40.0 / (report.prefill.median_ttft_ms / 1e3);
     assert!((report.prefill.tokens_per_s - want).abs() < 1e-6 * want);
 
-    assert_eq!(
-        report.decode.iter().map(|d| d.batch).collect::<Vec<_>>(),
-        [1, 3]
-    );
+    assert_eq!(report.decode.iter().map(|d| d.batch).collect::<Vec<_>>(), [1, 3]);
     for d in &report.decode {
         assert_eq!(
             d.counted_tokens,
@@ -46,10 +39,7 @@ fn tiny_run_reports_every_measurement() {
         );
         assert_eq!(d.decode_ms.len(), 2);
         assert!(d.tokens_per_s > 0.0);
-        assert!(
-            (d.per_sequence_tokens_per_s * d.batch as f64 - d.tokens_per_s).abs()
-                < 1e-6 * d.tokens_per_s
-        );
+        assert!((d.per_sequence_tokens_per_s * d.batch as f64 - d.tokens_per_s).abs() < 1e-6 * d.tokens_per_s);
     }
 
     let m = &report.memory;
@@ -59,8 +49,7 @@ fn tiny_run_reports_every_measurement() {
     assert!(m.kv_cache_bytes >= 3 * 13 * m.kv_bytes_per_token, "{m:?}");
     if cfg!(target_os = "linux") {
         assert!(
-            m.peak_rss_bytes
-                .is_some_and(|peak| peak as usize > m.weights_bytes),
+            m.peak_rss_bytes.is_some_and(|peak| peak as usize > m.weights_bytes),
             "{m:?}"
         );
     }

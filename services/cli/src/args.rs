@@ -6,7 +6,11 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cleave", version, about = "cleave: LLM serving with disaggregated prefill and decode")]
+#[command(
+    name = "cleave",
+    version,
+    about = "cleave: LLM serving with disaggregated prefill and decode"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -59,11 +59,7 @@ impl CliError {
             CliError::SyntheticModel { .. } => true,
             CliError::ThreadPool { .. } | CliError::Stdout(_) | CliError::Json(_) => false,
         };
-        if invalid {
-            EXIT_INVALID_ARGUMENT
-        } else {
-            EXIT_FAILURE
-        }
+        if invalid { EXIT_INVALID_ARGUMENT } else { EXIT_FAILURE }
     }
 
     /// The message and its causes on one line. Many errors already quote their source in their own message, so

@@ -176,13 +176,7 @@ struct JsonAlternative {
 }
 
 impl JsonReport {
-    fn new(
-        engine: &Engine,
-        prompt_ids: Vec<u32>,
-        run: Run,
-        load: Duration,
-        with_logprobs: bool,
-    ) -> Self {
+    fn new(engine: &Engine, prompt_ids: Vec<u32>, run: Run, load: Duration, with_logprobs: bool) -> Self {
         let decode_rate = match (run.first_token, run.last_token) {
             (Some(first), Some(last)) if run.output_ids.len() > 1 && last > first => {
                 Some((run.output_ids.len() - 1) as f64 / (last - first).as_secs_f64())

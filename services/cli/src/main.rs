@@ -50,7 +50,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             .map_err(|source| CliError::ThreadPool { threads, source })?;
     }
     match cli.device {
-        Device::Cpu | Device::Auto => tracing::debug!(device = ?cli.device, "running on the CPU backend"),
+        Device::Cpu | Device::Auto => {
+            tracing::debug!(device = ?cli.device, "running on the CPU backend")
+        }
     }
     match cli.command {
         Command::Model(ModelCommand::Pull { name }) => model::pull_model(&name),

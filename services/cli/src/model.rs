@@ -39,9 +39,7 @@ pub fn locate(spec: &str) -> Result<(String, ModelPath), CliError> {
         ModelSource::Gguf(path) => ModelPath::Gguf(path),
         ModelSource::HfDir(dir) => ModelPath::HfDir(dir),
         ModelSource::Synthetic(_) => {
-            return Err(CliError::SyntheticModel {
-                spec: spec.to_string(),
-            });
+            return Err(CliError::SyntheticModel { spec: spec.to_string() });
         }
     };
     Ok((resolved.name, path))
@@ -50,11 +48,7 @@ pub fn locate(spec: &str) -> Result<(String, ModelPath), CliError> {
 /// Loads the model at `path` and starts an engine on it with the default configuration.
 pub fn start_engine(path: &ModelPath) -> Result<Engine, CliError> {
     let (model, tokenizer): (LlamaModel, Tokenizer) = load_model(path.files())?;
-    Ok(Engine::start(
-        model,
-        Arc::new(tokenizer),
-        EngineConfig::default(),
-    )?)
+    Ok(Engine::start(model, Arc::new(tokenizer), EngineConfig::default())?)
 }
 
 pub fn pull_model(name: &str) -> Result<(), CliError> {
@@ -77,8 +71,7 @@ pub fn list_models() -> Result<(), CliError> {
     let path_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
     for (name, cached, summary) in rows {
-        writeln!(out, "{name:name_width$}  {cached:path_width$}  {summary}")
-            .map_err(CliError::Stdout)?;
+        writeln!(out, "{name:name_width$}  {cached:path_width$}  {summary}").map_err(CliError::Stdout)?;
     }
     Ok(())
 }

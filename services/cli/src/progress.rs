@@ -9,8 +9,7 @@ use std::cell::RefCell;
 use cleave_modelstore::PullProgress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-const BAR_TEMPLATE: &str =
-    "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)";
+const BAR_TEMPLATE: &str = "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)";
 const SPINNER_TEMPLATE: &str = "{spinner} {msg} {bytes} ({bytes_per_sec})";
 
 #[derive(Debug, Default)]
@@ -20,12 +19,13 @@ pub struct BarProgress {
 
 impl PullProgress for BarProgress {
     fn start(&self, total_bytes: Option<u64>, what: &str) {
-        let bar = match total_bytes {
-            Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-                .with_style(style(BAR_TEMPLATE)),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-                .with_style(style(SPINNER_TEMPLATE)),
-        };
+        let bar =
+            match total_bytes {
+                Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+                    .with_style(style(BAR_TEMPLATE)),
+                None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+                    .with_style(style(SPINNER_TEMPLATE)),
+            };
         bar.set_message(what.to_string());
         if bar.is_hidden() {
             eprintln!("{what}...");

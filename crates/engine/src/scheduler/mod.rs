@@ -122,10 +122,10 @@ impl Scheduler {
     /// Queues a request. Refuses one that could never fit in the KV cache even alone.
     pub fn add(&mut self, req: NewRequest) -> Result<(), EngineError> {
         let bs = self.config.block_size;
-        let prompt_blocks = req.prompt.len().div_ceil(bs);
-        let own_blocks =
-            (req.prompt.len() + req.sampling.stop.max_tokens).div_ceil(bs) - req.prompt.len() / bs;
-        let needed = prompt_blocks + own_blocks * req.sampling.n as usize;
+        // Full prompt blocks are shared by all samples; each sample owns the rest of its blocks.
+        let shared = req.prompt.len() / bs;
+        let per_sample = (req.prompt.len() + req.sampling.stop.max_tokens).div_ceil(bs) - shared;
+        let needed = shared + per_sample * req.sampling.n as usize;
         if needed > self.blocks.n_blocks() {
             return Err(EngineError::ResourceExhausted(format!(
                 "the request needs {needed} KV blocks of {bs} tokens at its max_tokens; the cache has {} — \

@@ -16,9 +16,7 @@ pub fn model_path() -> PathBuf {
     }
     let home = std::env::var_os("CLEAVE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cleave")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cleave"));
     let path = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         path.exists(),
@@ -61,8 +59,7 @@ pub fn golden() -> Golden {
 
 /// Logits transformers computed at the first generated position.
 pub fn golden_logits(name: &str) -> Vec<f32> {
-    let bytes =
-        std::fs::read(golden_dir().join(format!("logits_{name}.f32"))).expect("golden logits");
+    let bytes = std::fs::read(golden_dir().join(format!("logits_{name}.f32"))).expect("golden logits");
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
