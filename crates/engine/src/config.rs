@@ -50,8 +50,7 @@ impl ModelConfig {
             ));
         }
         let key = |k: &str| format!("{arch}.{k}");
-        let usize_key =
-            |k: &str| -> Result<usize, EngineError> { Ok(file.get_u64(&key(k))? as usize) };
+        let usize_key = |k: &str| -> Result<usize, EngineError> { Ok(file.get_u64(&key(k))? as usize) };
         let hidden = usize_key("embedding_length")?;
         let n_heads = usize_key("attention.head_count")?;
         let n_kv_heads = match file.get(&key("attention.head_count_kv")) {
@@ -72,21 +71,14 @@ impl ModelConfig {
             None => 10_000.0,
         };
         let rope_scaling = match file.get(&key("rope.scaling.type")) {
-            Some(_) if file.get_str(&key("rope.scaling.type"))? == "llama3" => {
-                Some(Llama3RopeScaling {
-                    factor: file.get_f32(&key("rope.scaling.factor"))?,
-                    low_freq_factor: file
-                        .get_f32(&key("rope.scaling.low_freq_factor"))
-                        .unwrap_or(1.0),
-                    high_freq_factor: file
-                        .get_f32(&key("rope.scaling.high_freq_factor"))
-                        .unwrap_or(4.0),
-                    original_max_position_embeddings: file
-                        .get_u64(&key("rope.scaling.original_context_length"))
-                        .unwrap_or(8192)
-                        as usize,
-                })
-            }
+            Some(_) if file.get_str(&key("rope.scaling.type"))? == "llama3" => Some(Llama3RopeScaling {
+                factor: file.get_f32(&key("rope.scaling.factor"))?,
+                low_freq_factor: file.get_f32(&key("rope.scaling.low_freq_factor")).unwrap_or(1.0),
+                high_freq_factor: file.get_f32(&key("rope.scaling.high_freq_factor")).unwrap_or(4.0),
+                original_max_position_embeddings: file
+                    .get_u64(&key("rope.scaling.original_context_length"))
+                    .unwrap_or(8192) as usize,
+            }),
             Some(_) => {
                 let kind = file.get_str(&key("rope.scaling.type"))?;
                 if kind != "none" {
@@ -121,8 +113,8 @@ impl ModelConfig {
     /// Reads a Hugging Face `config.json` (transformers 4.x `rope_scaling` and 5.x `rope_parameters` forms).
     pub fn from_hf_config(path: &Path) -> Result<Self, EngineError> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-        let raw: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| EngineError::model(path, format!("invalid config.json: {e}")))?;
+        let raw: HfConfig =
+            serde_json::from_str(&text).map_err(|e| EngineError::model(path, format!("invalid config.json: {e}")))?;
         let model_type = raw.model_type.unwrap_or_else(|| "llama".to_string());
         if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2") {
             return Err(EngineError::model(
@@ -142,16 +134,11 @@ impl ModelConfig {
                     factor: r.factor.unwrap_or(8.0),
                     low_freq_factor: r.low_freq_factor.unwrap_or(1.0),
                     high_freq_factor: r.high_freq_factor.unwrap_or(4.0),
-                    original_max_position_embeddings: r
-                        .original_max_position_embeddings
-                        .unwrap_or(8192),
+                    original_max_position_embeddings: r.original_max_position_embeddings.unwrap_or(8192),
                 }),
                 Some("default") | None => None,
                 Some(other) => {
-                    return Err(EngineError::model(
-                        path,
-                        format!("unsupported rope_type '{other}'"),
-                    ));
+                    return Err(EngineError::model(path, format!("unsupported rope_type '{other}'")));
                 }
             },
             None => None,
@@ -164,11 +151,9 @@ impl ModelConfig {
             intermediate: raw.intermediate_size,
             n_heads,
             n_kv_heads: raw.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: raw.head_dim.unwrap_or(if n_heads > 0 {
-                raw.hidden_size / n_heads
-            } else {
-                0
-            }),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(raw.hidden_size.checked_div(n_heads).unwrap_or(0)),
             vocab_size: raw.vocab_size,
             rope_theta,
             rope_scaling,
@@ -182,25 +167,22 @@ impl ModelConfig {
 
     fn validate(self, path: &Path) -> Result<Self, EngineError> {
         let bad = |what: String| Err(EngineError::model(path, what));
-        if self.n_layers == 0 || self.hidden == 0 || self.intermediate == 0 || self.vocab_size == 0
-        {
+        if self.n_layers == 0 || self.hidden == 0 || self.intermediate == 0 || self.vocab_size == 0 {
             return bad(format!("model dimensions must be non-zero: {self:?}"));
         }
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 {
-            return bad(format!(
-                "attention heads and head dim must be non-zero: {self:?}"
-            ));
+            return bad(format!("attention heads and head dim must be non-zero: {self:?}"));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "query heads ({}) must be a multiple of key/value heads ({})",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} must be even for RoPE", self.head_dim));
         }
-        if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if self.rms_eps.is_nan() || self.rms_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return bad("rms epsilon and rope theta must be positive".to_string());
         }
         Ok(self)
@@ -252,8 +234,7 @@ fn llama3_scale(inv_freq: f32, s: Llama3RopeScaling) -> f32 {
     } else if wavelen > low_wavelen {
         inv_freq / s.factor
     } else {
-        let smooth =
-            (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        let smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         (1.0 - smooth) * inv_freq / s.factor + smooth * inv_freq
     }
 }

@@ -17,9 +17,7 @@ use crate::error::EngineError;
 use crate::kv::KvCache;
 use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
-use crate::scheduler::{
-    NewRequest, RequestId, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput,
-};
+use crate::scheduler::{NewRequest, RequestId, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -70,11 +68,7 @@ impl std::fmt::Debug for Command {
 
 impl Engine {
     /// Allocates the KV cache and starts the engine thread.
-    pub fn start(
-        model: LlamaModel,
-        tokenizer: Arc<Tokenizer>,
-        config: EngineConfig,
-    ) -> Result<Engine, EngineError> {
+    pub fn start(model: LlamaModel, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Engine, EngineError> {
         let block_size = config.scheduler.block_size;
         if block_size == 0 {
             return Err(EngineError::invalid("block_size", "must be at least 1"));
@@ -95,12 +89,7 @@ impl Engine {
             vocab_size: model.config().vocab_size,
         };
         let (commands, rx) = mpsc::unbounded_channel();
-        let scheduler = Scheduler::new(
-            config.scheduler,
-            kv_blocks,
-            tokenizer.clone(),
-            limits.max_context,
-        );
+        let scheduler = Scheduler::new(config.scheduler, kv_blocks, tokenizer.clone(), limits.max_context);
         let kv = KvCache::new(model.kv_shape(kv_blocks, block_size));
         let thread = std::thread::Builder::new()
             .name("cleave-engine".into())
@@ -135,10 +124,7 @@ impl Engine {
         spec: &SamplingSpec,
         priority: i32,
     ) -> Result<GenerationStream, EngineError> {
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| t as usize >= self.limits.vocab_size)
-        {
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.limits.vocab_size) {
             return Err(EngineError::invalid(
                 "prompt",
                 format!(
@@ -222,28 +208,17 @@ impl GenerationStream {
 
     /// The next output; `None` once every choice has finished.
     pub async fn next(&mut self) -> Option<Result<SeqOutput, EngineError>> {
-        let item = if self.closed {
-            None
-        } else {
-            self.rx.recv().await
-        };
+        let item = if self.closed { None } else { self.rx.recv().await };
         self.track(item)
     }
 
     /// `next` for callers outside an async runtime.
     pub fn blocking_next(&mut self) -> Option<Result<SeqOutput, EngineError>> {
-        let item = if self.closed {
-            None
-        } else {
-            self.rx.blocking_recv()
-        };
+        let item = if self.closed { None } else { self.rx.blocking_recv() };
         self.track(item)
     }
 
-    fn track(
-        &mut self,
-        item: Option<Result<SeqOutput, EngineError>>,
-    ) -> Option<Result<SeqOutput, EngineError>> {
+    fn track(&mut self, item: Option<Result<SeqOutput, EngineError>>) -> Option<Result<SeqOutput, EngineError>> {
         match item {
             Some(Ok(out)) => {
                 if out.finish.is_some() {
@@ -279,12 +254,7 @@ struct Live {
     open_choices: u32,
 }
 
-fn run(
-    model: LlamaModel,
-    mut kv: KvCache,
-    mut scheduler: Scheduler,
-    mut rx: mpsc::UnboundedReceiver<Command>,
-) {
+fn run(model: LlamaModel, mut kv: KvCache, mut scheduler: Scheduler, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut live: HashMap<RequestId, Live> = HashMap::new();
     loop {
         if !scheduler.has_work() {
@@ -334,13 +304,7 @@ fn handle(cmd: Command, scheduler: &mut Scheduler, live: &mut HashMap<RequestId,
             let (id, n) = (req.id, req.sampling.n);
             match scheduler.add(req) {
                 Ok(()) => {
-                    live.insert(
-                        id,
-                        Live {
-                            tx,
-                            open_choices: n,
-                        },
-                    );
+                    live.insert(id, Live { tx, open_choices: n });
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));

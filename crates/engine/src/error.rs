@@ -16,10 +16,7 @@ pub enum ErrorCategory {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("invalid argument '{field}': {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     #[error("{}: {message}", path.display())]
     Model { path: PathBuf, message: String },
     #[error("{}: {source}", path.display())]

@@ -23,11 +23,7 @@ pub fn load_model(files: ModelFiles<'_>) -> Result<(LlamaModel, Tokenizer), Engi
             let (file, model) = LlamaModel::load_gguf(path)?;
             (model, Tokenizer::from_gguf(&file)?, path)
         }
-        ModelFiles::HfDir(dir) => (
-            LlamaModel::load_hf_dir(dir)?,
-            Tokenizer::from_hf_dir(dir)?,
-            dir,
-        ),
+        ModelFiles::HfDir(dir) => (LlamaModel::load_hf_dir(dir)?, Tokenizer::from_hf_dir(dir)?, dir),
     };
     if tokenizer.vocab_size() > model.config().vocab_size {
         return Err(EngineError::model(

@@ -76,8 +76,7 @@ impl LlamaModel {
     /// `want_logits`, in batch order.
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvCache) -> Vec<f32> {
         let cfg = &self.config;
-        let (hidden, q_dim, kv_dim, inter) =
-            (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let (hidden, q_dim, kv_dim, inter) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
         let n_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
         let positions: Vec<usize> = chunks
             .iter()
@@ -86,10 +85,7 @@ impl LlamaModel {
         let (cos, sin) = rope_tables(&positions, &self.inv_freq);
 
         let mut x = vec![0.0f32; n_tokens * hidden];
-        for (row, &tok) in x
-            .chunks_exact_mut(hidden)
-            .zip(chunks.iter().flat_map(|c| c.tokens))
-        {
+        for (row, &tok) in x.chunks_exact_mut(hidden).zip(chunks.iter().flat_map(|c| c.tokens)) {
             self.weights.embed.dequantize_rows(tok as usize, row);
         }
         let mut attn_chunks = Vec::with_capacity(chunks.len());
@@ -140,10 +136,7 @@ impl LlamaModel {
             for c in &attn_chunks {
                 for i in 0..c.len {
                     let (t, pos) = (c.row + i, c.start_pos + i);
-                    let (kt, vt) = (
-                        &k[t * kv_dim..(t + 1) * kv_dim],
-                        &v[t * kv_dim..(t + 1) * kv_dim],
-                    );
+                    let (kt, vt) = (&k[t * kv_dim..(t + 1) * kv_dim], &v[t * kv_dim..(t + 1) * kv_dim]);
                     kv.write(layer, c.blocks[pos / block_size], pos % block_size, kt, vt);
                 }
             }
@@ -171,12 +164,7 @@ impl LlamaModel {
         let mut final_norm = vec![0.0f32; selected.len()];
         rms_norm(&selected, &self.weights.norm, cfg.rms_eps, &mut final_norm);
         let mut logits = vec![0.0f32; last_rows.len() * cfg.vocab_size];
-        matmul(
-            &final_norm,
-            last_rows.len(),
-            self.weights.head(),
-            &mut logits,
-        );
+        matmul(&final_norm, last_rows.len(), self.weights.head(), &mut logits);
         logits
     }
 }

@@ -1,5 +1,7 @@
 //! The engine against Hugging Face transformers on the real default model (golden data: tests/golden/).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 mod common;
 
 use cleave_engine::SeqChunk;
@@ -23,11 +25,7 @@ fn tokenizer_reproduces_transformers_prompt_ids() {
 #[test]
 fn chat_template_renders_as_transformers() {
     let (_, tokenizer) = load_model();
-    for p in golden()
-        .prompts
-        .into_iter()
-        .filter(|p| p.messages.is_some())
-    {
+    for p in golden().prompts.into_iter().filter(|p| p.messages.is_some()) {
         let messages: Vec<cleave_tokens::ChatMessage> =
             serde_json::from_value(serde_json::Value::Array(p.messages.clone().unwrap())).unwrap();
         assert_eq!(
@@ -64,15 +62,8 @@ fn greedy_tokens_and_first_logits_match_transformers() {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        eprintln!(
-            "{}: worst first-position logit difference {worst:e}",
-            p.name
-        );
-        assert!(
-            worst < LOGIT_TOLERANCE,
-            "{}: logits differ by up to {worst}",
-            p.name
-        );
+        eprintln!("{}: worst first-position logit difference {worst:e}", p.name);
+        assert!(worst < LOGIT_TOLERANCE, "{}: logits differ by up to {worst}", p.name);
 
         let mut tokens = p.prompt_ids.clone();
         let mut next = argmax(&logits);

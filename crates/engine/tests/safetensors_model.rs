@@ -2,6 +2,8 @@
 //! random weights, against the logits transformers computed for it (fixtures/make_tiny_llama.py). The shape covers
 //! grouped-query attention, an untied output head and Llama-3 RoPE scaling.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 use std::path::PathBuf;
 
 use cleave_engine::kv::KvCache;
@@ -32,10 +34,7 @@ fn tiny_llama_logits_and_greedy_tokens_match_transformers() {
     let r = reference();
     let (model, tokenizer) = load_model(ModelFiles::HfDir(&fixtures().join("tiny-llama"))).unwrap();
     let cfg = model.config();
-    assert_eq!(
-        (cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size),
-        (4, 2, r.vocab_size)
-    );
+    assert_eq!((cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size), (4, 2, r.vocab_size));
     assert!(cfg.rope_scaling.is_some() && !cfg.tie_embeddings);
     assert_eq!(tokenizer.encode(&r.text, false).unwrap(), r.input_ids);
 
@@ -53,16 +52,9 @@ fn tiny_llama_logits_and_greedy_tokens_match_transformers() {
             want_logits: true,
         };
         let got = model.forward(&[chunk], &mut kv);
-        worst = got
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(worst, f32::max);
+        worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
     }
-    assert!(
-        worst < 1e-4,
-        "logits differ from transformers by up to {worst}"
-    );
+    assert!(worst < 1e-4, "logits differ from transformers by up to {worst}");
 
     // Greedy continuation from a single prefill of the whole prompt.
     let mut kv = KvCache::new(model.kv_shape(n_blocks, block_size));
@@ -149,10 +141,7 @@ fn broken_model_directories_are_named_in_the_error() {
         .replace("\"hidden_size\": 64", "\"hidden_size\": 32");
     std::fs::write(&cfg, text).unwrap();
     let msg = load_err(&tmp);
-    assert!(
-        msg.contains("has shape") && msg.contains("expected"),
-        "{msg}"
-    );
+    assert!(msg.contains("has shape") && msg.contains("expected"), "{msg}");
 
     std::fs::remove_dir_all(&tmp).unwrap();
     assert!(matches!(

@@ -2,6 +2,8 @@
 //! chunked prefill, prefix caching, preemption, parallel samples, cancellation and stop conditions, each checked
 //! against the transformers golden tokens.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 mod common;
 
 use std::sync::Arc;
@@ -117,9 +119,7 @@ fn prefix_cache_hit_reports_cached_tokens_and_gives_the_same_tokens() {
     let golden = golden();
     let p = golden.prompts.iter().find(|p| p.name == "long").unwrap();
     let run = |prompt: Vec<u32>| {
-        let mut stream = engine
-            .submit(prompt, &greedy(golden.new_tokens as u32), 0)
-            .unwrap();
+        let mut stream = engine.submit(prompt, &greedy(golden.new_tokens as u32), 0).unwrap();
         collect(&mut stream).remove(0)
     };
     let (cold_ids, _, cold) = run(p.prompt_ids.clone());
@@ -174,10 +174,7 @@ fn preemption_under_block_pressure_recomputes_the_same_tokens() {
         assert_greedy_matches(p, &collect(stream)[0].0);
     }
     let stats = wait_until_idle(&engine);
-    assert!(
-        stats.preemptions > 0,
-        "the test must actually preempt: {stats:?}"
-    );
+    assert!(stats.preemptions > 0, "the test must actually preempt: {stats:?}");
     assert_eq!(stats.free_blocks, stats.total_blocks);
 }
 
@@ -212,11 +209,10 @@ fn parallel_samples_share_the_prompt_and_reproduce_with_a_seed() {
         .into_iter()
         .map(|c| c.0)
         .collect();
-    let second: Vec<Vec<u32>> =
-        collect(&mut engine.submit(p.prompt_ids.clone(), &spec, 0).unwrap())
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
+    let second: Vec<Vec<u32>> = collect(&mut engine.submit(p.prompt_ids.clone(), &spec, 0).unwrap())
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
     assert_eq!(first, second);
     assert!(
         first[0] != first[1] || first[1] != first[2],
@@ -231,9 +227,7 @@ fn dropping_a_stream_aborts_the_request_and_frees_its_blocks() {
     let engine = engine(EngineConfig::default());
     let golden = golden();
     let p = golden.prompts.iter().find(|p| p.name == "long").unwrap();
-    let mut stream = engine
-        .submit(p.prompt_ids.clone(), &greedy(2000), 0)
-        .unwrap();
+    let mut stream = engine.submit(p.prompt_ids.clone(), &greedy(2000), 0).unwrap();
     let first = stream.blocking_next().unwrap().unwrap();
     assert_eq!(first.token_ids.len(), 1);
     let busy = engine.blocking_stats().unwrap();
@@ -276,8 +270,7 @@ fn stop_strings_cut_the_text_and_eos_ends_generation() {
         stop: vec![".\n".into()],
         ..greedy(48)
     };
-    let (_, text, last) =
-        collect(&mut engine.submit(short.prompt_ids.clone(), &spec, 0).unwrap()).remove(0);
+    let (_, text, last) = collect(&mut engine.submit(short.prompt_ids.clone(), &spec, 0).unwrap()).remove(0);
     assert_eq!(text, " Paris");
     assert_eq!(last.finish.unwrap().reason, FinishReason::Stop);
 
@@ -288,8 +281,7 @@ fn stop_strings_cut_the_text_and_eos_ends_generation() {
         temperature: Some(0.0),
         ..Default::default()
     };
-    let (ids, text, last) =
-        collect(&mut engine.submit(chat.prompt_ids.clone(), &spec, 0).unwrap()).remove(0);
+    let (ids, text, last) = collect(&mut engine.submit(chat.prompt_ids.clone(), &spec, 0).unwrap()).remove(0);
     let eos_at = chat.output_ids.iter().position(|&t| t == 2).unwrap();
     assert_eq!(ids, chat.output_ids[..=eos_at]);
     assert_eq!(text, "The capital of France is Paris.");
@@ -330,10 +322,7 @@ fn bad_requests_are_refused_with_the_field_named() {
         Err(EngineError::InvalidArgument { field, .. }) => field,
         other => panic!("expected invalid argument, got {other:?}"),
     };
-    assert_eq!(
-        field(engine.submit(vec![1, 49152], &greedy(4), 0)),
-        "prompt"
-    );
+    assert_eq!(field(engine.submit(vec![1, 49152], &greedy(4), 0)), "prompt");
     assert_eq!(field(engine.submit(vec![], &greedy(4), 0)), "prompt");
     assert_eq!(field(engine.submit(vec![1; 8192], &greedy(4), 0)), "prompt");
     assert_eq!(
@@ -347,10 +336,7 @@ fn bad_requests_are_refused_with_the_field_named() {
         )),
         "top_p"
     );
-    assert_eq!(
-        field(engine.submit(vec![1, 2], &greedy(0), 0)),
-        "max_tokens"
-    );
+    assert_eq!(field(engine.submit(vec![1, 2], &greedy(0), 0)), "max_tokens");
     // Valid, but larger than this engine's whole KV cache: refused on the stream, not hung.
     let mut stream = engine.submit(vec![1, 2], &greedy(1000), 0).unwrap();
     assert!(matches!(
@@ -369,13 +355,8 @@ fn engine_handle_is_usable_across_threads() {
         .map(|i| {
             let engine = engine.clone();
             std::thread::spawn(move || {
-                let prompt = engine
-                    .tokenizer()
-                    .encode(&format!("Fact number {i}:"), false)
-                    .unwrap();
-                collect(&mut engine.submit(prompt, &greedy(6), 0).unwrap())[0]
-                    .0
-                    .len()
+                let prompt = engine.tokenizer().encode(&format!("Fact number {i}:"), false).unwrap();
+                collect(&mut engine.submit(prompt, &greedy(6), 0).unwrap())[0].0.len()
             })
         })
         .collect();

@@ -65,11 +65,7 @@ impl GgufFile {
 
     fn parse(path: PathBuf, bytes: Storage) -> Result<Self, GgufError> {
         match parse::parse(bytes.bytes()) {
-            Ok(layout) => Ok(Self {
-                path,
-                bytes,
-                layout,
-            }),
+            Ok(layout) => Ok(Self { path, bytes, layout }),
             Err(malformed) => Err(GgufError::Format {
                 path,
                 context: malformed.context,
@@ -140,16 +136,12 @@ impl GgufFile {
 
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         let value = self.require(key)?;
-        value
-            .as_str()
-            .ok_or_else(|| self.wrong_type(key, "a string", value))
+        value.as_str().ok_or_else(|| self.wrong_type(key, "a string", value))
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
         let value = self.require(key)?;
-        value
-            .as_bool()
-            .ok_or_else(|| self.wrong_type(key, "a bool", value))
+        value.as_bool().ok_or_else(|| self.wrong_type(key, "a bool", value))
     }
 
     /// The items of an array value, each converted by `item`, or a `WrongType` error naming `expected`.
@@ -160,9 +152,7 @@ impl GgufFile {
         item: impl Fn(&'a Value) -> Option<T>,
     ) -> Result<Vec<T>, GgufError> {
         let value = self.require(key)?;
-        let items = value
-            .as_array()
-            .ok_or_else(|| self.wrong_type(key, expected, value))?;
+        let items = value.as_array().ok_or_else(|| self.wrong_type(key, expected, value))?;
         items
             .iter()
             .map(|v| item(v).ok_or_else(|| self.wrong_type(key, expected, value)))
@@ -204,13 +194,9 @@ impl GgufFile {
         let range = info
             .checked_byte_len()
             .zip(self.layout.data_offset.checked_add(info.offset))
-            .and_then(|(len, start)| {
-                Some((usize::try_from(start).ok()?, usize::try_from(len).ok()?))
-            })
+            .and_then(|(len, start)| Some((usize::try_from(start).ok()?, usize::try_from(len).ok()?)))
             .and_then(|(start, len)| Some(start..start.checked_add(len)?));
-        range
-            .and_then(|range| self.bytes.bytes().get(range))
-            .unwrap_or(&[])
+        range.and_then(|range| self.bytes.bytes().get(range)).unwrap_or(&[])
     }
 
     /// Dequantizes a whole tensor to f32, row-major; its shape is `info.shape()` (dims reversed, outermost first).
@@ -241,8 +227,7 @@ impl GgufFile {
 
     /// Dequantizes a tensor into a caller's buffer of exactly `info.n_elements()` values.
     pub fn tensor_f32_into(&self, info: &TensorInfo, out: &mut [f32]) -> Result<(), GgufError> {
-        dequantize(info.ty, self.tensor_data(info), out)
-            .map_err(|source| self.tensor_error(info, source))
+        dequantize(info.ty, self.tensor_data(info), out).map_err(|source| self.tensor_error(info, source))
     }
 
     fn tensor_error(&self, info: &TensorInfo, source: DequantError) -> GgufError {

@@ -80,8 +80,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Layout, Malformed> {
     // The offset is at most the file size and the alignment at most 2^31, so this cannot overflow.
     let data_offset = cur.offset().next_multiple_of(alignment);
     for info in &tensors {
-        check_data_range(info, alignment, data_offset, cur.file_size())
-            .within(|| format!("tensor '{}'", info.name))?;
+        check_data_range(info, alignment, data_offset, cur.file_size()).within(|| format!("tensor '{}'", info.name))?;
     }
     Ok(Layout {
         version,
@@ -103,9 +102,7 @@ fn read_magic_and_version(cur: &mut Cursor<'_>) -> Result<u32, FormatError> {
     match cur.u32()? {
         version @ (2 | 3) => Ok(version),
         // A big-endian writer stores version 3 as 0x03000000.
-        version if (1..=3).contains(&version.swap_bytes()) => {
-            Err(FormatError::BigEndian { version })
-        }
+        version if (1..=3).contains(&version.swap_bytes()) => Err(FormatError::BigEndian { version }),
         version => Err(FormatError::UnsupportedVersion { version }),
     }
 }
@@ -113,9 +110,7 @@ fn read_magic_and_version(cur: &mut Cursor<'_>) -> Result<u32, FormatError> {
 fn read_metadata(cur: &mut Cursor<'_>, n_kv: usize) -> Result<BTreeMap<String, Value>, Malformed> {
     let mut metadata = BTreeMap::new();
     for index in 0..n_kv {
-        let key = cur
-            .string()
-            .within(|| format!("key of metadata entry {index}"))?;
+        let key = cur.string().within(|| format!("key of metadata entry {index}"))?;
         let in_value = || format!("metadata '{key}'");
         let value = read_typed_value(cur, 0).within(in_value)?;
         if metadata.contains_key(&key) {
@@ -189,9 +184,7 @@ fn read_tensor_infos(cur: &mut Cursor<'_>, n_tensors: usize) -> Result<TensorInf
     let mut tensors = Vec::with_capacity(n_tensors);
     let mut by_name = HashMap::with_capacity(n_tensors);
     for index in 0..n_tensors {
-        let name = cur
-            .string()
-            .within(|| format!("name of tensor info {index}"))?;
+        let name = cur.string().within(|| format!("name of tensor info {index}"))?;
         let info = read_tensor_info(cur, name)?;
         if by_name.contains_key(&info.name) {
             return Err(FormatError::DuplicateTensor).within(|| format!("tensor '{}'", info.name));
@@ -207,11 +200,7 @@ fn read_tensor_info(cur: &mut Cursor<'_>, name: String) -> Result<TensorInfo, Ma
     let context = || format!("tensor '{name}'");
     let n_dims = cur.u32().within(context)?;
     if n_dims > MAX_DIMS {
-        return Err(FormatError::TooManyDims {
-            n_dims,
-            max: MAX_DIMS,
-        })
-        .within(context);
+        return Err(FormatError::TooManyDims { n_dims, max: MAX_DIMS }).within(context);
     }
     let mut dims = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
@@ -222,21 +211,14 @@ fn read_tensor_info(cur: &mut Cursor<'_>, name: String) -> Result<TensorInfo, Ma
     let ty = GgmlType::from_id(type_id)
         .ok_or(FormatError::UnknownTensorType { id: type_id })
         .within(context)?;
-    let info = TensorInfo {
-        name,
-        dims,
-        ty,
-        offset,
-    };
+    let info = TensorInfo { name, dims, ty, offset };
     check_shape(&info).within(|| format!("tensor '{}'", info.name))?;
     Ok(info)
 }
 
 fn check_shape(info: &TensorInfo) -> Result<(), FormatError> {
     // ggml holds element counts in int64_t.
-    let fits_i64 = info
-        .checked_n_elements()
-        .is_some_and(|n| i64::try_from(n).is_ok());
+    let fits_i64 = info.checked_n_elements().is_some_and(|n| i64::try_from(n).is_ok());
     if !fits_i64 {
         return Err(FormatError::ElementCountOverflow {
             dims: info.dims.clone(),
@@ -254,12 +236,7 @@ fn check_shape(info: &TensorInfo) -> Result<(), FormatError> {
     Ok(())
 }
 
-fn check_data_range(
-    info: &TensorInfo,
-    alignment: u64,
-    data_offset: u64,
-    size: u64,
-) -> Result<(), FormatError> {
+fn check_data_range(info: &TensorInfo, alignment: u64, data_offset: u64, size: u64) -> Result<(), FormatError> {
     if !info.offset.is_multiple_of(alignment) {
         return Err(FormatError::MisalignedTensor {
             offset: info.offset,

@@ -112,17 +112,11 @@ impl<'a> Cursor<'a> {
 
     /// Reads a count of items at least `min_item_len` bytes each, refusing counts the rest of the file cannot hold,
     /// so the caller may allocate `count` items.
-    pub(crate) fn count(
-        &mut self,
-        what: &'static str,
-        min_item_len: u64,
-    ) -> Result<usize, FormatError> {
+    pub(crate) fn count(&mut self, what: &'static str, min_item_len: u64) -> Result<usize, FormatError> {
         let count = self.u64()?;
         let offset = self.offset();
         let remaining = self.remaining();
-        let fits = count
-            .checked_mul(min_item_len)
-            .is_some_and(|bytes| bytes <= remaining);
+        let fits = count.checked_mul(min_item_len).is_some_and(|bytes| bytes <= remaining);
         match (fits, usize::try_from(count)) {
             (true, Ok(count)) => Ok(count),
             _ => Err(FormatError::CountTooLarge {

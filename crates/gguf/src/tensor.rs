@@ -41,9 +41,7 @@ impl TensorInfo {
 
     /// The element count, or `None` if it overflows.
     pub fn checked_n_elements(&self) -> Option<u64> {
-        self.dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        self.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
     }
 
     /// Bytes of data, or `None` if the count overflows or a row is not a whole number of blocks.

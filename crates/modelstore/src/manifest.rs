@@ -51,11 +51,7 @@ struct VerifiedFile {
 
 /// Decides whether `path` holds the pinned bytes, hashing only when the manifest cannot vouch
 /// for it, and recording a successful hash for next time.
-pub(crate) fn check_cached(
-    path: &Path,
-    pinned: &PinnedFile,
-    progress: &dyn PullProgress,
-) -> Result<CacheState> {
+pub(crate) fn check_cached(path: &Path, pinned: &PinnedFile, progress: &dyn PullProgress) -> Result<CacheState> {
     let meta = match fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CacheState::Missing),
@@ -150,8 +146,8 @@ fn load(dir: &Path) -> Manifest {
 
 fn save(dir: &Path, manifest: &Manifest) -> Result<()> {
     let dest = dir.join(MANIFEST_FILE);
-    let json = serde_json::to_vec_pretty(manifest)
-        .map_err(|e| ModelStoreError::io(&dest, "encode manifest", e.into()))?;
+    let json =
+        serde_json::to_vec_pretty(manifest).map_err(|e| ModelStoreError::io(&dest, "encode manifest", e.into()))?;
     let (temp, mut file) = TempPath::create(dir, MANIFEST_FILE)?;
     file.write_all(&json)
         .map_err(|e| ModelStoreError::io(temp.path(), "write manifest", e))?;

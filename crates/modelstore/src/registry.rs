@@ -92,11 +92,7 @@ pub(crate) fn find_in<'a>(models: &'a [ModelEntry], name: &str) -> Result<&'a Mo
 pub(crate) fn unknown_model(models: &[ModelEntry], name: &str) -> ModelStoreError {
     ModelStoreError::UnknownModel {
         name: name.to_owned(),
-        known: models
-            .iter()
-            .map(|entry| entry.name)
-            .collect::<Vec<_>>()
-            .join(", "),
+        known: models.iter().map(|entry| entry.name).collect::<Vec<_>>().join(", "),
     }
 }
 

@@ -82,9 +82,7 @@ pub(crate) fn resolve_with(
     }
     if let Some(shape) = spec.strip_prefix(SYNTHETIC_PREFIX) {
         if shape.trim().is_empty() {
-            return Err(ModelStoreError::EmptySyntheticShape {
-                spec: spec.to_owned(),
-            });
+            return Err(ModelStoreError::EmptySyntheticShape { spec: spec.to_owned() });
         }
         return Ok(ResolvedModel {
             name: spec.to_owned(),
@@ -157,8 +155,7 @@ fn resolve_path(path: &Path) -> Result<ResolvedModel> {
         },
         _ => ModelStoreError::io(path, "inspect model path", e),
     })?;
-    let absolute =
-        fs::canonicalize(path).map_err(|e| ModelStoreError::io(path, "resolve model path", e))?;
+    let absolute = fs::canonicalize(path).map_err(|e| ModelStoreError::io(path, "resolve model path", e))?;
     if meta.is_dir() {
         check_hf_dir(&absolute)?;
         return Ok(ResolvedModel {

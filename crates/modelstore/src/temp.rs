@@ -49,8 +49,7 @@ impl TempPath {
 
     /// Renames the file to `dest`, replacing whatever was there.
     pub(crate) fn persist(mut self, dest: &Path) -> Result<()> {
-        fs::rename(&self.path, dest)
-            .map_err(|e| ModelStoreError::io(dest, "rename into place", e))?;
+        fs::rename(&self.path, dest).map_err(|e| ModelStoreError::io(dest, "rename into place", e))?;
         self.owned = false;
         Ok(())
     }

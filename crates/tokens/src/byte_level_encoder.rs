@@ -67,12 +67,7 @@ impl ByteLevelEncoder {
     }
 
     /// Appends the token ids of `text` to `ids`.
-    pub(crate) fn encode_into(
-        &self,
-        inner: &Inner,
-        text: &str,
-        ids: &mut Vec<u32>,
-    ) -> Result<(), TokenizerError> {
+    pub(crate) fn encode_into(&self, inner: &Inner, text: &str, ids: &mut Vec<u32>) -> Result<(), TokenizerError> {
         let mut pieces = Vec::new();
         let mut spelled = String::new();
         let mut position = 0;
@@ -113,10 +108,7 @@ impl ByteLevelEncoder {
         for piece in pieces.iter() {
             spelled.clear();
             spelled.extend(piece.bytes().map(|byte| self.alphabet[byte as usize]));
-            let tokens = inner
-                .get_model()
-                .tokenize(spelled)
-                .map_err(TokenizerError::Encode)?;
+            let tokens = inner.get_model().tokenize(spelled).map_err(TokenizerError::Encode)?;
             ids.extend(tokens.iter().map(|token| token.id));
         }
         Ok(())

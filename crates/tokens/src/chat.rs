@@ -130,10 +130,7 @@ fn python_tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
         Some(width) => {
             let spaces = " ".repeat(width);
             let formatter = serde_json::ser::PrettyFormatter::with_indent(spaces.as_bytes());
-            serde::Serialize::serialize(
-                value,
-                &mut serde_json::Serializer::with_formatter(&mut out, formatter),
-            )
+            serde::Serialize::serialize(value, &mut serde_json::Serializer::with_formatter(&mut out, formatter))
         }
         None => serde::Serialize::serialize(
             value,
@@ -141,19 +138,10 @@ fn python_tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
         ),
     };
     written.map_err(|err| {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            "tojson: value cannot be written as JSON",
-        )
-        .with_source(err)
+        Error::new(ErrorKind::InvalidOperation, "tojson: value cannot be written as JSON").with_source(err)
     })?;
-    let text = String::from_utf8(out).map_err(|err| {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            "tojson: JSON output is not UTF-8",
-        )
-        .with_source(err)
-    })?;
+    let text = String::from_utf8(out)
+        .map_err(|err| Error::new(ErrorKind::InvalidOperation, "tojson: JSON output is not UTF-8").with_source(err))?;
     let text = if ensure_ascii == Some(true) {
         escape_non_ascii(&text)
     } else {
@@ -183,28 +171,12 @@ fn escape_non_ascii(json: &str) -> String {
 struct PythonCompactFormatter;
 
 impl serde_json::ser::Formatter for PythonCompactFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, writer: &mut W, first: bool) -> io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, writer: &mut W, first: bool) -> io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
     }
 
     fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {

@@ -35,9 +35,7 @@ pub enum TokenizerError {
     UnknownPreTokenizer { pre: String },
 
     /// An entry of `tokenizer.ggml.merges` is not two tokens separated by one space.
-    #[error(
-        "tokenizer.ggml.merges[{index}] = {merge:?} is malformed: expected two tokens separated by a space"
-    )]
+    #[error("tokenizer.ggml.merges[{index}] = {merge:?} is malformed: expected two tokens separated by a space")]
     MalformedMerge { index: usize, merge: String },
 
     /// A per-token array does not have one entry per token.

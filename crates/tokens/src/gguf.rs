@@ -33,8 +33,7 @@ impl Tokenizer {
             other => {
                 return Err(TokenizerError::UnsupportedModel {
                     model: other.to_owned(),
-                    reason: "supported models are `gpt2` (byte-level BPE) and `llama` (SentencePiece BPE)"
-                        .to_owned(),
+                    reason: "supported models are `gpt2` (byte-level BPE) and `llama` (SentencePiece BPE)".to_owned(),
                 });
             }
         };
@@ -81,16 +80,9 @@ impl Tokenizer {
 /// The (special, plain) added tokens of the vocabulary, as transformers' `add_gguf_special_tokens` picks
 /// them. In a byte-level vocabulary a token spelled outside the byte alphabet cannot be real text, so
 /// llama.cpp mislabelled it; it is left out rather than matched.
-pub(crate) fn added_tokens(
-    spec: &GgufTokenizerSpec,
-    byte_level: bool,
-) -> (Vec<String>, Vec<String>) {
+pub(crate) fn added_tokens(spec: &GgufTokenizerSpec, byte_level: bool) -> (Vec<String>, Vec<String>) {
     let alphabet = byte_level.then(ByteAlphabet::new);
-    let spelled = |token: &str| {
-        alphabet
-            .as_ref()
-            .is_none_or(|alphabet| alphabet.spells(token))
-    };
+    let spelled = |token: &str| alphabet.as_ref().is_none_or(|alphabet| alphabet.spells(token));
     let mut special = Vec::new();
     let mut plain = Vec::new();
     for (id, token) in spec.tokens.iter().enumerate() {

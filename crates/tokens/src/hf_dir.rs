@@ -23,12 +23,11 @@ impl Tokenizer {
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
         let tokenizer_path = dir.join("tokenizer.json");
-        let loaded = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|source| {
-            TokenizerError::TokenizerJson {
+        let loaded =
+            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|source| TokenizerError::TokenizerJson {
                 path: tokenizer_path.clone(),
                 source,
-            }
-        })?;
+            })?;
         let mut inner = with_fast_splits(loaded)?;
         disable_padding_and_truncation(&mut inner)?;
         let config = JsonFile::read_optional(dir.join("tokenizer_config.json"))?;
@@ -45,8 +44,7 @@ impl Tokenizer {
             unk: text_of("unk_token")?,
             pad: text_of("pad_token")?,
         };
-        let id_of =
-            |text: &Option<String>| text.as_deref().and_then(|text| inner.token_to_id(text));
+        let id_of = |text: &Option<String>| text.as_deref().and_then(|text| inner.token_to_id(text));
         let bos_token_id = match id_of(&special.bos) {
             Some(id) => Some(id),
             None => match &model_config {
@@ -67,10 +65,7 @@ impl Tokenizer {
                 prefix_ids = bos_token_id.filter(|_| add_bos).into_iter().collect();
             }
             if let Some(add_eos) = config.flag("add_eos_token")? {
-                suffix_ids = id_of(&special.eos)
-                    .filter(|_| add_eos)
-                    .into_iter()
-                    .collect();
+                suffix_ids = id_of(&special.eos).filter(|_| add_eos).into_iter().collect();
             }
         }
 
@@ -133,12 +128,8 @@ fn with_fast_splits(loaded: tokenizers::Tokenizer) -> Result<Inner, TokenizerErr
 /// and without special tokens and locating the plain ids inside the other.
 fn post_processor_additions(inner: &Inner) -> Result<(Vec<u32>, Vec<u32>), TokenizerError> {
     const PROBE: &str = "probe";
-    let plain = inner
-        .encode_fast(PROBE, false)
-        .map_err(TokenizerError::Encode)?;
-    let full = inner
-        .encode_fast(PROBE, true)
-        .map_err(TokenizerError::Encode)?;
+    let plain = inner.encode_fast(PROBE, false).map_err(TokenizerError::Encode)?;
+    let full = inner.encode_fast(PROBE, true).map_err(TokenizerError::Encode)?;
     let (plain, full) = (plain.get_ids(), full.get_ids());
     let at = if plain.is_empty() {
         Some(0)
@@ -226,10 +217,7 @@ impl JsonFile {
         match self.field(field) {
             None => Ok(None),
             Some(Value::Bool(flag)) => Ok(Some(*flag)),
-            Some(other) => Err(self.invalid(
-                field,
-                format!("expected true or false, found {}", json_kind(other)),
-            )),
+            Some(other) => Err(self.invalid(field, format!("expected true or false, found {}", json_kind(other)))),
         }
     }
 
@@ -252,20 +240,13 @@ impl JsonFile {
             None => Ok(None),
             Some(Value::String(source)) => Ok(Some(source.clone())),
             Some(Value::Array(named)) => {
-                let template_of = |entry: &Value| {
-                    entry
-                        .get("template")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                };
+                let template_of = |entry: &Value| entry.get("template").and_then(Value::as_str).map(str::to_owned);
                 let default = named
                     .iter()
                     .find(|entry| entry.get("name").and_then(Value::as_str) == Some("default"));
                 match default.or(named.first()).map(template_of) {
                     Some(Some(source)) => Ok(Some(source)),
-                    Some(None) => {
-                        Err(self.invalid(FIELD, "a named template without a string `template`"))
-                    }
+                    Some(None) => Err(self.invalid(FIELD, "a named template without a string `template`")),
                     None => Ok(None),
                 }
             }

@@ -54,17 +54,13 @@ impl RegexSplit {
         let gives_back = match self.lookahead {
             Lookahead::None => false,
             Lookahead::AnyWhitespace => text.chars().all(char::is_whitespace),
-            Lookahead::WithoutLineBreaks => text
-                .chars()
-                .all(|c| c.is_whitespace() && c != '\r' && c != '\n'),
+            Lookahead::WithoutLineBreaks => text.chars().all(|c| c.is_whitespace() && c != '\r' && c != '\n'),
         };
         let mut chars = text.chars();
         let last = chars.next_back();
         let several = chars.next().is_some();
         match last {
-            Some(last) if gives_back && several && end < inside.len() => {
-                Some((start, end - last.len_utf8()))
-            }
+            Some(last) if gives_back && several && end < inside.len() => Some((start, end - last.len_utf8())),
             _ => Some((start, end)),
         }
     }
@@ -108,9 +104,7 @@ impl Pattern for &RegexSplit {
             return Ok(vec![((0, 0), false)]);
         }
         let mut pieces = Vec::new();
-        self.cut(inside, |start, end, is_match| {
-            pieces.push(((start, end), is_match))
-        });
+        self.cut(inside, |start, end, is_match| pieces.push(((start, end), is_match)));
         Ok(pieces)
     }
 }
@@ -175,9 +169,7 @@ fn push_steps(wrapper: PreTokenizerWrapper, steps: &mut Vec<Step>) -> Result<(),
             }
         }
         // The built-in GPT-2 regex; only without the prefix space, which ByteLevel adds before splitting.
-        PreTokenizerWrapper::ByteLevel(byte_level)
-            if byte_level.use_regex && !byte_level.add_prefix_space =>
-        {
+        PreTokenizerWrapper::ByteLevel(byte_level) if byte_level.use_regex && !byte_level.add_prefix_space => {
             steps.push(Step::Split(RegexSplit::new(
                 crate::pretokenizer::GPT2_FAST,
                 Lookahead::AnyWhitespace,
@@ -211,9 +203,9 @@ impl tokenizers::PreTokenizer for PreTokenizer {
     fn pre_tokenize(&self, pretokenized: &mut PreTokenizedString) -> tokenizers::Result<()> {
         for step in &self.steps {
             match step {
-                Step::Split(split) => pretokenized.split(|_, normalized| {
-                    normalized.split(split, SplitDelimiterBehavior::Isolated)
-                })?,
+                Step::Split(split) => {
+                    pretokenized.split(|_, normalized| normalized.split(split, SplitDelimiterBehavior::Isolated))?
+                }
                 Step::Other(other) => other.pre_tokenize(pretokenized)?,
             }
         }

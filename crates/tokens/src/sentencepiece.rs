@@ -40,9 +40,7 @@ pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<Inner, TokenizerError> {
     {
         return Err(TokenizerError::UnsupportedModel {
             model: spec.model.clone(),
-            reason: format!(
-                "the SentencePiece variant of architecture `{arch}` is not implemented"
-            ),
+            reason: format!("the SentencePiece variant of architecture `{arch}` is not implemented"),
         });
     }
     let mut vocab = AHashMap::with_capacity(spec.tokens.len());
@@ -126,10 +124,7 @@ pub(crate) fn recover_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, 
     let mut candidates = Vec::new();
     let mut local: Vec<(u32, u32, Candidate<'_>)> = Vec::new();
     for piece in order {
-        let score = score_of
-            .get(piece)
-            .copied()
-            .map_or(f32::NEG_INFINITY, comparable);
+        let score = score_of.get(piece).copied().map_or(f32::NEG_INFINITY, comparable);
         local.clear();
         for (at, _) in piece.char_indices().skip(1) {
             let (left, right) = piece.split_at(at);

@@ -124,9 +124,7 @@ impl GgufTokenizerSpec {
                     .map(|(index, id)| {
                         TokenType::from_id(id).ok_or_else(|| TokenizerError::InvalidMetadata {
                             key: TOKEN_TYPE,
-                            reason: format!(
-                                "entry {index} is {id}, not a llama.cpp token type (0..=6)"
-                            ),
+                            reason: format!("entry {index} is {id}, not a llama.cpp token type (0..=6)"),
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?,
@@ -179,11 +177,7 @@ impl GgufTokenizerSpec {
         ];
         for (key, found) in lengths {
             if let Some(found) = found.filter(|&found| found != expected) {
-                return Err(TokenizerError::LengthMismatch {
-                    key,
-                    expected,
-                    found,
-                });
+                return Err(TokenizerError::LengthMismatch { key, expected, found });
             }
         }
         for (key, id) in self.special_ids() {
@@ -220,8 +214,7 @@ impl GgufTokenizerSpec {
 
     /// The text of token `id`, if it exists.
     pub(crate) fn token(&self, id: Option<u32>) -> Option<&str> {
-        id.and_then(|id| self.tokens.get(id as usize))
-            .map(String::as_str)
+        id.and_then(|id| self.tokens.get(id as usize)).map(String::as_str)
     }
 }
 

@@ -11,10 +11,7 @@
 
 use std::fmt;
 
-use tokenizers::{
-    AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
-    TokenizerImpl,
-};
+use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, TokenizerImpl};
 
 use crate::byte_level_encoder::ByteLevelEncoder;
 use crate::chat::{ChatMessage, ChatTemplate};
@@ -23,13 +20,8 @@ use crate::regex_split::PreTokenizer;
 use crate::stream::DecodeStream;
 
 /// The wrapped `tokenizers` pipeline, with this crate's pre-tokenizer (fast split regexes).
-pub(crate) type Inner = TokenizerImpl<
-    ModelWrapper,
-    NormalizerWrapper,
-    PreTokenizer,
-    PostProcessorWrapper,
-    DecoderWrapper,
->;
+pub(crate) type Inner =
+    TokenizerImpl<ModelWrapper, NormalizerWrapper, PreTokenizer, PostProcessorWrapper, DecoderWrapper>;
 
 /// A model's tokenizer. Build with [`Tokenizer::from_gguf`] or [`Tokenizer::from_hf_dir`].
 pub struct Tokenizer {
@@ -127,10 +119,7 @@ impl Tokenizer {
         if let Some(byte_level) = &self.byte_level {
             return byte_level.encode_into(&self.inner, text, ids);
         }
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(TokenizerError::Encode)?;
+        let encoding = self.inner.encode_fast(text, false).map_err(TokenizerError::Encode)?;
         ids.extend_from_slice(encoding.get_ids());
         Ok(())
     }
@@ -234,12 +223,10 @@ impl fmt::Debug for Tokenizer {
 /// A tokenizer.json may carry padding or truncation settings; prompts must never be cut or padded here.
 pub(crate) fn disable_padding_and_truncation(inner: &mut Inner) -> Result<(), TokenizerError> {
     inner.with_padding(None);
-    inner
-        .with_truncation(None)
-        .map_err(|source| TokenizerError::Build {
-            stage: "disabling truncation",
-            source,
-        })?;
+    inner.with_truncation(None).map_err(|source| TokenizerError::Build {
+        stage: "disabling truncation",
+        source,
+    })?;
     Ok(())
 }
 

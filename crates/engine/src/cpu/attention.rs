@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{MatRef, gemm_strided};
+use super::matmul::{MatMut, MatRef, gemm_strided};
 use super::ops::softmax;
 use crate::kv::{BlockId, KvCache};
 
@@ -70,7 +70,11 @@ pub fn paged_attention(
                     row_stride: 1,
                     col_stride: hd,
                 };
-                gemm_strided(chunk.len, ctx, hd, q_rows, k_t, &mut scores, ctx, scale);
+                let scores_out = MatMut {
+                    data: &mut scores,
+                    row_stride: ctx,
+                };
+                gemm_strided(chunk.len, ctx, hd, q_rows, k_t, scores_out, scale);
                 for (i, row) in scores.chunks_exact_mut(ctx).enumerate() {
                     let visible = chunk.start_pos + i + 1;
                     softmax(&mut row[..visible]);
@@ -87,7 +91,18 @@ pub fn paged_attention(
                     col_stride: 1,
                 };
                 let dst = &mut head_out[r * chunk.len * hd..(r + 1) * chunk.len * hd];
-                gemm_strided(chunk.len, hd, ctx, p, v, dst, hd, 1.0);
+                gemm_strided(
+                    chunk.len,
+                    hd,
+                    ctx,
+                    p,
+                    v,
+                    MatMut {
+                        data: dst,
+                        row_stride: hd,
+                    },
+                    1.0,
+                );
             }
             head_out
         })

@@ -64,58 +64,44 @@ fn row_dot(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     let rows_per_task = (n / (rayon::current_num_threads() * 8)).clamp(16, 256);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    (0..n.div_ceil(rows_per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let r0 = task * rows_per_task;
-            let r1 = (r0 + rows_per_task).min(n);
-            let mut local = vec![0.0f32; m * (r1 - r0)];
-            let fused = match &w.data {
-                WeightData::Quantized {
-                    ty,
-                    bytes,
-                    row_bytes,
-                } => {
-                    let rows = &bytes[r0 * row_bytes..r1 * row_bytes];
-                    // Groups of input rows share each dequantized block; the task's weight rows stay in L2 across groups.
-                    (0..m).step_by(qdot::MAX_ROWS).all(|i0| {
-                        let g = qdot::MAX_ROWS.min(m - i0);
-                        let dst = &mut local[i0 * (r1 - r0)..(i0 + g) * (r1 - r0)];
-                        qdot::quant_rows_dot(
-                            *ty,
-                            rows,
-                            *row_bytes,
-                            &x[i0 * k..(i0 + g) * k],
-                            g,
-                            k,
-                            dst,
-                        )
-                    })
-                }
-                _ => false,
-            };
-            if !fused {
-                SCRATCH.with_borrow_mut(|buf| {
-                    buf.resize((r1 - r0) * k, 0.0);
-                    w.dequantize_rows(r0, buf);
-                    for (j, wrow) in buf.chunks_exact(k).enumerate() {
-                        for i in 0..m {
-                            local[i * (r1 - r0) + j] = dot(&x[i * k..(i + 1) * k], wrow);
-                        }
-                    }
-                });
+    (0..n.div_ceil(rows_per_task)).into_par_iter().for_each(|task| {
+        let r0 = task * rows_per_task;
+        let r1 = (r0 + rows_per_task).min(n);
+        let mut local = vec![0.0f32; m * (r1 - r0)];
+        let fused = match &w.data {
+            WeightData::Quantized { ty, bytes, row_bytes } => {
+                let rows = &bytes[r0 * row_bytes..r1 * row_bytes];
+                // Groups of input rows share each dequantized block; the task's weight rows stay in L2 across groups.
+                (0..m).step_by(qdot::MAX_ROWS).all(|i0| {
+                    let g = qdot::MAX_ROWS.min(m - i0);
+                    let dst = &mut local[i0 * (r1 - r0)..(i0 + g) * (r1 - r0)];
+                    qdot::quant_rows_dot(*ty, rows, *row_bytes, &x[i0 * k..(i0 + g) * k], g, k, dst)
+                })
             }
-            for i in 0..m {
-                for j in 0..r1 - r0 {
-                    // SAFETY: element (i, r0 + j) lies inside `out` (i < m, r0 + j < n) and rows r0..r1 belong to
-                    // this task only.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        *out_ptr.get().add(i * n + r0 + j) = local[i * (r1 - r0) + j];
+            _ => false,
+        };
+        if !fused {
+            SCRATCH.with_borrow_mut(|buf| {
+                buf.resize((r1 - r0) * k, 0.0);
+                w.dequantize_rows(r0, buf);
+                for (j, wrow) in buf.chunks_exact(k).enumerate() {
+                    for i in 0..m {
+                        local[i * (r1 - r0) + j] = dot(&x[i * k..(i + 1) * k], wrow);
                     }
                 }
+            });
+        }
+        for i in 0..m {
+            for j in 0..r1 - r0 {
+                // SAFETY: element (i, r0 + j) lies inside `out` (i < m, r0 + j < n) and rows r0..r1 belong to
+                // this task only.
+                #[allow(unsafe_code)]
+                unsafe {
+                    *out_ptr.get().add(i * n + r0 + j) = local[i * (r1 - r0) + j];
+                }
             }
-        });
+        }
+    });
 }
 
 thread_local! {
@@ -127,56 +113,46 @@ fn panel_gemm(x: &[f32], m: usize, w: &Matrix, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     let panel_rows = (PANEL_BYTES / (4 * k)).clamp(8, 4096);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    (0..n.div_ceil(panel_rows))
-        .into_par_iter()
-        .for_each(|task| {
-            SCRATCH.with_borrow_mut(|buf| {
-                let r0 = task * panel_rows;
-                let r1 = (r0 + panel_rows).min(n);
-                buf.resize((r1 - r0) * k, 0.0);
-                let panel = &mut buf[..];
-                w.dequantize_rows(r0, panel);
-                // SAFETY: dst covers columns r0..r1 of every output row (row stride n) — inside `out` and disjoint from
-                // other tasks' columns; lhs is x [m, k] row-major; rhs is the panel read as [k, r1 - r0] (column stride
-                // k). All pointers are valid for the extents gemm reads and writes.
-                #[allow(unsafe_code)]
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        r1 - r0,
-                        k,
-                        out_ptr.get().add(r0),
-                        1,
-                        n as isize,
-                        false,
-                        x.as_ptr(),
-                        1,
-                        k as isize,
-                        panel.as_ptr(),
-                        k as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
+    (0..n.div_ceil(panel_rows)).into_par_iter().for_each(|task| {
+        SCRATCH.with_borrow_mut(|buf| {
+            let r0 = task * panel_rows;
+            let r1 = (r0 + panel_rows).min(n);
+            buf.resize((r1 - r0) * k, 0.0);
+            let panel = &mut buf[..];
+            w.dequantize_rows(r0, panel);
+            // SAFETY: dst covers columns r0..r1 of every output row (row stride n) — inside `out` and disjoint from
+            // other tasks' columns; lhs is x [m, k] row-major; rhs is the panel read as [k, r1 - r0] (column stride
+            // k). All pointers are valid for the extents gemm reads and writes.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemm::gemm(
+                    m,
+                    r1 - r0,
+                    k,
+                    out_ptr.get().add(r0),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    panel.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         });
+    });
 }
 
 /// `out[m, n] = a[m, k] · b[n, k]ᵀ` with both operands dense f32 and row-major.
-pub fn gemm_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    out: &mut [f32],
-    parallel: bool,
-) {
+pub fn gemm_f32(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], out: &mut [f32], parallel: bool) {
     assert!(
         a.len() >= m * k && b.len() >= n * k && out.len() >= m * n,
         "gemm_f32 shapes"
@@ -224,27 +200,24 @@ pub struct MatRef<'a> {
 
 impl MatRef<'_> {
     fn covers(&self, rows: usize, cols: usize) -> bool {
-        rows == 0
-            || cols == 0
-            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
     }
 }
 
+/// A writable row-major matrix view with a row stride (columns contiguous).
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub row_stride: usize,
+}
+
 /// `out[m, n] = scale · a[m, k] · b[k, n]` on strided views, single-threaded (callers parallelise outside).
-pub fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    out: &mut [f32],
-    out_row_stride: usize,
-    scale: f32,
-) {
-    assert!(
-        a.covers(m, k) && b.covers(k, n),
-        "gemm_strided operand shapes"
-    );
+pub fn gemm_strided(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, out: MatMut<'_>, scale: f32) {
+    let MatMut {
+        data: out,
+        row_stride: out_row_stride,
+    } = out;
+    assert!(a.covers(m, k) && b.covers(k, n), "gemm_strided operand shapes");
     assert!(
         m == 0 || n == 0 || (m - 1) * out_row_stride + n <= out.len(),
         "gemm_strided output shape"
@@ -285,8 +258,7 @@ pub fn gemm_strided(
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the features the function is compiled for (checked just above).
             #[allow(unsafe_code)]
             return unsafe { dot_avx2(a, b) };

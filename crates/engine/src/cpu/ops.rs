@@ -49,10 +49,7 @@ pub fn apply_rope(x: &mut [f32], n_heads: usize, head_dim: usize, cos: &[f32], s
     let half = head_dim / 2;
     let width = n_heads * head_dim;
     for (t, row) in x.chunks_exact_mut(width).enumerate() {
-        let (c, s) = (
-            &cos[t * half..(t + 1) * half],
-            &sin[t * half..(t + 1) * half],
-        );
+        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
         for head in row.chunks_exact_mut(head_dim) {
             let (a, b) = head.split_at_mut(half);
             for i in 0..half {

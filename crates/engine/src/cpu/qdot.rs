@@ -24,9 +24,8 @@ pub fn quant_rows_dot(
     out: &mut [f32],
 ) -> bool {
     let n_out = rows.len() / row_bytes.max(1);
-    let fits = m >= 1
-        && m <= MAX_ROWS
-        && k % 32 == 0
+    let fits = (1..=MAX_ROWS).contains(&m)
+        && k.is_multiple_of(32)
         && x.len() >= m * k
         && out.len() >= m * n_out
         && row_bytes * 32 == k * block_bytes(ty).unwrap_or(0);
@@ -72,15 +71,7 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; the extents must satisfy `quant_rows_dot`'s `fits` check.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn run(
-        ty: GgmlType,
-        rows: &[u8],
-        row_bytes: usize,
-        x: &[f32],
-        m: usize,
-        k: usize,
-        out: &mut [f32],
-    ) {
+    pub unsafe fn run(ty: GgmlType, rows: &[u8], row_bytes: usize, x: &[f32], m: usize, k: usize, out: &mut [f32]) {
         macro_rules! by_rows {
             ($kernel:ident) => {
                 // SAFETY: forwarded from the caller's contract.
@@ -129,11 +120,8 @@ mod avx2 {
                             for i in 0..M {
                                 let xp = x.as_ptr().add(i * k + b * 32);
                                 for c in 0..4 {
-                                    acc[i][c % C] = _mm256_fmadd_ps(
-                                        w[c],
-                                        _mm256_loadu_ps(xp.add(c * 8)),
-                                        acc[i][c % C],
-                                    );
+                                    acc[i][c % C] =
+                                        _mm256_fmadd_ps(w[c], _mm256_loadu_ps(xp.add(c * 8)), acc[i][c % C]);
                                 }
                             }
                         }

@@ -103,10 +103,7 @@ impl BlockManager {
 
     /// How many leading blocks of `hashes` are cached, without taking references (for routing and scoring).
     pub fn cached_prefix_len(&self, hashes: &[BlockHash]) -> usize {
-        hashes
-            .iter()
-            .take_while(|h| self.by_hash.contains_key(h))
-            .count()
+        hashes.iter().take_while(|h| self.by_hash.contains_key(h)).count()
     }
 
     /// Takes another reference to a block already referenced or cached.
@@ -121,10 +118,7 @@ impl BlockManager {
     /// Drops one reference. The last release parks a hashed block as idle-cached, or frees an unhashed one.
     pub fn release(&mut self, block: BlockId) {
         let i = block as usize;
-        debug_assert!(
-            self.ref_counts[i] > 0,
-            "release of unreferenced block {block}"
-        );
+        debug_assert!(self.ref_counts[i] > 0, "release of unreferenced block {block}");
         self.ref_counts[i] = self.ref_counts[i].saturating_sub(1);
         if self.ref_counts[i] == 0 {
             if self.hashes[i].is_some() {

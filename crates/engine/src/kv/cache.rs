@@ -63,11 +63,7 @@ impl KvCache {
     }
 
     pub fn byte_len(&self) -> usize {
-        self.keys
-            .iter()
-            .chain(&self.values)
-            .map(|v| v.len() * 4)
-            .sum()
+        self.keys.iter().chain(&self.values).map(|v| v.len() * 4).sum()
     }
 
     fn offset(&self, block: BlockId, head: usize, slot: usize) -> usize {
@@ -85,15 +81,7 @@ impl KvCache {
     }
 
     /// Copies the first `n_tokens` positions of one head, following `blocks`, into contiguous `[n_tokens, head_dim]`.
-    pub fn gather(
-        &self,
-        layer: usize,
-        head: usize,
-        blocks: &[BlockId],
-        n_tokens: usize,
-        k: &mut [f32],
-        v: &mut [f32],
-    ) {
+    pub fn gather(&self, layer: usize, head: usize, blocks: &[BlockId], n_tokens: usize, k: &mut [f32], v: &mut [f32]) {
         let hd = self.head_dim;
         let mut t = 0;
         for &block in blocks {

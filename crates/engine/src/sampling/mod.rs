@@ -3,7 +3,5 @@
 mod params;
 mod sampler;
 
-pub use params::{
-    MAX_N, MAX_TOP_LOGPROBS, ModelLimits, SamplingParams, SamplingSpec, StopCriteria, ValidSampling,
-};
+pub use params::{MAX_N, MAX_TOP_LOGPROBS, ModelLimits, SamplingParams, SamplingSpec, StopCriteria, ValidSampling};
 pub use sampler::{Sampler, TokenLogprob, argmax};

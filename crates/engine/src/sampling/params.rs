@@ -67,9 +67,7 @@ impl SamplingParams {
     }
 
     pub fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0
-            || self.presence_penalty != 0.0
-            || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
 }
 
@@ -98,11 +96,7 @@ pub struct ValidSampling {
 
 impl SamplingSpec {
     /// Checks every field against its range and the prompt against the model, naming the first offending field.
-    pub fn validate(
-        &self,
-        prompt_len: usize,
-        limits: ModelLimits,
-    ) -> Result<ValidSampling, EngineError> {
+    pub fn validate(&self, prompt_len: usize, limits: ModelLimits) -> Result<ValidSampling, EngineError> {
         if prompt_len == 0 {
             return Err(EngineError::invalid("prompt", "the prompt is empty"));
         }
@@ -139,17 +133,11 @@ impl SamplingSpec {
         }
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(EngineError::invalid(
-                "top_p",
-                format!("must be in (0, 1], got {top_p}"),
-            ));
+            return Err(EngineError::invalid("top_p", format!("must be in (0, 1], got {top_p}")));
         }
         let min_p = self.min_p.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&min_p) {
-            return Err(EngineError::invalid(
-                "min_p",
-                format!("must be in [0, 1], got {min_p}"),
-            ));
+            return Err(EngineError::invalid("min_p", format!("must be in [0, 1], got {min_p}")));
         }
         let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
         if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
@@ -182,26 +170,16 @@ impl SamplingSpec {
         }
         let n = self.n.unwrap_or(1);
         if n == 0 || n > MAX_N {
-            return Err(EngineError::invalid(
-                "n",
-                format!("must be in [1, {MAX_N}], got {n}"),
-            ));
+            return Err(EngineError::invalid("n", format!("must be in [1, {MAX_N}], got {n}")));
         }
-        if let Some(&id) = self
-            .stop_token_ids
-            .iter()
-            .find(|&&id| id as usize >= limits.vocab_size)
-        {
+        if let Some(&id) = self.stop_token_ids.iter().find(|&&id| id as usize >= limits.vocab_size) {
             return Err(EngineError::invalid(
                 "stop_token_ids",
                 format!("token id {id} is outside the vocabulary"),
             ));
         }
         if self.stop.iter().any(String::is_empty) {
-            return Err(EngineError::invalid(
-                "stop",
-                "stop strings must not be empty",
-            ));
+            return Err(EngineError::invalid("stop", "stop strings must not be empty"));
         }
         Ok(ValidSampling {
             params: SamplingParams {

@@ -35,9 +35,7 @@ impl Sampler {
     /// `stream` separates the parallel samples (`n > 1`) of one seeded request.
     pub fn new(params: SamplingParams, prompt: &[u32], stream: u64) -> Self {
         let rng = match params.seed {
-            Some(seed) => ChaCha8Rng::seed_from_u64(
-                seed.wrapping_add(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            ),
+            Some(seed) => ChaCha8Rng::seed_from_u64(seed.wrapping_add(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15))),
             None => ChaCha8Rng::from_rng(&mut rand::rng()),
         };
         let seen = if params.repetition_penalty != 1.0 {
@@ -104,13 +102,8 @@ impl Sampler {
     fn draw(&mut self, logits: &mut [f32]) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l * inv_t))
-            .collect();
-        let by_logit_desc =
-            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)).collect();
+        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && (p.top_k as usize) < candidates.len() {
             candidates.select_nth_unstable_by(p.top_k as usize - 1, by_logit_desc);
             candidates.truncate(p.top_k as usize);
@@ -166,19 +159,10 @@ fn logprobs(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
     if top_n > 0 {
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         let n = top_n.min(idx.len());
-        idx.select_nth_unstable_by(n - 1, |&a, &b| {
-            logits[b as usize].total_cmp(&logits[a as usize])
-        });
+        idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         idx.truncate(n);
-        idx.sort_unstable_by(|&a, &b| {
-            logits[b as usize]
-                .total_cmp(&logits[a as usize])
-                .then(a.cmp(&b))
-        });
-        top = idx
-            .into_iter()
-            .map(|t| (t, logits[t as usize] - log_z))
-            .collect();
+        idx.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        top = idx.into_iter().map(|t| (t, logits[t as usize] - log_z)).collect();
     }
     TokenLogprob {
         token_id: token,

@@ -74,12 +74,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(
-        config: SchedulerConfig,
-        n_blocks: usize,
-        tokenizer: Arc<Tokenizer>,
-        max_context: usize,
-    ) -> Self {
+    pub fn new(config: SchedulerConfig, n_blocks: usize, tokenizer: Arc<Tokenizer>, max_context: usize) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
         Scheduler {
             config,
@@ -108,12 +103,7 @@ impl Scheduler {
             waiting: self.waiting.len(),
             free_blocks: self.blocks.available(),
             total_blocks: self.blocks.n_blocks(),
-            queued_prefill_tokens: self
-                .waiting
-                .iter()
-                .chain(&self.running)
-                .map(|s| s.uncomputed())
-                .sum(),
+            queued_prefill_tokens: self.waiting.iter().chain(&self.running).map(|s| s.uncomputed()).sum(),
             preemptions: self.preemptions,
             prefix_cache: self.blocks.stats(),
         }
@@ -134,13 +124,7 @@ impl Scheduler {
             )));
         }
         self.arrivals += 1;
-        let seq = Sequence::new(
-            req,
-            self.arrivals,
-            bs,
-            self.config.hash_seed,
-            self.tokenizer.clone(),
-        );
+        let seq = Sequence::new(req, self.arrivals, bs, self.config.hash_seed, self.tokenizer.clone());
         self.enqueue(seq);
         Ok(())
     }
@@ -231,9 +215,7 @@ impl Scheduler {
                 }
             }
             let take = seq.uncomputed().min(budget);
-            let needed = (seq.computed + take)
-                .div_ceil(bs)
-                .saturating_sub(seq.blocks.len());
+            let needed = (seq.computed + take).div_ceil(bs).saturating_sub(seq.blocks.len());
             if self.blocks.available() < needed {
                 self.blocks.release_all(&seq.blocks);
                 seq.blocks.clear();
@@ -277,20 +259,12 @@ impl Scheduler {
 
     fn enqueue(&mut self, seq: Sequence) {
         let key = (seq.priority, seq.arrival);
-        let at = self
-            .waiting
-            .partition_point(|s| (s.priority, s.arrival) <= key);
+        let at = self.waiting.partition_point(|s| (s.priority, s.arrival) <= key);
         self.waiting.insert(at, seq);
     }
 
     /// Advances the scheduled sequences past the step: publishes full blocks, samples, checks stops.
-    fn apply(
-        &mut self,
-        plan: &[(usize, usize)],
-        logits: &[f32],
-        vocab: usize,
-        kv: &mut KvCache,
-    ) -> Vec<SeqOutput> {
+    fn apply(&mut self, plan: &[(usize, usize)], logits: &[f32], vocab: usize, kv: &mut KvCache) -> Vec<SeqOutput> {
         let bs = self.config.block_size;
         let mut outputs = Vec::new();
         let mut rows = logits.chunks_exact(vocab);
@@ -312,14 +286,7 @@ impl Scheduler {
             let Some(row) = rows.next() else { break };
             for index in 1..=std::mem::take(&mut seq.forks_pending) {
                 let mut child = seq.fork(index, self.tokenizer.clone());
-                share_prefix(
-                    &mut self.blocks,
-                    kv,
-                    &mut child,
-                    &seq.blocks,
-                    seq.computed,
-                    bs,
-                );
+                share_prefix(&mut self.blocks, kv, &mut child, &seq.blocks, seq.computed, bs);
                 let out = sample_and_check(&mut child, row, &self.eos, self.max_context);
                 if out.finish.is_some() {
                     self.blocks.release_all(&child.blocks);
@@ -361,7 +328,7 @@ fn share_prefix(
     block_size: usize,
 ) {
     let full = computed / block_size;
-    let partial = computed % block_size != 0;
+    let partial = !computed.is_multiple_of(block_size);
     if partial && blocks.available() == 0 {
         return;
     }

@@ -85,13 +85,7 @@ pub(crate) struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(
-        req: NewRequest,
-        arrival: u64,
-        block_size: usize,
-        hash_seed: u64,
-        tokenizer: Arc<Tokenizer>,
-    ) -> Self {
+    pub fn new(req: NewRequest, arrival: u64, block_size: usize, hash_seed: u64, tokenizer: Arc<Tokenizer>) -> Self {
         let mut hasher = BlockHasher::new(block_size, hash_seed);
         let hashes = hasher.extend(&req.prompt);
         let ValidSampling { params, stop, n } = req.sampling;

@@ -56,11 +56,7 @@ fn config(block_size: usize, max_batch_tokens: usize) -> SchedulerConfig {
 }
 
 /// Steps until idle; returns every request's token ids and the number of steps.
-fn drain(
-    model: &LlamaModel,
-    kv: &mut KvCache,
-    s: &mut Scheduler,
-) -> (HashMap<RequestId, Vec<u32>>, usize) {
+fn drain(model: &LlamaModel, kv: &mut KvCache, s: &mut Scheduler) -> (HashMap<RequestId, Vec<u32>>, usize) {
     let mut out: HashMap<RequestId, Vec<u32>> = HashMap::new();
     let mut steps = 0;
     while s.has_work() {
@@ -79,11 +75,7 @@ fn token_budget_chunks_a_long_prompt() {
     s.add(request(1, 25, 4, 0)).unwrap();
     let plan = s.plan();
     assert_eq!(plan, vec![(0, 10)]);
-    assert_eq!(
-        s.running[0].blocks.len(),
-        3,
-        "blocks cover the scheduled tokens only"
-    );
+    assert_eq!(s.running[0].blocks.len(), 3, "blocks cover the scheduled tokens only");
 }
 
 #[test]

@@ -60,19 +60,13 @@ impl TextStream {
         if let Some(at) = first_stop {
             let text = self.held[..at].to_string();
             self.held.clear();
-            return TextDelta {
-                text,
-                stopped: true,
-            };
+            return TextDelta { text, stopped: true };
         }
         let keep = self.held_back_len();
         let cut = self.held.len() - keep;
         let text = self.held[..cut].to_string();
         self.held.drain(..cut);
-        TextDelta {
-            text,
-            stopped: false,
-        }
+        TextDelta { text, stopped: false }
     }
 
     /// Length of the longest suffix of `held` that is a proper prefix of some stop string.

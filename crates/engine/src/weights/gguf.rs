@@ -14,21 +14,15 @@ struct GgufSource<'a> {
 }
 
 impl GgufSource<'_> {
-    fn info(
-        &self,
-        name: &str,
-        expected: &[usize],
-    ) -> Result<&cleave_gguf::TensorInfo, EngineError> {
-        let info = self.file.tensor(name).ok_or_else(|| {
-            EngineError::model(self.file.path(), format!("missing tensor '{name}'"))
-        })?;
+    fn info(&self, name: &str, expected: &[usize]) -> Result<&cleave_gguf::TensorInfo, EngineError> {
+        let info = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| EngineError::model(self.file.path(), format!("missing tensor '{name}'")))?;
         if info.shape() != expected {
             return Err(EngineError::model(
                 self.file.path(),
-                format!(
-                    "tensor '{name}' has shape {:?}, expected {expected:?}",
-                    info.shape()
-                ),
+                format!("tensor '{name}' has shape {:?}, expected {expected:?}", info.shape()),
             ));
         }
         Ok(info)
@@ -63,12 +57,10 @@ impl TensorSource for GgufSource<'_> {
                     .collect(),
             ),
             ty if cleave_gguf::can_dequantize(ty) => {
-                if cols % ty.block_size() != 0 {
+                if !cols.is_multiple_of(ty.block_size()) {
                     return Err(EngineError::model(
                         self.file.path(),
-                        format!(
-                            "tensor '{name}': row length {cols} is not a multiple of {ty:?}'s block size"
-                        ),
+                        format!("tensor '{name}': row length {cols} is not a multiple of {ty:?}'s block size"),
                     ));
                 }
                 WeightData::Quantized {
@@ -80,10 +72,7 @@ impl TensorSource for GgufSource<'_> {
             ty => {
                 return Err(EngineError::model(
                     self.file.path(),
-                    format!(
-                        "tensor '{name}' has type {} which cleave cannot dequantize",
-                        ty.name()
-                    ),
+                    format!("tensor '{name}' has type {} which cleave cannot dequantize", ty.name()),
                 ));
             }
         };

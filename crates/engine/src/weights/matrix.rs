@@ -79,11 +79,7 @@ impl Matrix {
                     *o = x.to_f32();
                 }
             }
-            WeightData::Quantized {
-                ty,
-                bytes,
-                row_bytes,
-            } => {
+            WeightData::Quantized { ty, bytes, row_bytes } => {
                 let src = &bytes[r0 * row_bytes..(r0 + n_rows) * row_bytes];
                 dequantize_blocks(*ty, src, out);
             }
@@ -95,9 +91,7 @@ impl Matrix {
     pub fn concat_rows(parts: Vec<Matrix>) -> Matrix {
         let cols = parts.first().map_or(0, |m| m.cols);
         let rows = parts.iter().map(|m| m.rows).sum();
-        let same_kind = parts
-            .windows(2)
-            .all(|w| same_storage(&w[0].data, &w[1].data));
+        let same_kind = parts.windows(2).all(|w| same_storage(&w[0].data, &w[1].data));
         if !same_kind {
             let mut values = vec![0.0; rows * cols];
             let mut r = 0;
@@ -133,11 +127,7 @@ impl Matrix {
                 WeightData::Quantized { bytes: b, .. },
             ) => {
                 bytes.extend(b);
-                WeightData::Quantized {
-                    ty,
-                    bytes,
-                    row_bytes,
-                }
+                WeightData::Quantized { ty, bytes, row_bytes }
             }
             (acc, _) => acc,
         });
@@ -157,11 +147,7 @@ impl Matrix {
             WeightData::F32(v) => WeightData::F32(gather(&v, order, cols)),
             WeightData::Bf16(v) => WeightData::Bf16(gather(&v, order, cols)),
             WeightData::F16(v) => WeightData::F16(gather(&v, order, cols)),
-            WeightData::Quantized {
-                ty,
-                bytes,
-                row_bytes,
-            } => WeightData::Quantized {
+            WeightData::Quantized { ty, bytes, row_bytes } => WeightData::Quantized {
                 ty,
                 bytes: gather(&bytes, order, row_bytes),
                 row_bytes,
@@ -210,10 +196,7 @@ fn dequantize_blocks_portable(ty: GgmlType, src: &[u8], out: &mut [f32]) {
         GgmlType::Q8_0 => {
             for (block, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                let (Ok(q), Ok(o)) = (
-                    <&[u8; 32]>::try_from(&block[2..]),
-                    <&mut [f32; 32]>::try_from(o),
-                ) else {
+                let (Ok(q), Ok(o)) = (<&[u8; 32]>::try_from(&block[2..]), <&mut [f32; 32]>::try_from(o)) else {
                     continue;
                 };
                 for j in 0..32 {
@@ -224,10 +207,7 @@ fn dequantize_blocks_portable(ty: GgmlType, src: &[u8], out: &mut [f32]) {
         GgmlType::Q4_0 => {
             for (block, o) in src.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                let (Ok(q), Ok(o)) = (
-                    <&[u8; 16]>::try_from(&block[2..]),
-                    <&mut [f32; 32]>::try_from(o),
-                ) else {
+                let (Ok(q), Ok(o)) = (<&[u8; 16]>::try_from(&block[2..]), <&mut [f32; 32]>::try_from(o)) else {
                     continue;
                 };
                 for j in 0..16 {
@@ -240,10 +220,7 @@ fn dequantize_blocks_portable(ty: GgmlType, src: &[u8], out: &mut [f32]) {
             for (block, o) in src.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
                 let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
                 let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
-                let (Ok(q), Ok(o)) = (
-                    <&[u8; 16]>::try_from(&block[4..]),
-                    <&mut [f32; 32]>::try_from(o),
-                ) else {
+                let (Ok(q), Ok(o)) = (<&[u8; 16]>::try_from(&block[4..]), <&mut [f32; 32]>::try_from(o)) else {
                     continue;
                 };
                 for j in 0..16 {

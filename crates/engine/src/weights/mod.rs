@@ -48,10 +48,7 @@ impl LlamaWeights {
                     + l.down.byte_len()
             })
             .sum();
-        self.embed.byte_len()
-            + layer_bytes
-            + self.norm.len() * 4
-            + self.lm_head.as_ref().map_or(0, Matrix::byte_len)
+        self.embed.byte_len() + layer_bytes + self.norm.len() * 4 + self.lm_head.as_ref().map_or(0, Matrix::byte_len)
     }
 
     pub fn head(&self) -> &Matrix {

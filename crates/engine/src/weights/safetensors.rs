@@ -39,10 +39,7 @@ impl SafetensorsSource<'_> {
         if view.shape() != expected {
             return Err(EngineError::model(
                 path,
-                format!(
-                    "tensor '{name}' has shape {:?}, expected {expected:?}",
-                    view.shape()
-                ),
+                format!("tensor '{name}' has shape {:?}, expected {expected:?}", view.shape()),
             ));
         }
         Ok((path, view))
@@ -84,11 +81,7 @@ impl TensorSource for SafetensorsSource<'_> {
     }
 }
 
-fn weight_data(
-    path: &Path,
-    name: &str,
-    view: &safetensors::tensor::TensorView<'_>,
-) -> Result<WeightData, EngineError> {
+fn weight_data(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<WeightData, EngineError> {
     let bytes = view.data();
     Ok(match view.dtype() {
         Dtype::F32 => WeightData::F32(le_chunks::<4>(bytes).map(f32::from_le_bytes).collect()),
@@ -108,19 +101,14 @@ fn weight_data(
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.exists() {
-        let text =
-            std::fs::read_to_string(&index_path).map_err(|e| EngineError::io(&index_path, e))?;
-        let index: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| EngineError::model(&index_path, format!("invalid JSON: {e}")))?;
+        let text = std::fs::read_to_string(&index_path).map_err(|e| EngineError::io(&index_path, e))?;
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| EngineError::model(&index_path, format!("invalid JSON: {e}")))?;
         let map = index
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| EngineError::model(&index_path, "missing object 'weight_map'"))?;
-        let mut files: Vec<PathBuf> = map
-            .values()
-            .filter_map(|v| v.as_str())
-            .map(|f| dir.join(f))
-            .collect();
+        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
         files.sort();
         files.dedup();
         return Ok(files);
@@ -132,10 +120,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(EngineError::model(
-            dir,
-            "no *.safetensors files in the model directory",
-        ));
+        return Err(EngineError::model(dir, "no *.safetensors files in the model directory"));
     }
     Ok(files)
 }

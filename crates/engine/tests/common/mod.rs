@@ -1,5 +1,6 @@
 //! Shared by the engine's integration tests: the real default model and the golden data made by transformers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::PathBuf;

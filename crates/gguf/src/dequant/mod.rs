@@ -34,8 +34,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Dequ
     let block_size = ty.block_size();
     let type_size = ty.type_size();
     let n_blocks = out.len() / block_size;
-    let whole =
-        out.len().is_multiple_of(block_size) && n_blocks.checked_mul(type_size) == Some(data.len());
+    let whole = out.len().is_multiple_of(block_size) && n_blocks.checked_mul(type_size) == Some(data.len());
     if !whole {
         return Err(DequantError::LengthMismatch {
             ty,
@@ -57,11 +56,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Dequ
 fn kernel(ty: GgmlType) -> Option<Kernel> {
     use GgmlType as T;
     Some(match ty {
-        T::F32 => |d, o| {
-            blocks(d, o, |b: &[u8; 4], y: &mut [f32; 1]| {
-                y[0] = f32::from_le_bytes(*b)
-            })
-        },
+        T::F32 => |d, o| blocks(d, o, |b: &[u8; 4], y: &mut [f32; 1]| y[0] = f32::from_le_bytes(*b)),
         T::F16 => |d, o| blocks(d, o, |b: &[u8; 2], y: &mut [f32; 1]| y[0] = f16_le(*b)),
         T::BF16 => |d, o| {
             blocks(d, o, |b: &[u8; 2], y: &mut [f32; 1]| {

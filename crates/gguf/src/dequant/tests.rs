@@ -17,10 +17,7 @@ fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn supported() -> Vec<GgmlType> {
-    GgmlType::ALL
-        .into_iter()
-        .filter(|&ty| can_dequantize(ty))
-        .collect()
+    GgmlType::ALL.into_iter().filter(|&ty| can_dequantize(ty)).collect()
 }
 
 #[test]
@@ -60,10 +57,7 @@ fn each_block_converts_independently_serial_and_parallel() {
         let mut one = vec![f32::NAN; bs];
         for (i, (block, want)) in data.chunks(ts).zip(all.chunks(bs)).enumerate() {
             dequantize(ty, block, &mut one).unwrap();
-            let same = one
-                .iter()
-                .zip(want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = one.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{ty}: block {i} differs when converted alone");
         }
     }
@@ -76,26 +70,15 @@ fn every_output_is_written() {
         let data = vec![0u8; 2 * ty.type_size()];
         let mut out = vec![f32::NAN; 2 * bs];
         dequantize(ty, &data, &mut out).unwrap();
-        assert!(
-            out.iter().all(|v| *v == 0.0),
-            "{ty}: zero blocks must give zeros"
-        );
+        assert!(out.iter().all(|v| *v == 0.0), "{ty}: zero blocks must give zeros");
     }
 }
 
 #[test]
 fn refuses_unsupported_types() {
     let err = dequantize(GgmlType::IQ2_XXS, &[0; 66], &mut [0.0; 256]).unwrap_err();
-    assert_eq!(
-        err,
-        DequantError::Unsupported {
-            ty: GgmlType::IQ2_XXS
-        }
-    );
-    assert!(
-        err.to_string().contains("unsupported tensor type IQ2_XXS"),
-        "{err}"
-    );
+    assert_eq!(err, DequantError::Unsupported { ty: GgmlType::IQ2_XXS });
+    assert!(err.to_string().contains("unsupported tensor type IQ2_XXS"), "{err}");
 }
 
 #[test]
@@ -108,14 +91,7 @@ fn refuses_mismatched_lengths() {
     ];
     for (ty, bytes, elements) in cases {
         let err = dequantize(ty, &vec![0; bytes], &mut vec![0.0; elements]).unwrap_err();
-        assert_eq!(
-            err,
-            DequantError::LengthMismatch {
-                ty,
-                bytes,
-                elements
-            }
-        );
+        assert_eq!(err, DequantError::LengthMismatch { ty, bytes, elements });
     }
 }
 
@@ -141,10 +117,7 @@ fn scalar_types_convert_exactly() {
         .collect();
     dequantize(GgmlType::BF16, &bf16s, &mut out).unwrap();
     assert_eq!(out, [1.0, -3.0, 0.0]);
-    let f64s: Vec<u8> = [0.1f64, -1e300, 3.0]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let f64s: Vec<u8> = [0.1f64, -1e300, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
     dequantize(GgmlType::F64, &f64s, &mut out).unwrap();
     assert_eq!(out, [0.1f32, f32::NEG_INFINITY, 3.0]);
 }

@@ -41,10 +41,7 @@ fn string_length_is_checked_before_use() {
     let mut bytes = u64::MAX.to_le_bytes().to_vec();
     bytes.extend_from_slice(b"abc");
     let err = Cursor::new(&bytes).string().unwrap_err();
-    assert!(
-        matches!(err, FormatError::Truncated { need: u64::MAX, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, FormatError::Truncated { need: u64::MAX, .. }), "{err}");
 }
 
 #[test]
@@ -63,10 +60,7 @@ fn bool_accepts_only_zero_and_one() {
     let mut cur = Cursor::new(&bytes);
     assert_eq!(cur.bool(), Ok(false));
     assert_eq!(cur.bool(), Ok(true));
-    assert_eq!(
-        cur.bool(),
-        Err(FormatError::InvalidBool { byte: 2, offset: 2 })
-    );
+    assert_eq!(cur.bool(), Err(FormatError::InvalidBool { byte: 2, offset: 2 }));
 }
 
 #[test]

@@ -86,10 +86,7 @@ fn absurd_counts_and_lengths_are_refused_before_allocating() {
             // Whatever the field, the file must be refused (a count or length this large cannot fit).
             let (kind, message) = reject(bytes);
             assert!(
-                matches!(
-                    kind,
-                    FormatError::CountTooLarge { .. } | FormatError::Truncated { .. }
-                ),
+                matches!(kind, FormatError::CountTooLarge { .. } | FormatError::Truncated { .. }),
                 "field at {at} = {value}: {message}"
             );
         }
@@ -126,10 +123,7 @@ fn tensor_data_outside_the_file() {
     let mut builder = sample_file();
     builder.tensors[2].offset = Some(1 << 20);
     let (kind, message) = reject(builder.build());
-    assert!(
-        matches!(kind, FormatError::TensorOutOfBounds { .. }),
-        "{message}"
-    );
+    assert!(matches!(kind, FormatError::TensorOutOfBounds { .. }), "{message}");
     let size = builder.build().len();
     assert!(
         message.starts_with("corrupt.gguf: tensor 'matrix': data [")
@@ -187,23 +181,15 @@ fn bad_shapes() {
             block: 32
         }
     );
-    assert!(
-        message.contains("tensor 'q': row of 16 elements"),
-        "{message}"
-    );
+    assert!(message.contains("tensor 'q': row of 16 elements"), "{message}");
 }
 
 #[test]
 fn duplicates() {
-    let keys = GgufBuilder::new()
-        .kv("a", Value::U8(1))
-        .kv("a", Value::U8(2));
+    let keys = GgufBuilder::new().kv("a", Value::U8(1)).kv("a", Value::U8(2));
     let (kind, message) = reject(keys.build());
     assert_eq!(kind, FormatError::DuplicateKey);
-    assert_eq!(
-        message,
-        "corrupt.gguf: metadata 'a': key appears more than once"
-    );
+    assert_eq!(message, "corrupt.gguf: metadata 'a': key appears more than once");
 
     let tensors = GgufBuilder::new()
         .f32_tensor("t", &[1], &[0.0])
@@ -224,14 +210,8 @@ fn bad_alignment_values() {
     ] {
         let builder = GgufBuilder::new().kv("general.alignment", value.clone());
         let (kind, message) = reject(builder.build());
-        assert!(
-            matches!(kind, FormatError::BadAlignment { .. }),
-            "{value}: {message}"
-        );
-        assert!(
-            message.contains("metadata 'general.alignment'"),
-            "{message}"
-        );
+        assert!(matches!(kind, FormatError::BadAlignment { .. }), "{value}: {message}");
+        assert!(message.contains("metadata 'general.alignment'"), "{message}");
     }
 }
 
@@ -256,9 +236,7 @@ fn invalid_bool_and_utf8() {
 }
 
 fn nested(levels: usize) -> Value {
-    (1..levels).fold(Value::Array(vec![Value::U8(7)]), |inner, _| {
-        Value::Array(vec![inner])
-    })
+    (1..levels).fold(Value::Array(vec![Value::U8(7)]), |inner, _| Value::Array(vec![inner]))
 }
 
 #[test]

@@ -42,11 +42,7 @@ fn fixture(ty: GgmlType) -> (Vec<u8>, Vec<f32>) {
 fn assert_bit_exact(ty: GgmlType, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{ty}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            g.to_bits(),
-            w.to_bits(),
-            "{ty}: element {i} is {g}, gguf-py gives {w}"
-        );
+        assert_eq!(g.to_bits(), w.to_bits(), "{ty}: element {i} is {g}, gguf-py gives {w}");
     }
 }
 

@@ -82,12 +82,7 @@ fn walk(file: &GgufFile) {
 fn mutated_files_never_panic() {
     let mut builder = sample_file();
     // Tensors of every block geometry, so mutated shapes and types reach each dequantizer.
-    for ty in [
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-        GgmlType::Q5_1,
-        GgmlType::BF16,
-    ] {
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_1, GgmlType::BF16] {
         let n = ty.block_size() as u64 * 2;
         let bytes = ty.bytes_for(n).unwrap() as usize;
         let data = (0..bytes).map(|i| (i * 37 % 251) as u8).collect();

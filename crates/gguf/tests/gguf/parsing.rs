@@ -98,16 +98,10 @@ fn tensors_keep_file_order_shape_and_data() {
     assert_eq!(matrix.n_elements(), 6);
     assert_eq!(matrix.byte_len(), 24);
     assert_eq!(matrix.ty, GgmlType::F32);
-    assert_eq!(
-        file.tensor_f32("matrix").unwrap(),
-        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    );
+    assert_eq!(file.tensor_f32("matrix").unwrap(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
 
     let embed = file.tensor("embed").unwrap();
-    assert_eq!(
-        (embed.ty, embed.byte_len(), embed.offset),
-        (GgmlType::Q8_0, 34, 32)
-    );
+    assert_eq!((embed.ty, embed.byte_len(), embed.offset), (GgmlType::Q8_0, 34, 32));
     assert_eq!(file.tensor_data(embed).len(), 34);
     let expected: Vec<f32> = (0..32).map(|i| (i - 16) as f32).collect();
     assert_eq!(file.tensor_f32("embed").unwrap(), expected);
@@ -128,10 +122,7 @@ fn honours_general_alignment() {
         assert_eq!(info.offset % 64, 0, "{}", info.name);
     }
     assert_eq!(file.tensor("matrix").unwrap().offset, 128);
-    assert_eq!(
-        file.tensor_f32("matrix").unwrap(),
-        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    );
+    assert_eq!(file.tensor_f32("matrix").unwrap(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
 }
 
 #[test]
@@ -151,12 +142,9 @@ fn accepts_version_2_and_files_without_tensors() {
 
 #[test]
 fn scalar_and_empty_tensors() {
-    let builder = GgufBuilder::new().f32_tensor("scalar", &[], &[7.5]).tensor(
-        "empty",
-        &[32, 0],
-        2,
-        Vec::new(),
-    );
+    let builder = GgufBuilder::new()
+        .f32_tensor("scalar", &[], &[7.5])
+        .tensor("empty", &[32, 0], 2, Vec::new());
     let file = open(&builder);
     let scalar = file.tensor("scalar").unwrap();
     assert_eq!((scalar.n_elements(), scalar.shape()), (1, vec![]));
@@ -208,18 +196,14 @@ fn open_maps_a_file_and_names_it_in_errors() {
     std::fs::write(&empty, b"").unwrap();
     let err = GgufFile::open(&empty).unwrap_err();
     assert!(
-        err.to_string()
-            .starts_with(&format!("{}: header:", empty.display())),
+        err.to_string().starts_with(&format!("{}: header:", empty.display())),
         "{err}"
     );
 
     let absent = dir.join("absent.gguf");
     let err = GgufFile::open(&absent).unwrap_err();
     assert!(matches!(err, GgufError::Io { .. }));
-    assert!(
-        err.to_string().starts_with(&absent.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with(&absent.display().to_string()), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

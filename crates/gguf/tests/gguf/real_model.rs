@@ -38,10 +38,7 @@ fn structure_and_hyperparameters() {
     for info in file.tensors() {
         *by_type.entry(info.ty.name()).or_insert(0) += 1;
     }
-    assert_eq!(
-        by_type,
-        BTreeMap::from([("F32", 61), ("Q4_1", 210), ("Q8_0", 1)])
-    );
+    assert_eq!(by_type, BTreeMap::from([("F32", 61), ("Q4_1", 210), ("Q8_0", 1)]));
 
     assert_eq!(file.get_u64("llama.block_count").unwrap(), 30);
     assert_eq!(file.get_u64("llama.embedding_length").unwrap(), 576);
@@ -49,28 +46,15 @@ fn structure_and_hyperparameters() {
     assert_eq!(file.get_u64("llama.attention.head_count").unwrap(), 9);
     assert_eq!(file.get_u64("llama.attention.head_count_kv").unwrap(), 3);
     assert_eq!(file.get_f32("llama.rope.freq_base").unwrap(), 100000.0);
-    assert_eq!(
-        file.get_f32("llama.attention.layer_norm_rms_epsilon")
-            .unwrap(),
-        1e-5
-    );
+    assert_eq!(file.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(), 1e-5);
     assert_eq!(file.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
-    assert_eq!(
-        file.get_str_array("tokenizer.ggml.tokens").unwrap().len(),
-        49152
-    );
-    assert_eq!(
-        file.get_str_array("tokenizer.ggml.merges").unwrap().len(),
-        48900
-    );
+    assert_eq!(file.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 49152);
+    assert_eq!(file.get_str_array("tokenizer.ggml.merges").unwrap().len(), 48900);
     assert_eq!(file.get_u64("tokenizer.ggml.bos_token_id").unwrap(), 1);
     assert_eq!(file.get_u64("tokenizer.ggml.eos_token_id").unwrap(), 2);
 
     let embed = file.tensor("token_embd.weight").unwrap();
-    assert_eq!(
-        (embed.ty, embed.shape()),
-        (GgmlType::Q8_0, vec![49152, 576])
-    );
+    assert_eq!((embed.ty, embed.shape()), (GgmlType::Q8_0, vec![49152, 576]));
     assert!(file.tensor("output.weight").is_none());
     let n_params: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
     assert_eq!(n_params / 100_000, 1345, "{n_params} parameters");
@@ -113,10 +97,7 @@ fn values_match_gguf_py() {
         // Whole-tensor sums catch errors the samples miss; summation order differs from numpy's, hence the margin.
         let sum: f64 = values.iter().map(|&v| f64::from(v)).sum();
         let sum_abs: f64 = values.iter().map(|&v| f64::from(v).abs()).sum();
-        let (want_sum, want_abs) = (
-            expected["sum"].as_f64().unwrap(),
-            expected["sum_abs"].as_f64().unwrap(),
-        );
+        let (want_sum, want_abs) = (expected["sum"].as_f64().unwrap(), expected["sum_abs"].as_f64().unwrap());
         assert!(
             (sum - want_sum).abs() <= 1e-9 * want_abs,
             "{name}: sum {sum}, gguf-py {want_sum}"

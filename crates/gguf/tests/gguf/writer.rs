@@ -210,10 +210,7 @@ pub fn sample_file() -> GgufBuilder {
                 Value::String(String::new()),
             ]),
         )
-        .kv(
-            "t.scores",
-            Value::Array(vec![Value::F32(-1.5), Value::F32(2.0)]),
-        )
+        .kv("t.scores", Value::Array(vec![Value::F32(-1.5), Value::F32(2.0)]))
         .kv(
             "t.nested",
             Value::Array(vec![

@@ -5,8 +5,7 @@ use crate::registry;
 
 #[test]
 fn cleave_home_wins_over_home() {
-    let cache =
-        CacheDir::from_env_vars(Some("/home/u".into()), Some("/srv/cleave".into())).unwrap();
+    let cache = CacheDir::from_env_vars(Some("/home/u".into()), Some("/srv/cleave".into())).unwrap();
     assert_eq!(cache.root(), Path::new("/srv/cleave"));
 }
 

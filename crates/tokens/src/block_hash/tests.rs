@@ -3,9 +3,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 use super::{BlockHash, BlockHasher, block_hashes};
 
 fn tokens(n: u32) -> Vec<u32> {
-    (0..n)
-        .map(|i| i.wrapping_mul(2_654_435_761) % 50_000)
-        .collect()
+    (0..n).map(|i| i.wrapping_mul(2_654_435_761) % 50_000).collect()
 }
 
 #[test]
@@ -18,10 +16,7 @@ fn hashes_follow_the_documented_formula() {
         second_input.extend_from_slice(&id.to_le_bytes());
     }
     let second = xxh3_64_with_seed(&second_input, seed);
-    assert_eq!(
-        block_hashes(&ids, 3, seed),
-        vec![BlockHash(first), BlockHash(second)]
-    );
+    assert_eq!(block_hashes(&ids, 3, seed), vec![BlockHash(first), BlockHash(second)]);
 }
 
 #[test]
@@ -37,10 +32,7 @@ fn only_full_blocks_are_hashed() {
     assert!(block_hashes(&tokens(15), 16, 0).is_empty());
     assert!(block_hashes(&[], 16, 0).is_empty());
     // A partial block does not change the hashes of the full ones before it.
-    assert_eq!(
-        block_hashes(&tokens(47), 16, 0),
-        block_hashes(&tokens(32), 16, 0)
-    );
+    assert_eq!(block_hashes(&tokens(47), 16, 0), block_hashes(&tokens(32), 16, 0));
 }
 
 #[test]

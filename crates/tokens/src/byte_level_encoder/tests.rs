@@ -10,8 +10,7 @@ use crate::tokenizer::{Inner, add_tokens};
 
 /// The `tokenizers` pipeline and the direct encoder of a GGUF's byte-level vocabulary.
 fn pipeline(path: PathBuf) -> (Inner, ByteLevelEncoder) {
-    let file = GgufFile::open(&path)
-        .unwrap_or_else(|e| panic!("{e} (run `cleave model pull` for the default model)"));
+    let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e} (run `cleave model pull` for the default model)"));
     let spec = GgufTokenizerSpec::from_gguf(&file).unwrap();
     let mut inner = byte_level::build(&spec).unwrap();
     let (special, plain) = added_tokens(&spec, true);
@@ -92,11 +91,7 @@ fn texts() -> Vec<String> {
 
 fn assert_same_ids(label: &str, inner: &Inner, encoder: &ByteLevelEncoder) {
     for text in texts() {
-        let expected = inner
-            .encode_fast(text.as_str(), false)
-            .unwrap()
-            .get_ids()
-            .to_vec();
+        let expected = inner.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
         let mut ids = Vec::new();
         encoder.encode_into(inner, &text, &mut ids).unwrap();
         assert_eq!(ids, expected, "{label}: {text:?}");

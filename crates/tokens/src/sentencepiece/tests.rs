@@ -10,9 +10,7 @@ fn merges_are_recovered_in_transformers_order() {
     ]
     .map(String::from)
     .to_vec();
-    let scores = [
-        0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -4.0, -7.0, -8.0, -4.0, -0.0,
-    ];
+    let scores = [0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -4.0, -7.0, -8.0, -4.0, -0.0];
     let expected = [
         ("ba", "b"),
         ("b", "ab"),
@@ -28,10 +26,7 @@ fn merges_are_recovered_in_transformers_order() {
         ("a", "ba"),
     ];
     let merges = recover_merges(&tokens, &scores);
-    let merges: Vec<(&str, &str)> = merges
-        .iter()
-        .map(|(l, r)| (l.as_str(), r.as_str()))
-        .collect();
+    let merges: Vec<(&str, &str)> = merges.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
     assert_eq!(merges, expected);
 }
 
@@ -41,9 +36,6 @@ fn nan_scores_do_not_break_the_sort() {
     let merges = recover_merges(&tokens, &[0.0, 0.0, f32::NAN, -1.0]);
     assert_eq!(
         merges,
-        vec![
-            ("b".to_owned(), "a".to_owned()),
-            ("a".to_owned(), "b".to_owned())
-        ]
+        vec![("b".to_owned(), "a".to_owned()), ("a".to_owned(), "b".to_owned())]
     );
 }

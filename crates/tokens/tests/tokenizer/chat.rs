@@ -26,19 +26,11 @@ struct TemplateCase {
 }
 
 /// A copy of the tiny tokenizer directory whose tokenizer_config.json holds `template` (or none).
-fn with_template(
-    label: &str,
-    template: Option<&str>,
-) -> (PathBuf, Result<Tokenizer, TokenizerError>) {
-    let dir =
-        std::env::temp_dir().join(format!("cleave-tokens-chat-{label}-{}", std::process::id()));
+fn with_template(label: &str, template: Option<&str>) -> (PathBuf, Result<Tokenizer, TokenizerError>) {
+    let dir = std::env::temp_dir().join(format!("cleave-tokens-chat-{label}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    fs::copy(
-        fixture("tiny-bpe-hf/tokenizer.json"),
-        dir.join("tokenizer.json"),
-    )
-    .unwrap();
+    fs::copy(fixture("tiny-bpe-hf/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let mut config = serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|endoftext|>"});
     if let Some(template) = template {
         config["chat_template"] = template.into();
@@ -63,10 +55,7 @@ fn templates_render_like_transformers() {
                     assert_eq!(&rendered, expected, "{name}: {:?}", case.messages)
                 }
                 (_, Some(message), Err(error)) => {
-                    assert!(
-                        matches!(error, TokenizerError::ChatTemplateRender(_)),
-                        "{error}"
-                    );
+                    assert!(matches!(error, TokenizerError::ChatTemplateRender(_)), "{error}");
                     assert!(
                         error.to_string().contains(message.as_str()),
                         "{name}: {error} lacks {message:?}"
@@ -100,15 +89,9 @@ fn a_model_without_a_template_says_so() {
 
 #[test]
 fn a_template_that_does_not_parse_fails_at_build() {
-    let (dir, tokenizer) = with_template(
-        "syntax",
-        Some("{% for message in messages %}{{ message.content }}"),
-    );
+    let (dir, tokenizer) = with_template("syntax", Some("{% for message in messages %}{{ message.content }}"));
     let error = tokenizer.unwrap_err();
-    assert!(
-        matches!(error, TokenizerError::ChatTemplateSyntax(_)),
-        "{error}"
-    );
+    assert!(matches!(error, TokenizerError::ChatTemplateSyntax(_)), "{error}");
     assert!(error.to_string().contains("syntax error"), "{error}");
     fs::remove_dir_all(dir).unwrap();
 }
@@ -122,24 +105,17 @@ fn tojson_ensure_ascii_and_special_token_variables() {
         .apply_chat_template(&[ChatMessage::new("user", "é😀<")], false)
         .unwrap();
     // Booleans print as Python prints them.
-    assert_eq!(
-        rendered,
-        r#"<|im_start|>|<|endoftext|>|False|"\u00e9\ud83d\ude00<""#
-    );
+    assert_eq!(rendered, r#"<|im_start|>|<|endoftext|>|False|"\u00e9\ud83d\ude00<""#);
     fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn chat_messages_deserialize_from_json() {
-    let messages: Vec<ChatMessage> = serde_json::from_str(
-        r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]"#,
-    )
-    .unwrap();
+    let messages: Vec<ChatMessage> =
+        serde_json::from_str(r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]"#)
+            .unwrap();
     assert_eq!(
         messages,
-        vec![
-            ChatMessage::new("system", "Be brief."),
-            ChatMessage::new("user", "Hi")
-        ]
+        vec![ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")]
     );
 }

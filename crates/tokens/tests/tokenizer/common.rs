@@ -37,9 +37,7 @@ pub struct ChatCase {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 pub fn golden<T: serde::de::DeserializeOwned>(name: &str) -> T {
@@ -54,8 +52,7 @@ pub fn default_gguf_path() -> PathBuf {
         Some(path) => PathBuf::from(path),
         None => {
             let home = std::env::var_os("HOME").expect("HOME is not set");
-            PathBuf::from(home)
-                .join(".cache/cleave/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
+            PathBuf::from(home).join(".cache/cleave/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
         }
     };
     assert!(
@@ -71,8 +68,7 @@ pub fn smollm2() -> Arc<Tokenizer> {
     static TOKENIZER: OnceLock<Arc<Tokenizer>> = OnceLock::new();
     TOKENIZER
         .get_or_init(|| {
-            let file =
-                cleave_gguf::GgufFile::open(default_gguf_path()).expect("open the default GGUF");
+            let file = cleave_gguf::GgufFile::open(default_gguf_path()).expect("open the default GGUF");
             Arc::new(Tokenizer::from_gguf(&file).expect("build the tokenizer from GGUF"))
         })
         .clone()
@@ -89,10 +85,7 @@ pub fn check_encode_cases(label: &str, tokenizer: &Tokenizer, cases: &[EncodeCas
     for case in cases {
         let ids = tokenizer.encode(&case.text, false).expect("encode");
         if ids != case.ids {
-            failures.push(format!(
-                "{:?}: ids {ids:?}, expected {:?}",
-                case.text, case.ids
-            ));
+            failures.push(format!("{:?}: ids {ids:?}, expected {:?}", case.text, case.ids));
         }
         let with = tokenizer.encode(&case.text, true).expect("encode");
         if with != case.ids_with_special {
@@ -101,18 +94,14 @@ pub fn check_encode_cases(label: &str, tokenizer: &Tokenizer, cases: &[EncodeCas
                 case.text, case.ids_with_special
             ));
         }
-        let decoded = tokenizer
-            .decode(&case.ids_with_special, false)
-            .expect("decode");
+        let decoded = tokenizer.decode(&case.ids_with_special, false).expect("decode");
         if decoded != case.decoded {
             failures.push(format!(
                 "{:?}: decoded {decoded:?}, expected {:?}",
                 case.text, case.decoded
             ));
         }
-        let skipped = tokenizer
-            .decode(&case.ids_with_special, true)
-            .expect("decode");
+        let skipped = tokenizer.decode(&case.ids_with_special, true).expect("decode");
         if skipped != case.decoded_skip_special {
             failures.push(format!(
                 "{:?}: decoded (skip special) {skipped:?}, expected {:?}",

@@ -80,9 +80,7 @@ fn unknown_pre_tokenizer() {
     );
     let message = error.to_string();
     assert!(
-        message.contains("tokenizer.ggml.pre")
-            && message.contains("smollm")
-            && message.contains("qwen2"),
+        message.contains("tokenizer.ggml.pre") && message.contains("smollm") && message.contains("qwen2"),
         "{message}"
     );
 }
@@ -98,9 +96,7 @@ fn unsupported_models() {
         "{error}"
     );
     assert!(
-        error
-            .to_string()
-            .contains("unsupported tokenizer model `bert`"),
+        error.to_string().contains("unsupported tokenizer model `bert`"),
         "{error}"
     );
 
@@ -219,10 +215,7 @@ fn a_bad_template_in_gguf_is_reported() {
         chat_template: Some("{{ unclosed".to_owned()),
         ..byte_level_spec()
     };
-    assert!(matches!(
-        build_error(spec),
-        TokenizerError::ChatTemplateSyntax(_)
-    ));
+    assert!(matches!(build_error(spec), TokenizerError::ChatTemplateSyntax(_)));
 }
 
 /// A GGUF v3 file with one metadata entry and no tensors.
@@ -245,8 +238,5 @@ fn a_gguf_without_tokenizer_metadata_names_the_missing_key() {
     let file = GgufFile::from_bytes(gguf_with_only_architecture(), "no-tokenizer.gguf").unwrap();
     let error = Tokenizer::from_gguf(&file).unwrap_err();
     assert!(matches!(error, TokenizerError::Metadata(_)), "{error}");
-    assert!(
-        error.to_string().contains("tokenizer.ggml.model"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("tokenizer.ggml.model"), "{error}");
 }

@@ -41,11 +41,7 @@ fn variant(name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cleave-tokens-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    fs::copy(
-        fixture("tiny-bpe-hf/tokenizer.json"),
-        dir.join("tokenizer.json"),
-    )
-    .unwrap();
+    fs::copy(fixture("tiny-bpe-hf/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     for (file, text) in files {
         fs::write(dir.join(file), text).unwrap();
     }
@@ -86,11 +82,7 @@ fn chat_template_jinja_file_and_named_templates() {
     let tokenizer = Tokenizer::from_hf_dir(&dir).unwrap();
     assert_eq!(tokenizer.apply_chat_template(&[], false).unwrap(), "config");
     assert_eq!(tokenizer.eos_token_ids(), &[2]);
-    assert_eq!(
-        tokenizer.vocab_size(),
-        320,
-        "config.json's padded vocabulary counts"
-    );
+    assert_eq!(tokenizer.vocab_size(), 320, "config.json's padded vocabulary counts");
     fs::write(dir.join("chat_template.jinja"), "from the jinja file\n").unwrap();
     let tokenizer = Tokenizer::from_hf_dir(&dir).unwrap();
     assert_eq!(
@@ -103,44 +95,26 @@ fn chat_template_jinja_file_and_named_templates() {
 #[test]
 fn bad_files_are_named() {
     let missing = Tokenizer::from_hf_dir(Path::new("/nonexistent/model")).unwrap_err();
+    assert!(matches!(missing, TokenizerError::TokenizerJson { .. }), "{missing}");
     assert!(
-        matches!(missing, TokenizerError::TokenizerJson { .. }),
-        "{missing}"
-    );
-    assert!(
-        missing
-            .to_string()
-            .contains("/nonexistent/model/tokenizer.json"),
+        missing.to_string().contains("/nonexistent/model/tokenizer.json"),
         "{missing}"
     );
 
     let dir = variant("bad-json", &[("tokenizer_config.json", "{not json")]);
     let error = Tokenizer::from_hf_dir(&dir).unwrap_err();
     assert!(matches!(error, TokenizerError::Json { .. }), "{error}");
-    assert!(
-        error.to_string().contains("tokenizer_config.json"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("tokenizer_config.json"), "{error}");
 
     fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": 5}"#).unwrap();
     let error = Tokenizer::from_hf_dir(&dir).unwrap_err();
     assert!(
-        matches!(
-            error,
-            TokenizerError::InvalidConfig {
-                field: "eos_token",
-                ..
-            }
-        ),
+        matches!(error, TokenizerError::InvalidConfig { field: "eos_token", .. }),
         "{error}"
     );
 
     fs::write(dir.join("tokenizer_config.json"), "{}").unwrap();
-    fs::write(
-        dir.join("generation_config.json"),
-        r#"{"eos_token_id": [1, "x"]}"#,
-    )
-    .unwrap();
+    fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [1, "x"]}"#).unwrap();
     let error = Tokenizer::from_hf_dir(&dir).unwrap_err();
     assert!(
         matches!(

@@ -4,9 +4,7 @@ use std::time::{Duration, Instant};
 
 use cleave_tokens::{ChatMessage, Tokenizer, TokenizerError};
 
-use crate::common::{
-    Golden, check_chat_cases, check_encode_cases, default_gguf_path, golden, smollm2,
-};
+use crate::common::{Golden, check_chat_cases, check_encode_cases, default_gguf_path, golden, smollm2};
 
 /// The golden ids use the "smollm" pre-tokenizer (numeric characters isolated, as llama.cpp and SmolLM2's
 /// own tokenizer.json do); transformers' GGUF loader ignores it, which changes " ½" (see the script).
@@ -30,10 +28,7 @@ fn special_tokens() {
     let tokenizer = smollm2();
     assert_eq!(tokenizer.bos_token_id(), golden.bos_token_id);
     assert_eq!(tokenizer.bos_token_id(), Some(1));
-    assert!(
-        !tokenizer.adds_bos_token(),
-        "SmolLM2 sets add_bos_token = false"
-    );
+    assert!(!tokenizer.adds_bos_token(), "SmolLM2 sets add_bos_token = false");
     // EOS is <|im_end|>, which is also the template's end-of-turn marker: listed once.
     assert_eq!(tokenizer.eos_token_ids(), &[2]);
     assert_eq!(golden.eos_token_id, Some(2));
@@ -94,9 +89,7 @@ fn build_and_encode_are_fast() {
         std::hint::black_box(tokenizer.encode(std::hint::black_box(&text), true).unwrap());
     }
     let encode = start.elapsed() / rounds;
-    println!(
-        "GgufFile::open: {opened:?}; from_gguf: {build:?}; encode of {count} tokens: {encode:?}"
-    );
+    println!("GgufFile::open: {opened:?}; from_gguf: {build:?}; encode of {count} tokens: {encode:?}");
     assert!(
         opened + build < Duration::from_secs(1),
         "open {opened:?} + build {build:?}"

@@ -19,12 +19,7 @@ fn stream<T: Deref<Target = Tokenizer>>(
 fn assert_streams_like_decode(label: &str, tokenizer: &Tokenizer, ids: &[u32]) {
     for skip in [false, true] {
         let (steps, rest) = stream(&mut tokenizer.decode_stream(skip), ids);
-        let streamed: String = steps
-            .iter()
-            .flatten()
-            .chain(&rest)
-            .map(String::as_str)
-            .collect();
+        let streamed: String = steps.iter().flatten().chain(&rest).map(String::as_str).collect();
         assert_eq!(
             streamed,
             tokenizer.decode(ids, skip).unwrap(),
@@ -37,10 +32,7 @@ fn assert_streams_like_decode(label: &str, tokenizer: &Tokenizer, ids: &[u32]) {
                 "{label}: complete text leaves nothing to flush, got {rest:?}"
             );
             for delta in steps.iter().flatten() {
-                assert!(
-                    !delta.contains(char::REPLACEMENT_CHARACTER),
-                    "{label}: delta {delta:?}"
-                );
+                assert!(!delta.contains(char::REPLACEMENT_CHARACTER), "{label}: delta {delta:?}");
             }
         }
     }
@@ -64,11 +56,7 @@ fn sentencepiece_and_other_byte_level_streams_equal_decode() {
     for (name, golden) in &goldens {
         let tokenizer = tiny_gguf(name);
         for case in &golden.encode {
-            assert_streams_like_decode(
-                &format!("{name}: {:?}", case.text),
-                &tokenizer,
-                &case.ids_with_special,
-            );
+            assert_streams_like_decode(&format!("{name}: {:?}", case.text), &tokenizer, &case.ids_with_special);
         }
     }
 }
@@ -83,17 +71,12 @@ fn characters_split_across_tokens_wait_for_their_last_byte() {
         "these characters take several byte tokens each"
     );
     let (steps, rest) = stream(&mut tokenizer.decode_stream(false), &ids);
-    assert!(
-        steps.iter().any(Option::is_none),
-        "some steps end mid-character"
-    );
+    assert!(steps.iter().any(Option::is_none), "some steps end mid-character");
     assert!(rest.is_none());
     let deltas: Vec<String> = steps.into_iter().flatten().collect();
     assert_eq!(deltas.concat(), text);
     assert!(
-        deltas
-            .iter()
-            .all(|delta| !delta.contains(char::REPLACEMENT_CHARACTER)),
+        deltas.iter().all(|delta| !delta.contains(char::REPLACEMENT_CHARACTER)),
         "{deltas:?}"
     );
 }
@@ -120,10 +103,7 @@ fn an_id_outside_the_vocabulary_is_an_error_and_the_stream_goes_on() {
     assert_eq!(decoder.step(hello[0]).unwrap().as_deref(), Some("Hello"));
     let error = decoder.step(1_000_000).unwrap_err();
     assert!(
-        matches!(
-            error,
-            TokenizerError::TokenIdOutOfRange { id: 1_000_000, .. }
-        ),
+        matches!(error, TokenizerError::TokenIdOutOfRange { id: 1_000_000, .. }),
         "{error}"
     );
     let world = tokenizer.encode(" world", false).unwrap();

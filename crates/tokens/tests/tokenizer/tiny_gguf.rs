@@ -56,8 +56,5 @@ fn byte_level_bos_follows_add_bos_token() {
     assert_eq!(llama3.encode("hi", true).unwrap()[0], bos.unwrap());
     let qwen2 = tiny_gguf("tiny-qwen2.gguf");
     assert!(!qwen2.adds_bos_token());
-    assert_eq!(
-        qwen2.encode("hi", true).unwrap(),
-        qwen2.encode("hi", false).unwrap()
-    );
+    assert_eq!(qwen2.encode("hi", true).unwrap(), qwen2.encode("hi", false).unwrap());
 }

@@ -51,10 +51,7 @@ fn fused_kernels_match_dequantize_then_dot() {
                 && std::arch::is_x86_feature_detected!("f16c");
             #[cfg(not(target_arch = "x86_64"))]
             let has_simd = false;
-            assert_eq!(
-                quant_rows_dot(ty, &bytes, row_bytes, &x, m, k, &mut out),
-                has_simd
-            );
+            assert_eq!(quant_rows_dot(ty, &bytes, row_bytes, &x, m, k, &mut out), has_simd);
             if !has_simd {
                 continue;
             }
@@ -78,15 +75,7 @@ fn fused_kernels_match_dequantize_then_dot() {
 fn unsupported_shapes_and_types_fall_back() {
     let x = vec![0.0; 64];
     let mut out = vec![0.0; 2];
-    assert!(!quant_rows_dot(
-        GgmlType::Q6_K,
-        &[0; 420],
-        210,
-        &x,
-        1,
-        256,
-        &mut out
-    ));
+    assert!(!quant_rows_dot(GgmlType::Q6_K, &[0; 420], 210, &x, 1, 256, &mut out));
     assert!(
         !quant_rows_dot(GgmlType::Q4_1, &[0; 40], 20, &x, 9, 32, &mut out),
         "too many input rows"
