@@ -4,9 +4,6 @@
 
 mod common;
 
-use cleave_engine::SeqChunk;
-use cleave_engine::kv::KvCache;
-use cleave_engine::sampling::argmax;
 use common::*;
 
 /// Worst absolute logit difference accepted against transformers' f32 logits (observed: under 1e-4; values span roughly ±30; the
@@ -42,20 +39,8 @@ fn chat_template_renders_as_transformers() {
 fn greedy_tokens_and_first_logits_match_transformers() {
     let (model, _) = load_model();
     let golden = golden();
-    let block_size = 16;
     for p in &golden.prompts {
-        let total = p.prompt_ids.len() + golden.new_tokens;
-        let n_blocks = total.div_ceil(block_size);
-        let mut kv = KvCache::new(model.kv_shape(n_blocks, block_size));
-        let blocks: Vec<u32> = (0..n_blocks as u32).collect();
-        let chunk = SeqChunk {
-            tokens: &p.prompt_ids,
-            start_pos: 0,
-            blocks: &blocks,
-            want_logits: true,
-        };
-        let logits = model.forward(&[chunk], &mut kv);
-
+        let (logits, out) = greedy_on_model(&model, &p.prompt_ids, golden.new_tokens, 16);
         let want = golden_logits(&p.name);
         let worst = logits
             .iter()
@@ -64,22 +49,6 @@ fn greedy_tokens_and_first_logits_match_transformers() {
             .fold(0.0f32, f32::max);
         eprintln!("{}: worst first-position logit difference {worst:e}", p.name);
         assert!(worst < LOGIT_TOLERANCE, "{}: logits differ by up to {worst}", p.name);
-
-        let mut tokens = p.prompt_ids.clone();
-        let mut next = argmax(&logits);
-        let mut out = Vec::new();
-        for _ in 0..golden.new_tokens {
-            out.push(next);
-            tokens.push(next);
-            let pos = tokens.len() - 1;
-            let chunk = SeqChunk {
-                tokens: &tokens[pos..],
-                start_pos: pos,
-                blocks: &blocks,
-                want_logits: true,
-            };
-            next = argmax(&model.forward(&[chunk], &mut kv));
-        }
         assert_greedy_matches(p, &out);
     }
 }

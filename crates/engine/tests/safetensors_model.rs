@@ -7,9 +7,10 @@
 use std::path::PathBuf;
 
 use cleave_engine::kv::KvCache;
-use cleave_engine::sampling::argmax;
 use cleave_engine::{EngineError, ModelFiles, SeqChunk, load_model};
 use serde::Deserialize;
+
+mod common;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -57,28 +58,7 @@ fn tiny_llama_logits_and_greedy_tokens_match_transformers() {
     assert!(worst < 1e-4, "logits differ from transformers by up to {worst}");
 
     // Greedy continuation from a single prefill of the whole prompt.
-    let mut kv = KvCache::new(model.kv_shape(n_blocks, block_size));
-    let chunk = SeqChunk {
-        tokens: &r.input_ids,
-        start_pos: 0,
-        blocks: &blocks,
-        want_logits: true,
-    };
-    let mut next = argmax(&model.forward(&[chunk], &mut kv));
-    let mut tokens = r.input_ids.clone();
-    let mut out = Vec::new();
-    for _ in 0..r.greedy_ids.len() {
-        out.push(next);
-        tokens.push(next);
-        let pos = tokens.len() - 1;
-        let chunk = SeqChunk {
-            tokens: &tokens[pos..],
-            start_pos: pos,
-            blocks: &blocks,
-            want_logits: true,
-        };
-        next = argmax(&model.forward(&[chunk], &mut kv));
-    }
+    let (_, out) = common::greedy_on_model(&model, &r.input_ids, r.greedy_ids.len(), block_size);
     assert_eq!(out, r.greedy_ids);
 }
 

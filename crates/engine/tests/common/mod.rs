@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cleave_engine::LlamaModel;
+use cleave_engine::kv::KvCache;
+use cleave_engine::sampling::argmax;
+use cleave_engine::{LlamaModel, SeqChunk};
 use cleave_tokens::Tokenizer;
 use serde::Deserialize;
 
@@ -95,4 +97,34 @@ pub fn assert_greedy_matches(p: &GoldenPrompt, got: &[u32]) {
             p.name
         );
     }
+}
+
+/// Greedy decoding straight on the model, no scheduler: one prefill of `prompt`, then `n` single-token steps
+/// through the paged KV cache. Returns the logits at the first generated position and the `n` generated ids.
+pub fn greedy_on_model(model: &LlamaModel, prompt: &[u32], n: usize, block_size: usize) -> (Vec<f32>, Vec<u32>) {
+    let n_blocks = (prompt.len() + n).div_ceil(block_size);
+    let blocks: Vec<u32> = (0..n_blocks as u32).collect();
+    let mut kv = KvCache::new(model.kv_shape(n_blocks, block_size));
+    let step = |tokens: &[u32], start_pos: usize, kv: &mut KvCache| {
+        model.forward(
+            &[SeqChunk {
+                tokens,
+                start_pos,
+                blocks: &blocks,
+                want_logits: true,
+            }],
+            kv,
+        )
+    };
+    let first_logits = step(prompt, 0, &mut kv);
+    let mut tokens = prompt.to_vec();
+    let mut next = argmax(&first_logits);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(next);
+        tokens.push(next);
+        let pos = tokens.len() - 1;
+        next = argmax(&step(&tokens[pos..], pos, &mut kv));
+    }
+    (first_logits, out)
 }
