@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
+use cleave_tokens::BlockHash;
 use cleave_tokens::Tokenizer;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::EngineError;
-use crate::kv::KvCache;
+use crate::kv::{Gap, KvCache, KvEventLog, KvEventRecord};
 use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
 use crate::scheduler::{NewRequest, RequestId, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput};
@@ -41,8 +42,20 @@ enum Command {
     Submit { req: NewRequest, tx: OutputSender },
     Abort(RequestId),
     Stats(oneshot::Sender<SchedulerStats>),
+    KvEventsSince(u64, oneshot::Sender<Result<Vec<KvEventRecord>, Gap>>),
+    KvSnapshot(oneshot::Sender<KvSnapshot>),
     Shutdown,
 }
+
+/// The prefix cache's contents, current up to (excluding) event `next_seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvSnapshot {
+    pub hashes: Vec<BlockHash>,
+    pub next_seq: u64,
+}
+
+/// Prefix-cache events kept for subscribers that reconnect and resume by sequence number.
+const KV_EVENT_LOG_CAPACITY: usize = 1 << 16;
 
 /// Handle to a running engine. Dropping it stops the engine thread after its current step.
 #[derive(Debug)]
@@ -53,6 +66,7 @@ pub struct Engine {
     limits: ModelLimits,
     tokenizer: Arc<Tokenizer>,
     kv_blocks: usize,
+    kv_events: broadcast::Sender<KvEventRecord>,
 }
 
 impl std::fmt::Debug for Command {
@@ -61,6 +75,8 @@ impl std::fmt::Debug for Command {
             Command::Submit { req, .. } => write!(f, "Submit({})", req.id),
             Command::Abort(id) => write!(f, "Abort({id})"),
             Command::Stats(_) => write!(f, "Stats"),
+            Command::KvEventsSince(seq, _) => write!(f, "KvEventsSince({seq})"),
+            Command::KvSnapshot(_) => write!(f, "KvSnapshot"),
             Command::Shutdown => write!(f, "Shutdown"),
         }
     }
@@ -91,9 +107,11 @@ impl Engine {
         let (commands, rx) = mpsc::unbounded_channel();
         let scheduler = Scheduler::new(config.scheduler, kv_blocks, tokenizer.clone(), limits.max_context);
         let kv = KvCache::new(model.kv_shape(kv_blocks, block_size));
+        let (kv_events, _) = broadcast::channel(4096);
+        let events = kv_events.clone();
         let thread = std::thread::Builder::new()
             .name("cleave-engine".into())
-            .spawn(move || run(model, kv, scheduler, rx))
+            .spawn(move || run(model, kv, scheduler, rx, events))
             .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             commands,
@@ -102,6 +120,7 @@ impl Engine {
             limits,
             tokenizer,
             kv_blocks,
+            kv_events,
         })
     }
 
@@ -167,6 +186,29 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Stats(tx))
+            .map_err(|_| EngineError::Unavailable)?;
+        rx.await.map_err(|_| EngineError::Unavailable)
+    }
+
+    /// Live prefix-cache events from now on. A receiver that lags loses events (it sees `Lagged`) and must
+    /// resume through `kv_events_since` or rebuild from `kv_snapshot`.
+    pub fn subscribe_kv_events(&self) -> broadcast::Receiver<KvEventRecord> {
+        self.kv_events.subscribe()
+    }
+
+    /// Recorded events with `seq >= from`, or `Gap` if they are no longer held.
+    pub async fn kv_events_since(&self, from: u64) -> Result<Result<Vec<KvEventRecord>, Gap>, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::KvEventsSince(from, tx))
+            .map_err(|_| EngineError::Unavailable)?;
+        rx.await.map_err(|_| EngineError::Unavailable)
+    }
+
+    pub async fn kv_snapshot(&self) -> Result<KvSnapshot, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::KvSnapshot(tx))
             .map_err(|_| EngineError::Unavailable)?;
         rx.await.map_err(|_| EngineError::Unavailable)
     }
@@ -254,13 +296,32 @@ struct Live {
     open_choices: u32,
 }
 
-fn run(model: LlamaModel, mut kv: KvCache, mut scheduler: Scheduler, mut rx: mpsc::UnboundedReceiver<Command>) {
-    let mut live: HashMap<RequestId, Live> = HashMap::new();
+/// What the engine thread owns besides the model, the cache and the scheduler.
+struct EngineState {
+    scheduler: Scheduler,
+    live: HashMap<RequestId, Live>,
+    kv_log: KvEventLog,
+    kv_events: broadcast::Sender<KvEventRecord>,
+}
+
+fn run(
+    model: LlamaModel,
+    mut kv: KvCache,
+    scheduler: Scheduler,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    kv_events: broadcast::Sender<KvEventRecord>,
+) {
+    let mut state = EngineState {
+        scheduler,
+        live: HashMap::new(),
+        kv_log: KvEventLog::new(KV_EVENT_LOG_CAPACITY),
+        kv_events,
+    };
     loop {
-        if !scheduler.has_work() {
+        if !state.scheduler.has_work() {
             match rx.blocking_recv() {
                 Some(cmd) => {
-                    if !handle(cmd, &mut scheduler, &mut live) {
+                    if !handle(cmd, &mut state) {
                         return;
                     }
                 }
@@ -268,29 +329,35 @@ fn run(model: LlamaModel, mut kv: KvCache, mut scheduler: Scheduler, mut rx: mps
             }
         }
         while let Ok(cmd) = rx.try_recv() {
-            if !handle(cmd, &mut scheduler, &mut live) {
+            if !handle(cmd, &mut state) {
                 return;
             }
         }
-        if !scheduler.has_work() {
+        if !state.scheduler.has_work() {
             continue;
         }
-        for out in scheduler.step(&model, &mut kv) {
-            let Some(entry) = live.get_mut(&out.request) else {
+        let outputs = state.scheduler.step(&model, &mut kv);
+        for event in state.scheduler.drain_kv_events() {
+            let record = state.kv_log.push(event);
+            // No subscriber is fine: the log keeps the record for later resumption.
+            let _ = state.kv_events.send(record);
+        }
+        for out in outputs {
+            let Some(entry) = state.live.get_mut(&out.request) else {
                 continue;
             };
             let request = out.request;
             let finished = out.finish.is_some();
             if entry.tx.send(Ok(out)).is_err() {
                 // The receiver is gone: the client left. Free its blocks now.
-                scheduler.abort(request);
-                live.remove(&request);
+                state.scheduler.abort(request);
+                state.live.remove(&request);
                 continue;
             }
             if finished {
                 entry.open_choices -= 1;
                 if entry.open_choices == 0 {
-                    live.remove(&request);
+                    state.live.remove(&request);
                 }
             }
         }
@@ -298,7 +365,13 @@ fn run(model: LlamaModel, mut kv: KvCache, mut scheduler: Scheduler, mut rx: mps
 }
 
 /// Applies one command; `false` means shut down.
-fn handle(cmd: Command, scheduler: &mut Scheduler, live: &mut HashMap<RequestId, Live>) -> bool {
+fn handle(cmd: Command, state: &mut EngineState) -> bool {
+    let EngineState {
+        scheduler,
+        live,
+        kv_log,
+        ..
+    } = state;
     match cmd {
         Command::Submit { req, tx } => {
             let (id, n) = (req.id, req.sampling.n);
@@ -319,6 +392,15 @@ fn handle(cmd: Command, scheduler: &mut Scheduler, live: &mut HashMap<RequestId,
         }
         Command::Stats(reply) => {
             let _ = reply.send(scheduler.stats());
+        }
+        Command::KvEventsSince(from, reply) => {
+            let _ = reply.send(kv_log.since(from));
+        }
+        Command::KvSnapshot(reply) => {
+            let _ = reply.send(KvSnapshot {
+                hashes: scheduler.cached_hashes(),
+                next_seq: kv_log.next_seq(),
+            });
         }
         Command::Shutdown => return false,
     }

@@ -14,7 +14,7 @@ pub mod scheduler;
 pub mod weights;
 
 pub use config::ModelConfig;
-pub use engine::{Engine, EngineConfig, GenerationStream};
+pub use engine::{Engine, EngineConfig, GenerationStream, KvSnapshot};
 pub use error::{EngineError, ErrorCategory};
 pub use loader::{ModelFiles, load_model};
 pub use model::{LlamaModel, SeqChunk};

@@ -364,3 +364,37 @@ fn engine_handle_is_usable_across_threads() {
         assert_eq!(h.join().unwrap(), 6);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_cache_events_and_snapshots_describe_the_cached_blocks() {
+    let engine = engine(EngineConfig::default());
+    let golden = golden();
+    let p = golden.prompts.iter().find(|p| p.name == "code").unwrap();
+    let mut live = engine.subscribe_kv_events();
+    let mut stream = engine.submit(p.prompt_ids.clone(), &greedy(8), 0).unwrap();
+    while let Some(out) = stream.next().await {
+        out.unwrap();
+    }
+    // 18 prompt tokens + 8 generated: the first block (16 tokens) is computed and published; the second is not full
+    // until token 32.
+    let expected = cleave_tokens::block_hashes(&p.prompt_ids, 16, 0);
+    assert_eq!(expected.len(), 1);
+    let snapshot = engine.kv_snapshot().await.unwrap();
+    assert_eq!(snapshot.hashes, expected);
+    assert_eq!(snapshot.next_seq, 2);
+    let replay = engine.kv_events_since(1).await.unwrap().unwrap();
+    assert_eq!(replay.len(), 1);
+    assert_eq!(
+        replay[0].event,
+        cleave_engine::kv::KvEvent::Stored { hash: expected[0] }
+    );
+    let pushed = tokio::time::timeout(Duration::from_secs(5), live.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed, replay[0]);
+    assert!(
+        engine.kv_events_since(1000).await.unwrap().is_err(),
+        "a future sequence number is a gap"
+    );
+}

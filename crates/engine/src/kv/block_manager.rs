@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use cleave_tokens::BlockHash;
 
 use super::BlockId;
+use super::events::KvEvent;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PrefixCacheStats {
@@ -29,6 +30,8 @@ pub struct BlockManager {
     by_hash: HashMap<BlockHash, BlockId>,
     clock: u64,
     stats: PrefixCacheStats,
+    /// Publications and evictions since the owner last drained them.
+    events: Vec<KvEvent>,
 }
 
 impl BlockManager {
@@ -43,6 +46,7 @@ impl BlockManager {
             by_hash: HashMap::new(),
             clock: 0,
             stats: PrefixCacheStats::default(),
+            events: Vec::new(),
         }
     }
 
@@ -74,8 +78,9 @@ impl BlockManager {
             Some(b) => b,
             None => {
                 let (_, b) = self.idle.pop_first()?;
-                if let Some(h) = self.hashes[b as usize].take() {
-                    self.by_hash.remove(&h);
+                if let Some(hash) = self.hashes[b as usize].take() {
+                    self.by_hash.remove(&hash);
+                    self.events.push(KvEvent::Removed { hash });
                 }
                 b
             }
@@ -146,6 +151,17 @@ impl BlockManager {
         }
         self.hashes[block as usize] = Some(hash);
         self.by_hash.insert(hash, block);
+        self.events.push(KvEvent::Stored { hash });
+    }
+
+    /// Takes the events recorded since the last call, oldest first.
+    pub fn drain_events(&mut self) -> Vec<KvEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Every hash in the prefix cache (referenced or idle).
+    pub fn cached_hashes(&self) -> Vec<BlockHash> {
+        self.by_hash.keys().copied().collect()
     }
 }
 

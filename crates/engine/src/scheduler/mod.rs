@@ -19,7 +19,9 @@ use sequence::Sequence;
 pub use sequence::{Finish, FinishReason, NewRequest, RequestId, SeqOutput, Usage};
 
 use crate::error::EngineError;
-use crate::kv::{BlockManager, KvCache, PrefixCacheStats};
+use cleave_tokens::BlockHash;
+
+use crate::kv::{BlockManager, KvCache, KvEvent, PrefixCacheStats};
 use crate::model::{LlamaModel, SeqChunk};
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,16 @@ impl Scheduler {
 
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
+    }
+
+    /// Prefix-cache publications and evictions since the last call.
+    pub fn drain_kv_events(&mut self) -> Vec<KvEvent> {
+        self.blocks.drain_events()
+    }
+
+    /// Every block hash in the prefix cache.
+    pub fn cached_hashes(&self) -> Vec<BlockHash> {
+        self.blocks.cached_hashes()
     }
 
     pub fn has_work(&self) -> bool {

@@ -1,6 +1,7 @@
 use cleave_tokens::BlockHash;
 
 use super::*;
+use crate::kv::KvEvent;
 
 fn h(v: u64) -> BlockHash {
     BlockHash(v)
@@ -92,4 +93,20 @@ fn stats_count_queries_and_hits() {
             hit_blocks: 1
         }
     );
+}
+
+#[test]
+fn publication_and_eviction_emit_events() {
+    let mut m = BlockManager::new(1);
+    let a = m.allocate().unwrap();
+    m.register(a, h(5));
+    m.register(a, h(5)); // already published: no second event
+    m.release(a);
+    assert_eq!(m.allocate(), Some(a)); // evicts
+    assert_eq!(
+        m.drain_events(),
+        vec![KvEvent::Stored { hash: h(5) }, KvEvent::Removed { hash: h(5) }]
+    );
+    assert!(m.drain_events().is_empty());
+    assert!(m.cached_hashes().is_empty());
 }
