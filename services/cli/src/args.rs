@@ -33,6 +33,27 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Benchmark the engine: prefill and decode throughput, memory.
     Bench(BenchArgs),
+    /// Serve one engine replica over the internal Worker gRPC API until SIGINT/SIGTERM.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// A model name, a .gguf file or a Hugging Face model directory; a named model is pulled on first use.
+    #[arg(long, default_value = cleave_modelstore::DEFAULT_MODEL)]
+    pub model: String,
+
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    pub listen: std::net::SocketAddr,
+
+    /// Memory for the KV cache, in MiB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kv_cache_mib: u32,
+
+    /// Tokens per scheduler step (prefill chunks plus decodes).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: u32,
 }
 
 #[derive(Debug, Subcommand)]

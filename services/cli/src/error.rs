@@ -39,6 +39,16 @@ pub enum CliError {
     Stdout(#[source] io::Error),
     #[error("cannot encode the output as JSON")]
     Json(#[from] serde_json::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the worker's gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
 }
 
 impl CliError {
@@ -57,7 +67,12 @@ impl CliError {
             ),
             CliError::Tokenizer(e) => matches!(e, TokenizerError::NoChatTemplate),
             CliError::SyntheticModel { .. } => true,
-            CliError::ThreadPool { .. } | CliError::Stdout(_) | CliError::Json(_) => false,
+            CliError::ThreadPool { .. }
+            | CliError::Stdout(_)
+            | CliError::Json(_)
+            | CliError::Listen { .. }
+            | CliError::Serve(_)
+            | CliError::Runtime(_) => false,
         };
         if invalid { EXIT_INVALID_ARGUMENT } else { EXIT_FAILURE }
     }

@@ -10,6 +10,7 @@ mod error;
 mod generate;
 mod model;
 mod progress;
+mod worker;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -59,6 +60,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Model(ModelCommand::List) => model::list_models(),
         Command::Generate(args) => generate::generate(&args),
         Command::Bench(args) => bench(&args),
+        Command::Worker(args) => worker::run_worker(&args),
     }
 }
 

@@ -1,0 +1,152 @@
+//! The prefill side: one connection per transfer, a Hello the receiver must accept, then one frame per layer.
+//!
+//! Invariant: every layer frame sent matches the header (payload length, layer in range, each layer once), so a
+//! receiver that refuses a frame points at a bug on its own side or on the wire, never at this caller's input.
+//! Each layer costs one vectored write of the caller's slices; dropping a sender closes the socket, which the
+//! receiver reports as a failed transfer listing the layers that arrived.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use super::frame::{self, FrameKind, LAYER_PREFIX_LEN};
+use super::{KvTransferError, KvTransferHeader};
+
+/// How long [`KvSender::connect`] waits for any one step (connect, a layer write, a reply).
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub struct KvSender {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    header: KvTransferHeader,
+    sent: Vec<bool>,
+    io_timeout: Duration,
+}
+
+impl KvSender {
+    /// Connects, sends the header, and returns once the receiver accepted it; a receiver whose layout differs
+    /// answers with [`KvTransferError::PeerAborted`] naming the field.
+    pub async fn connect(addr: impl ToSocketAddrs, header: KvTransferHeader) -> Result<Self, KvTransferError> {
+        Self::connect_with_timeout(addr, header, DEFAULT_IO_TIMEOUT).await
+    }
+
+    pub async fn connect_with_timeout(
+        addr: impl ToSocketAddrs,
+        header: KvTransferHeader,
+        io_timeout: Duration,
+    ) -> Result<Self, KvTransferError> {
+        header.validate(None)?;
+        let stream = timed(io_timeout, "connect", TcpStream::connect(addr))
+            .await?
+            .map_err(|e| KvTransferError::io("connect", e))?;
+        // Hello and End are tiny; without NODELAY they would wait on Nagle for the peer's delayed ACK.
+        stream.set_nodelay(true).map_err(|e| KvTransferError::io("set TCP_NODELAY", e))?;
+        let (reader, writer) = stream.into_split();
+        let mut sender = KvSender {
+            reader: BufReader::new(reader),
+            writer,
+            sent: vec![false; header.layout.n_layers as usize],
+            header,
+            io_timeout,
+        };
+        let hello = frame::encode_hello(&sender.header);
+        timed(io_timeout, "send the header", frame::write_all_parts(&mut sender.writer, &[&hello]))
+            .await?
+            .map_err(|e| KvTransferError::io("send the header", e))?;
+        sender.expect_reply(FrameKind::Accept, "read the receiver's answer to the header").await?;
+        Ok(sender)
+    }
+
+    pub fn header(&self) -> &KvTransferHeader {
+        &self.header
+    }
+
+    /// Sends one layer: `keys` and `values` each hold the header's blocks back to back,
+    /// `dest_blocks.len() · n_kv_heads · block_size · head_dim` floats.
+    pub async fn send_layer(&mut self, layer: u32, keys: &[f32], values: &[f32]) -> Result<(), KvTransferError> {
+        let n_layers = self.header.layout.n_layers;
+        match self.sent.get(layer as usize) {
+            None => {
+                return Err(KvTransferError::InvalidLayer {
+                    layer,
+                    reason: format!("the model has {n_layers} layers"),
+                });
+            }
+            Some(true) => return Err(KvTransferError::InvalidLayer { layer, reason: "already sent".to_owned() }),
+            Some(false) => {}
+        }
+        let expected = self.header.layer_floats();
+        for (field, got) in [("keys", keys.len()), ("values", values.len())] {
+            if got != expected {
+                return Err(KvTransferError::PayloadLength { layer, field, got, expected });
+            }
+        }
+        // validate() bounded a layer frame to fit u32.
+        let body_len = (LAYER_PREFIX_LEN + 2 * expected * 4) as u32;
+        let mut head = [0u8; frame::FRAME_HEADER_LEN + LAYER_PREFIX_LEN];
+        head[..frame::FRAME_HEADER_LEN].copy_from_slice(&frame::frame_header(FrameKind::Layer, body_len));
+        head[frame::FRAME_HEADER_LEN..][..4].copy_from_slice(&layer.to_le_bytes());
+        head[frame::FRAME_HEADER_LEN + 4..].copy_from_slice(&(self.header.dest_blocks.len() as u32).to_le_bytes());
+        let (keys, values) = (frame::f32_wire_bytes(keys), frame::f32_wire_bytes(values));
+        timed(self.io_timeout, "send a layer", frame::write_all_parts(&mut self.writer, &[&head, &keys, &values]))
+            .await?
+            .map_err(|e| KvTransferError::io("send a layer", e))?;
+        self.sent[layer as usize] = true;
+        Ok(())
+    }
+
+    /// Ends the transfer and waits until the receiver confirms every layer arrived. Fails without sending End if
+    /// a layer was never sent (the dropped connection then fails the transfer on the receiver too).
+    pub async fn finish(mut self) -> Result<(), KvTransferError> {
+        let missing = self.sent.iter().filter(|&&s| !s).count() as u32;
+        if let Some(first_missing) = self.sent.iter().position(|&s| !s) {
+            return Err(KvTransferError::Incomplete {
+                missing,
+                n_layers: self.header.layout.n_layers,
+                first_missing: first_missing as u32,
+            });
+        }
+        let end = frame::frame_header(FrameKind::End, 0);
+        timed(self.io_timeout, "send End", frame::write_all_parts(&mut self.writer, &[&end]))
+            .await?
+            .map_err(|e| KvTransferError::io("send End", e))?;
+        self.expect_reply(FrameKind::Complete, "read the receiver's confirmation").await
+    }
+
+    /// Tells the receiver why the transfer stops (prefill failed, request cancelled) and closes the connection.
+    pub async fn abort(mut self, reason: &str) -> Result<(), KvTransferError> {
+        let abort = frame::encode_abort(reason);
+        timed(self.io_timeout, "send Abort", async {
+            frame::write_all_parts(&mut self.writer, &[&abort]).await?;
+            self.writer.shutdown().await
+        })
+        .await?
+        .map_err(|e| KvTransferError::io("send Abort", e))
+    }
+
+    async fn expect_reply(&mut self, expected: FrameKind, waiting_for: &'static str) -> Result<(), KvTransferError> {
+        let (kind, len) = timed(self.io_timeout, waiting_for, frame::read_frame_header(&mut self.reader))
+            .await?
+            .map_err(|e| KvTransferError::io(waiting_for, e))?;
+        match FrameKind::from_wire(kind) {
+            Some(kind) if kind == expected && len == 0 => Ok(()),
+            Some(FrameKind::Abort) => {
+                let reason = timed(self.io_timeout, waiting_for, frame::read_abort_reason(&mut self.reader, len))
+                    .await??;
+                Err(KvTransferError::PeerAborted { reason })
+            }
+            _ => Err(KvTransferError::UnexpectedFrame { expected: expected.name(), got: kind }),
+        }
+    }
+}
+
+async fn timed<T>(
+    after: Duration,
+    waiting_for: &'static str,
+    work: impl Future<Output = T>,
+) -> Result<T, KvTransferError> {
+    tokio::time::timeout(after, work).await.map_err(|_| KvTransferError::Timeout { waiting_for, after })
+}

@@ -1,0 +1,76 @@
+//! `cleave worker`: one engine replica serving the internal Worker gRPC API.
+
+use std::sync::Arc;
+
+use cleave_engine::scheduler::SchedulerConfig;
+use cleave_engine::{Engine, EngineConfig, load_model};
+use cleave_worker::{WorkerService, serve};
+
+use crate::args::WorkerArgs;
+use crate::error::CliError;
+use crate::model;
+
+pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
+    let (name, path) = model::locate(&args.model)?;
+    let (weights, tokenizer) = load_model(path.files())?;
+    let scheduler = SchedulerConfig {
+        max_batch_tokens: args.max_batch_tokens as usize,
+        ..SchedulerConfig::default()
+    };
+    let block_size = scheduler.block_size;
+    let config = EngineConfig {
+        scheduler,
+        kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
+    };
+    let engine = Arc::new(Engine::start(weights, Arc::new(tokenizer), config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| CliError::Listen {
+                addr: args.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| CliError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+        eprintln!(
+            "cleave worker: {name} on grpc://{addr} ({} KV blocks)",
+            engine.kv_blocks()
+        );
+        serve(
+            WorkerService::new(engine.clone(), block_size),
+            listener,
+            shutdown_signal(),
+        )
+        .await
+        .map_err(CliError::Serve)
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM; in-flight streams end when the server drops them (their requests abort).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
