@@ -1,6 +1,8 @@
 //! Routing decision time with 64 workers and ~1M indexed blocks: prompt → block hashes → prefix match → choice.
 //! Run: `cargo bench -p cleave-router --bench routing`. Prints p50/p99/max over the decisions.
 
+#![allow(clippy::print_stdout, clippy::expect_used)] // a benchmark binary: its output is the point
+
 use std::time::Instant;
 
 use cleave_router::PrefixIndex;
