@@ -39,6 +39,15 @@ pub enum EngineError {
     Internal(String),
 }
 
+impl From<cleave_sampling::InvalidArgument> for EngineError {
+    fn from(e: cleave_sampling::InvalidArgument) -> Self {
+        EngineError::InvalidArgument {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
 impl EngineError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         EngineError::InvalidArgument {

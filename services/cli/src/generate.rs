@@ -7,9 +7,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use cleave_engine::Engine;
 use cleave_engine::sampling::{ModelLimits, SamplingSpec, TokenLogprob};
 use cleave_engine::scheduler::{FinishReason, Usage};
+use cleave_engine::{Engine, EngineError};
 use cleave_tokens::ChatMessage;
 use serde::Serialize;
 
@@ -25,7 +25,7 @@ const ANY_MODEL: ModelLimits = ModelLimits {
 
 pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     let spec = sampling_spec(args);
-    spec.validate(1, ANY_MODEL)?;
+    spec.validate(1, ANY_MODEL).map_err(EngineError::from)?;
     let (_, path) = locate(&args.model)?;
     let loading = Instant::now();
     let engine = start_engine(&path)?;

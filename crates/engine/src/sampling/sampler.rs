@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::params::SamplingParams;
+use super::SamplingParams;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TokenLogprob {

@@ -5,7 +5,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::EngineError;
+/// A field outside its allowed range, named as the API names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid argument '{field}': {message}")]
+pub struct InvalidArgument {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl InvalidArgument {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}
 
 /// At most this many alternatives per position may be requested with `logprobs`.
 pub const MAX_TOP_LOGPROBS: u32 = 20;
@@ -96,12 +111,12 @@ pub struct ValidSampling {
 
 impl SamplingSpec {
     /// Checks every field against its range and the prompt against the model, naming the first offending field.
-    pub fn validate(&self, prompt_len: usize, limits: ModelLimits) -> Result<ValidSampling, EngineError> {
+    pub fn validate(&self, prompt_len: usize, limits: ModelLimits) -> Result<ValidSampling, InvalidArgument> {
         if prompt_len == 0 {
-            return Err(EngineError::invalid("prompt", "the prompt is empty"));
+            return Err(InvalidArgument::new("prompt", "the prompt is empty"));
         }
         if prompt_len >= limits.max_context {
-            return Err(EngineError::invalid(
+            return Err(InvalidArgument::new(
                 "prompt",
                 format!(
                     "the prompt has {prompt_len} tokens; the model's context is {}",
@@ -111,9 +126,9 @@ impl SamplingSpec {
         }
         let room = limits.max_context - prompt_len;
         let max_tokens = match self.max_tokens {
-            Some(0) => return Err(EngineError::invalid("max_tokens", "must be at least 1")),
+            Some(0) => return Err(InvalidArgument::new("max_tokens", "must be at least 1")),
             Some(m) if m as usize > room => {
-                return Err(EngineError::invalid(
+                return Err(InvalidArgument::new(
                     "max_tokens",
                     format!(
                         "{m} new tokens after a {prompt_len}-token prompt exceed the model's context of {} tokens",
@@ -126,36 +141,36 @@ impl SamplingSpec {
         };
         let temperature = self.temperature.unwrap_or(1.0);
         if !temperature.is_finite() || !(0.0..=100.0).contains(&temperature) {
-            return Err(EngineError::invalid(
+            return Err(InvalidArgument::new(
                 "temperature",
                 format!("must be in [0, 100], got {temperature}"),
             ));
         }
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(EngineError::invalid("top_p", format!("must be in (0, 1], got {top_p}")));
+            return Err(InvalidArgument::new("top_p", format!("must be in (0, 1], got {top_p}")));
         }
         let min_p = self.min_p.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&min_p) {
-            return Err(EngineError::invalid("min_p", format!("must be in [0, 1], got {min_p}")));
+            return Err(InvalidArgument::new("min_p", format!("must be in [0, 1], got {min_p}")));
         }
         let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
         if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
-            return Err(EngineError::invalid(
+            return Err(InvalidArgument::new(
                 "repetition_penalty",
                 format!("must be > 0, got {repetition_penalty}"),
             ));
         }
         let presence_penalty = self.presence_penalty.unwrap_or(0.0);
         if !(-2.0..=2.0).contains(&presence_penalty) {
-            return Err(EngineError::invalid(
+            return Err(InvalidArgument::new(
                 "presence_penalty",
                 format!("must be in [-2, 2], got {presence_penalty}"),
             ));
         }
         let frequency_penalty = self.frequency_penalty.unwrap_or(0.0);
         if !(-2.0..=2.0).contains(&frequency_penalty) {
-            return Err(EngineError::invalid(
+            return Err(InvalidArgument::new(
                 "frequency_penalty",
                 format!("must be in [-2, 2], got {frequency_penalty}"),
             ));
@@ -163,23 +178,23 @@ impl SamplingSpec {
         if let Some(n) = self.logprobs
             && n > MAX_TOP_LOGPROBS
         {
-            return Err(EngineError::invalid(
+            return Err(InvalidArgument::new(
                 "logprobs",
                 format!("at most {MAX_TOP_LOGPROBS} alternatives, got {n}"),
             ));
         }
         let n = self.n.unwrap_or(1);
         if n == 0 || n > MAX_N {
-            return Err(EngineError::invalid("n", format!("must be in [1, {MAX_N}], got {n}")));
+            return Err(InvalidArgument::new("n", format!("must be in [1, {MAX_N}], got {n}")));
         }
         if let Some(&id) = self.stop_token_ids.iter().find(|&&id| id as usize >= limits.vocab_size) {
-            return Err(EngineError::invalid(
+            return Err(InvalidArgument::new(
                 "stop_token_ids",
                 format!("token id {id} is outside the vocabulary"),
             ));
         }
         if self.stop.iter().any(String::is_empty) {
-            return Err(EngineError::invalid("stop", "stop strings must not be empty"));
+            return Err(InvalidArgument::new("stop", "stop strings must not be empty"));
         }
         Ok(ValidSampling {
             params: SamplingParams {

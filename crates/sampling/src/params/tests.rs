@@ -7,7 +7,7 @@ const LIMITS: ModelLimits = ModelLimits {
 
 fn field_of(spec: SamplingSpec, prompt_len: usize) -> &'static str {
     match spec.validate(prompt_len, LIMITS) {
-        Err(EngineError::InvalidArgument { field, .. }) => field,
+        Err(InvalidArgument { field, .. }) => field,
         other => panic!("expected an invalid argument, got {other:?}"),
     }
 }
