@@ -1,6 +1,10 @@
 //! cleave's gRPC protocol, compiled once from `proto/cleave/v1`: the public `Generation` service (served by the
 //! router) and the internal `Worker` service. Every service and client uses these types; nothing copies them.
 
+mod convert;
+
+pub use convert::sampling_spec;
+
 /// Generated code for package `cleave.v1`.
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod v1 {

@@ -1,6 +1,8 @@
 //! KV transfer over real loopback sockets: bit-exact round trips, refusals, truncation, stalls, garbage and
 //! concurrency. Raw-socket tests build frames from the wire format documented in `kv_transfer`'s module doc.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,7 +36,11 @@ fn config() -> ReceiverConfig {
 }
 
 fn header(transfer_id: &str, dest_blocks: Vec<u32>) -> KvTransferHeader {
-    KvTransferHeader { transfer_id: transfer_id.to_owned(), layout: layout(), dest_blocks }
+    KvTransferHeader {
+        transfer_id: transfer_id.to_owned(),
+        layout: layout(),
+        dest_blocks,
+    }
 }
 
 /// Arbitrary bit patterns (NaN payloads, subnormals, -0.0 included), so equality of bits proves nothing was
@@ -59,7 +65,9 @@ async fn send_all(addr: std::net::SocketAddr, header: KvTransferHeader, seed: u6
     let n = header.layer_floats();
     let mut sender = KvSender::connect(addr, header).await?;
     for layer in 0..N_LAYERS {
-        sender.send_layer(layer, &pattern(seed, layer, false, n), &pattern(seed, layer, true, n)).await?;
+        sender
+            .send_layer(layer, &pattern(seed, layer, false, n), &pattern(seed, layer, true, n))
+            .await?;
     }
     sender.finish().await
 }
@@ -68,9 +76,21 @@ async fn receive_and_check(mut transfer: IncomingTransfer, seed: u64) -> Transfe
     let n = transfer.header().layer_floats();
     let mut layers = Vec::new();
     while let Some(payload) = transfer.next_layer().await {
-        assert_eq!(bits(&payload.keys), bits(&pattern(seed, payload.layer, false, n)), "keys of {}", payload.layer);
-        assert_eq!(bits(&payload.values), bits(&pattern(seed, payload.layer, true, n)), "values of {}", payload.layer);
+        assert_eq!(
+            bits(&payload.keys),
+            bits(&pattern(seed, payload.layer, false, n)),
+            "keys of {}",
+            payload.layer
+        );
+        assert_eq!(
+            bits(&payload.values),
+            bits(&pattern(seed, payload.layer, true, n)),
+            "values of {}",
+            payload.layer
+        );
         layers.push(payload.layer);
+        // Later layers are then read into these buffers; the checks above prove nothing stale survives.
+        transfer.recycle(payload);
     }
     assert_eq!(layers, (0..N_LAYERS).collect::<Vec<_>>());
     transfer.outcome().await
@@ -90,13 +110,19 @@ async fn multi_layer_multi_block_round_trip_is_bit_exact() {
     let sending = tokio::spawn(send_all(addr, h.clone(), 1));
     let transfer = accept(&mut receiver).await;
     assert_eq!(transfer.header(), &h);
-    assert!(matches!(receive_and_check(transfer, 1).await, TransferOutcome::Complete));
+    assert!(matches!(
+        receive_and_check(transfer, 1).await,
+        TransferOutcome::Complete
+    ));
     sending.await.unwrap().unwrap();
 }
 
+/// Key and value bits per (layer, destination block).
+type BlockBits = HashMap<(u32, u32), (Vec<u32>, Vec<u32>)>;
+
 #[derive(Default)]
 struct RecordingSink {
-    layers: Mutex<HashMap<(u32, u32), (Vec<u32>, Vec<u32>)>>,
+    layers: Mutex<BlockBits>,
 }
 
 impl KvSink for RecordingSink {
@@ -126,7 +152,10 @@ async fn write_into_a_sink_scatters_blocks_to_their_destinations() {
     let dest = vec![5, 9];
     let sending = tokio::spawn(send_all(addr, header("req-sink", dest.clone()), 2));
     let sink = RecordingSink::default();
-    assert!(matches!(accept(&mut receiver).await.write_into(&sink).await, TransferOutcome::Complete));
+    assert!(matches!(
+        accept(&mut receiver).await.write_into(&sink).await,
+        TransferOutcome::Complete
+    ));
     sending.await.unwrap().unwrap();
 
     let block = layout().block_floats();
@@ -150,7 +179,13 @@ async fn layout_mismatch_is_refused_naming_the_field() {
 
     match receiver.next().await {
         Some(Err(rejected)) => {
-            assert!(matches!(rejected.error, KvTransferError::LayoutMismatch { field: "block_size", .. }));
+            assert!(matches!(
+                rejected.error,
+                KvTransferError::LayoutMismatch {
+                    field: "block_size",
+                    ..
+                }
+            ));
             assert!(rejected.error.to_string().contains(expected));
         }
         other => panic!("expected a rejection, got {other:?}"),
@@ -159,13 +194,18 @@ async fn layout_mismatch_is_refused_naming_the_field() {
     let mut h = header("req-pool", vec![POOL_BLOCKS]);
     h.layout.model_id = "other-model".to_owned();
     let err = KvSender::connect(addr, h).await.unwrap_err();
-    assert!(err.to_string().contains("model_id \"other-model\" does not match"), "{err}");
+    assert!(
+        err.to_string().contains("model_id \"other-model\" does not match"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn destination_block_outside_the_pool_is_refused() {
     let (addr, _receiver) = KvReceiver::bind("127.0.0.1:0", config()).await.unwrap();
-    let err = KvSender::connect(addr, header("req-pool", vec![POOL_BLOCKS])).await.unwrap_err();
+    let err = KvSender::connect(addr, header("req-pool", vec![POOL_BLOCKS]))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("dest_blocks"), "{err}");
 }
 
@@ -178,7 +218,10 @@ async fn sender_dropped_after_two_layers_fails_with_the_layers_received() {
     let mut transfer = accept(&mut receiver).await;
     let started = Instant::now();
     for layer in 0..2 {
-        sender.send_layer(layer, &pattern(3, layer, false, n), &pattern(3, layer, true, n)).await.unwrap();
+        sender
+            .send_layer(layer, &pattern(3, layer, false, n), &pattern(3, layer, true, n))
+            .await
+            .unwrap();
     }
     drop(sender);
 
@@ -188,7 +231,10 @@ async fn sender_dropped_after_two_layers_fails_with_the_layers_received() {
     }
     assert_eq!(arrived, vec![0, 1]);
     match transfer.outcome().await {
-        TransferOutcome::Failed { error: KvTransferError::ConnectionClosed { .. }, layers_received } => {
+        TransferOutcome::Failed {
+            error: KvTransferError::ConnectionClosed { .. },
+            layers_received,
+        } => {
             assert_eq!(layers_received, vec![0, 1]);
         }
         other => panic!("expected a failure, got {other:?}"),
@@ -206,14 +252,20 @@ async fn stalled_sender_fails_by_the_deadline() {
     let mut sender = KvSender::connect(addr, h).await.unwrap();
     let started = Instant::now();
     for layer in 0..2 {
-        sender.send_layer(layer, &pattern(4, layer, false, n), &pattern(4, layer, true, n)).await.unwrap();
+        sender
+            .send_layer(layer, &pattern(4, layer, false, n), &pattern(4, layer, true, n))
+            .await
+            .unwrap();
     }
     // The sender stays connected but silent.
     let transfer = accept(&mut receiver).await;
     let outcome = receive_rest(transfer).await;
     let elapsed = started.elapsed();
     match outcome {
-        TransferOutcome::Failed { error: KvTransferError::DeadlineExceeded { .. }, layers_received } => {
+        TransferOutcome::Failed {
+            error: KvTransferError::DeadlineExceeded { .. },
+            layers_received,
+        } => {
             assert_eq!(layers_received, vec![0, 1]);
         }
         other => panic!("expected a deadline failure, got {other:?}"),
@@ -233,15 +285,61 @@ async fn sender_abort_reaches_the_receiver_with_its_reason() {
     let h = header("req-abort", vec![8]);
     let n = h.layer_floats();
     let mut sender = KvSender::connect(addr, h).await.unwrap();
-    sender.send_layer(0, &pattern(5, 0, false, n), &pattern(5, 0, true, n)).await.unwrap();
+    sender
+        .send_layer(0, &pattern(5, 0, false, n), &pattern(5, 0, true, n))
+        .await
+        .unwrap();
     sender.abort("client went away").await.unwrap();
     match receive_rest(accept(&mut receiver).await).await {
-        TransferOutcome::Aborted { reason, layers_received } => {
+        TransferOutcome::Aborted {
+            reason,
+            layers_received,
+        } => {
             assert_eq!(reason, "client went away");
             assert_eq!(layers_received, vec![0]);
         }
         other => panic!("expected an abort, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn sender_learns_why_the_receiver_stopped() {
+    // Layers of 8 MiB a side, so the sender's writes outrun the socket buffers and fail once the receiver closes.
+    let big = KvLayout {
+        head_dim: 4096,
+        ..layout()
+    };
+    let (addr, mut receiver) = KvReceiver::bind("127.0.0.1:0", ReceiverConfig::new(big.clone(), POOL_BLOCKS))
+        .await
+        .unwrap();
+    let h = KvTransferHeader {
+        transfer_id: "req-dropped-consumer".to_owned(),
+        layout: big,
+        dest_blocks: (0..POOL_BLOCKS).collect(),
+    };
+    let n = h.layer_floats();
+    let mut sender = KvSender::connect(addr, h).await.unwrap();
+    let mut transfer = accept(&mut receiver).await;
+    let (keys, values) = (pattern(8, 0, false, n), pattern(8, 0, true, n));
+    sender.send_layer(0, &keys, &values).await.unwrap();
+    assert_eq!(transfer.next_layer().await.unwrap().layer, 0);
+    drop(transfer);
+
+    let mut result = Ok(());
+    for layer in 1..N_LAYERS {
+        result = sender.send_layer(layer, &keys, &values).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    let err = match result {
+        Ok(()) => sender.finish().await.unwrap_err(),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(&err, KvTransferError::PeerAborted { reason } if reason.contains("stopped consuming")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -252,14 +350,27 @@ async fn sender_rejects_bad_calls_before_writing() {
     let mut sender = KvSender::connect(addr, h).await.unwrap();
     let (keys, values) = (pattern(6, 0, false, n), pattern(6, 0, true, n));
     let err = sender.send_layer(0, &keys[1..], &values).await.unwrap_err();
-    assert!(matches!(err, KvTransferError::PayloadLength { field: "keys", .. }), "{err}");
+    assert!(
+        matches!(err, KvTransferError::PayloadLength { field: "keys", .. }),
+        "{err}"
+    );
     let err = sender.send_layer(N_LAYERS, &keys, &values).await.unwrap_err();
     assert!(matches!(err, KvTransferError::InvalidLayer { .. }), "{err}");
     sender.send_layer(0, &keys, &values).await.unwrap();
     let err = sender.send_layer(0, &keys, &values).await.unwrap_err();
     assert!(err.to_string().contains("already sent"), "{err}");
     let err = sender.finish().await.unwrap_err();
-    assert!(matches!(err, KvTransferError::Incomplete { missing: 5, first_missing: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            KvTransferError::Incomplete {
+                missing: 5,
+                first_missing: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     match receive_rest(accept(&mut receiver).await).await {
         TransferOutcome::Failed { layers_received, .. } => assert_eq!(layers_received, vec![0]),
         other => panic!("expected a failure, got {other:?}"),
@@ -317,13 +428,19 @@ async fn garbage_bytes_are_refused_with_an_error() {
 
     // A valid Hello followed by a Layer frame whose length disagrees with the header.
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&hello_frame(&header("req-garbled", vec![3]))).await.unwrap();
+    stream
+        .write_all(&hello_frame(&header("req-garbled", vec![3])))
+        .await
+        .unwrap();
     assert_eq!(reply_kind(&mut stream).await, 5, "expected Accept");
     // The receiver may close as soon as it has read the bad length, so later writes may fail.
     let _ = stream.write_all(&[2, 0xf0, 0xff, 0xff, 0x7f]).await;
     let _ = stream.write_all(&garbage).await;
     match receive_rest(accept(&mut receiver).await).await {
-        TransferOutcome::Failed { error: KvTransferError::BadFrameLength { kind: "Layer", .. }, layers_received } => {
+        TransferOutcome::Failed {
+            error: KvTransferError::BadFrameLength { kind: "Layer", .. },
+            layers_received,
+        } => {
             assert!(layers_received.is_empty());
         }
         other => panic!("expected a frame-length failure, got {other:?}"),
@@ -343,7 +460,10 @@ async fn garbage_bytes_are_refused_with_an_error() {
     stream.write_all(&frame).await.unwrap();
     drop(stream);
     match receive_rest(accept(&mut receiver).await).await {
-        TransferOutcome::Failed { error: KvTransferError::ConnectionClosed { .. }, layers_received } => {
+        TransferOutcome::Failed {
+            error: KvTransferError::ConnectionClosed { .. },
+            layers_received,
+        } => {
             assert!(layers_received.is_empty());
         }
         other => panic!("expected a truncation failure, got {other:?}"),
@@ -362,7 +482,13 @@ async fn sixteen_concurrent_transfers_share_one_listener() {
     let mut receivers = Vec::new();
     for _ in 0..16 {
         let transfer = accept(&mut receiver).await;
-        let seed: u64 = transfer.header().transfer_id.trim_start_matches("req-").parse::<u64>().unwrap() + 100;
+        let seed: u64 = transfer
+            .header()
+            .transfer_id
+            .trim_start_matches("req-")
+            .parse::<u64>()
+            .unwrap()
+            + 100;
         receivers.push(tokio::spawn(receive_and_check(transfer, seed)));
     }
     for handle in receivers {

@@ -23,6 +23,11 @@ async fn connect(server: &EtcdServer) -> anyhow::Result<EtcdRegistry> {
 }
 
 async fn with_etcd() -> anyhow::Result<(EtcdServer, Arc<dyn Registry>)> {
+    // Reconnects and re-registrations log through tracing; show them when a test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("cleave_cluster=debug")
+        .try_init();
     let server = EtcdServer::start().await?;
     let registry = connect(&server).await?;
     Ok((server, Arc::new(registry)))
@@ -78,10 +83,20 @@ async fn unreachable_etcd_is_unavailable() -> anyhow::Result<()> {
     let mut config = EtcdConfig::new(vec![endpoint.clone()]);
     config.call_timeout = Duration::from_secs(1);
     let started = std::time::Instant::now();
-    let error = EtcdRegistry::connect(config).await.err().context("connected to a closed port")?;
+    let error = EtcdRegistry::connect(config)
+        .await
+        .err()
+        .context("connected to a closed port")?;
     ensure!(error.category() == ErrorCategory::Unavailable, "{error}");
-    ensure!(error.to_string().contains(&endpoint), "error does not name the endpoint: {error}");
-    ensure!(started.elapsed() < Duration::from_secs(3), "took {:?} to fail", started.elapsed());
+    ensure!(
+        error.to_string().contains(&endpoint),
+        "error does not name the endpoint: {error}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?} to fail",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -93,7 +108,9 @@ async fn watch_and_registration_survive_etcd_restart() -> anyhow::Result<()> {
     let (mut server, registry) = with_etcd().await?;
     let layout = KeyLayout::default();
     let _a = register_worker(&*registry, &layout, &behaviour::worker("a"), Duration::from_secs(3)).await?;
-    registry.put(&layout.worker("b"), &behaviour::worker("b").to_json("b")?).await?;
+    registry
+        .put(&layout.worker("b"), &behaviour::worker("b").to_json("b")?)
+        .await?;
     let view = RegistryView::start(registry.clone(), &layout);
     let before = view
         .wait_for(behaviour::EVENT_WITHIN, |s| s.workers.len() == 2)
@@ -103,24 +120,43 @@ async fn watch_and_registration_survive_etcd_restart() -> anyhow::Result<()> {
     server.stop();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let during = view.snapshot();
-    ensure!(during.workers == before.workers, "view lost state while etcd was down: {:?}", during.workers.keys());
+    ensure!(
+        during.workers == before.workers,
+        "view lost state while etcd was down: {:?}",
+        during.workers.keys()
+    );
 
     server.restart().await?;
     // A second client writes as soon as etcd is back, likely before the view's watch has reconnected.
     let other = connect(&server).await?;
-    other.put(&layout.worker("c"), &behaviour::worker("c").to_json("c")?).await?;
+    other
+        .put(&layout.worker("c"), &behaviour::worker("c").to_json("c")?)
+        .await?;
     other.delete(&layout.worker("b")).await?;
     let after = view
         .wait_for(Duration::from_secs(10), |s| s.workers.keys().eq(["a", "c"]))
         .await
-        .with_context(|| format!("view did not catch up after restart: {:?}", view.snapshot().workers.keys()))?;
-    ensure!(after.revision > before.revision, "revision did not advance: {} -> {}", before.revision, after.revision);
+        .with_context(|| {
+            format!(
+                "view did not catch up after restart: {:?}",
+                view.snapshot().workers.keys()
+            )
+        })?;
+    ensure!(
+        after.revision > before.revision,
+        "revision did not advance: {} -> {}",
+        before.revision,
+        after.revision
+    );
 
     // Past a full TTL after the outage, the registration is still there: its keep-alive resumed.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let listing = other.get_prefix(&layout.workers()).await?;
     let keys: Vec<&str> = listing.entries.iter().map(|(key, _)| key.as_str()).collect();
-    ensure!(keys == [layout.worker("a"), layout.worker("c")], "after restart: {keys:?}");
+    ensure!(
+        keys == [layout.worker("a"), layout.worker("c")],
+        "after restart: {keys:?}"
+    );
     Ok(())
 }
 
@@ -137,11 +173,17 @@ async fn registration_returns_after_its_lease_is_lost() -> anyhow::Result<()> {
     let mut raw = etcd_client::Client::connect([server.endpoint()], None).await?;
     raw.lease_revoke(lost).await?;
     let deleted = behaviour::next_event(&mut watch).await?;
-    ensure!(matches!(deleted, WatchEvent::Delete { .. }), "expected the delete, got {deleted:?}");
+    ensure!(
+        matches!(deleted, WatchEvent::Delete { .. }),
+        "expected the delete, got {deleted:?}"
+    );
     match behaviour::next_event(&mut watch).await? {
         WatchEvent::Put { key, value, .. } => {
             ensure!(key == layout.worker("a"), "re-registered {key}");
-            ensure!(value == behaviour::worker("a").to_json(&key)?, "re-registered a different value");
+            ensure!(
+                value == behaviour::worker("a").to_json(&key)?,
+                "re-registered a different value"
+            );
         }
         other => anyhow::bail!("expected the re-registration, got {other:?}"),
     }
@@ -151,5 +193,33 @@ async fn registration_returns_after_its_lease_is_lost() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(guard.lease_id() != lost, "guard still reports the lost lease {lost}");
+    Ok(())
+}
+
+/// A watch from a revision etcd has compacted away gets a `Resync` with the current state, then live events.
+#[tokio::test]
+async fn watch_from_compacted_revision_resyncs() -> anyhow::Result<()> {
+    let (server, registry) = with_etcd().await?;
+    let first = registry.put("/p/key", "0").await?;
+    let last = registry.put("/p/key", "1").await?;
+    let mut raw = etcd_client::Client::connect([server.endpoint()], None).await?;
+    raw.compact(last, None).await?;
+
+    let mut watch = registry.watch_prefix("/p/", first).await?;
+    match behaviour::next_event(&mut watch).await? {
+        WatchEvent::Resync { entries, revision } => {
+            ensure!(entries == [("/p/key".to_owned(), "1".to_owned())], "{entries:?}");
+            ensure!(revision >= last, "resync at {revision}, before the last write {last}");
+        }
+        other => anyhow::bail!("expected a resync, got {other:?}"),
+    }
+    let next = registry.put("/p/key", "2").await?;
+    let got = behaviour::next_event(&mut watch).await?;
+    let want = WatchEvent::Put {
+        key: "/p/key".to_owned(),
+        value: "2".to_owned(),
+        mod_revision: next,
+    };
+    ensure!(got == want, "after resync: wanted {want:?}, got {got:?}");
     Ok(())
 }

@@ -3,8 +3,16 @@
 //! - [`PrefixIndex`]: which worker holds which prefix blocks, built from the workers' numbered KV events and
 //!   snapshots (no broker; a restarted router rebuilds it from snapshots plus event replay).
 //! - [`policy`]: the routing decision, `cost = load − overlap credit`, in tokens.
+//! - [`WorkerPool`]: the workers, their load and the KV events that feed the index.
+//! - [`RouterService`]: the public `cleave.v1.Generation` API with health and reflection ([`serve`]).
 
 mod index;
+mod model;
 pub mod policy;
+mod pool;
+mod server;
 
 pub use index::{EventGap, PrefixIndex, WorkerIdx};
+pub use model::{ModelInfoError, RouterModel};
+pub use pool::{Route, WorkerPool};
+pub use server::{RouterService, ServeError, grpc_url, serve};

@@ -1,31 +1,11 @@
-//! Between the wire types of `cleave.v1` and the engine's: sampling parameters in, outputs and errors out.
+//! From the engine's outputs and errors to the wire types of `cleave.v1`.
 //!
 //! The mapping from error category to gRPC code lives here, in one place, for every worker RPC.
 
-use cleave_engine::sampling::{SamplingSpec, TokenLogprob};
+use cleave_engine::sampling::TokenLogprob;
 use cleave_engine::scheduler::{FinishReason, SeqOutput};
 use cleave_engine::{EngineError, ErrorCategory};
 use cleave_proto::v1;
-
-/// The engine's view of a request's sampling fields; ranges are checked later by `SamplingSpec::validate`.
-pub fn sampling_spec(req: &v1::GenerateRequest) -> SamplingSpec {
-    SamplingSpec {
-        max_tokens: req.max_tokens,
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        seed: req.seed,
-        repetition_penalty: req.repetition_penalty,
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        stop: req.stop.clone(),
-        stop_token_ids: req.stop_token_ids.clone(),
-        ignore_eos: req.ignore_eos,
-        logprobs: req.logprobs,
-        n: req.n,
-    }
-}
 
 pub fn response(out: SeqOutput) -> v1::GenerateResponse {
     let (finish_reason, usage) = match out.finish {

@@ -8,5 +8,5 @@
 mod convert;
 mod service;
 
-pub use convert::{response, sampling_spec, status};
+pub use convert::{response, status};
 pub use service::{WorkerService, serve};

@@ -13,7 +13,9 @@ use futures_util::Stream;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{response, sampling_spec, status};
+use cleave_proto::sampling_spec;
+
+use crate::convert::{response, status};
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 

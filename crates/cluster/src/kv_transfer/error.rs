@@ -16,10 +16,17 @@ pub enum KvTransferError {
     Timeout { waiting_for: &'static str, after: Duration },
 
     #[error("kv transfer: the transfer deadline of {deadline:?} passed while waiting to {waiting_for}")]
-    DeadlineExceeded { waiting_for: &'static str, deadline: Duration },
+    DeadlineExceeded {
+        waiting_for: &'static str,
+        deadline: Duration,
+    },
 
     #[error("kv transfer: {field} {got} does not match this worker's {expected}")]
-    LayoutMismatch { field: &'static str, got: String, expected: String },
+    LayoutMismatch {
+        field: &'static str,
+        got: String,
+        expected: String,
+    },
 
     #[error("kv transfer: header field {field} is invalid: {reason}")]
     InvalidHeader { field: &'static str, reason: String },
@@ -34,16 +41,29 @@ pub enum KvTransferError {
     UnexpectedFrame { expected: &'static str, got: u8 },
 
     #[error("kv transfer: {kind} frame of {len} bytes, {constraint}")]
-    BadFrameLength { kind: &'static str, len: u32, constraint: String },
+    BadFrameLength {
+        kind: &'static str,
+        len: u32,
+        constraint: String,
+    },
 
     #[error("kv transfer: layer {layer}: {reason}")]
     InvalidLayer { layer: u32, reason: String },
 
     #[error("kv transfer: layer {layer}: {field} holds {got} floats, the header's blocks need {expected}")]
-    PayloadLength { layer: u32, field: &'static str, got: usize, expected: usize },
+    PayloadLength {
+        layer: u32,
+        field: &'static str,
+        got: usize,
+        expected: usize,
+    },
 
     #[error("kv transfer: ended with {missing} of {n_layers} layers missing (first missing: layer {first_missing})")]
-    Incomplete { missing: u32, n_layers: u32, first_missing: u32 },
+    Incomplete {
+        missing: u32,
+        n_layers: u32,
+        first_missing: u32,
+    },
 
     #[error("kv transfer: the stream ended before {expected}")]
     ConnectionClosed { expected: &'static str },

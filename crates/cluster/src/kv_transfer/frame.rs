@@ -67,7 +67,10 @@ pub(crate) fn frame_header(kind: FrameKind, len: u32) -> [u8; FRAME_HEADER_LEN] 
 pub(crate) async fn read_frame_header<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<(u8, u32)> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     reader.read_exact(&mut header).await?;
-    Ok((header[0], u32::from_le_bytes([header[1], header[2], header[3], header[4]])))
+    Ok((
+        header[0],
+        u32::from_le_bytes([header[1], header[2], header[3], header[4]]),
+    ))
 }
 
 /// The longest Hello body a receiver with a pool of `pool_blocks` blocks accepts.
@@ -78,8 +81,8 @@ pub(crate) fn hello_max_len(pool_blocks: u32) -> usize {
 /// A whole Hello frame, header included. The header must already be validated (ids within `MAX_ID_LEN`).
 pub(crate) fn encode_hello(header: &KvTransferHeader) -> Vec<u8> {
     let layout = &header.layout;
-    let body_len = 4 + 2 + 2 + header.transfer_id.len() + 2 + layout.model_id.len() + 1 + 6 * 4
-        + 4 * header.dest_blocks.len();
+    let body_len =
+        4 + 2 + 2 + header.transfer_id.len() + 2 + layout.model_id.len() + 1 + 6 * 4 + 4 * header.dest_blocks.len();
     let mut out = Vec::with_capacity(FRAME_HEADER_LEN + body_len);
     out.extend_from_slice(&frame_header(FrameKind::Hello, body_len as u32));
     out.extend_from_slice(&MAGIC);
@@ -110,11 +113,16 @@ pub(crate) fn decode_hello(body: &[u8]) -> Result<KvTransferHeader, KvTransferEr
     let mut cursor = Cursor { rest: body };
     let magic = cursor.take("magic", 4)?;
     if magic != MAGIC {
-        return Err(KvTransferError::BadMagic { got: [magic[0], magic[1], magic[2], magic[3]] });
+        return Err(KvTransferError::BadMagic {
+            got: [magic[0], magic[1], magic[2], magic[3]],
+        });
     }
     let version = cursor.u16("version")?;
     if version != VERSION {
-        return Err(KvTransferError::UnsupportedVersion { got: version, supported: VERSION });
+        return Err(KvTransferError::UnsupportedVersion {
+            got: version,
+            supported: VERSION,
+        });
     }
     let transfer_id = cursor.string("transfer_id")?;
     let model_id = cursor.string("model_id")?;
@@ -131,11 +139,21 @@ pub(crate) fn decode_hello(body: &[u8]) -> Result<KvTransferHeader, KvTransferEr
             reason: format!("count says {n_blocks} blocks but {} bytes follow", cursor.rest.len()),
         });
     }
-    let dest_blocks =
-        cursor.rest.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let dest_blocks = cursor
+        .rest
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     Ok(KvTransferHeader {
         transfer_id,
-        layout: KvLayout { model_id, dtype, block_size, n_layers, kv_heads: heads_start..heads_end, head_dim },
+        layout: KvLayout {
+            model_id,
+            dtype,
+            block_size,
+            n_layers,
+            kv_heads: heads_start..heads_end,
+            head_dim,
+        },
         dest_blocks,
     })
 }
@@ -147,7 +165,10 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], KvTransferError> {
         if self.rest.len() < n {
-            return Err(KvTransferError::InvalidHeader { field, reason: "the Hello frame ends inside it".to_owned() });
+            return Err(KvTransferError::InvalidHeader {
+                field,
+                reason: "the Hello frame ends inside it".to_owned(),
+            });
         }
         let (head, rest) = self.rest.split_at(n);
         self.rest = rest;
@@ -167,11 +188,16 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, field: &'static str) -> Result<String, KvTransferError> {
         let len = self.u16(field)? as usize;
         if len > MAX_ID_LEN {
-            return Err(KvTransferError::InvalidHeader { field, reason: format!("{len} bytes, over {MAX_ID_LEN}") });
+            return Err(KvTransferError::InvalidHeader {
+                field,
+                reason: format!("{len} bytes, over {MAX_ID_LEN}"),
+            });
         }
         let bytes = self.take(field, len)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| KvTransferError::InvalidHeader { field, reason: "not UTF-8".to_owned() })
+        String::from_utf8(bytes.to_vec()).map_err(|_| KvTransferError::InvalidHeader {
+            field,
+            reason: "not UTF-8".to_owned(),
+        })
     }
 }
 
@@ -200,7 +226,10 @@ pub(crate) async fn read_abort_reason<R: AsyncRead + Unpin>(
         });
     }
     let mut body = vec![0u8; len as usize];
-    reader.read_exact(&mut body).await.map_err(|e| KvTransferError::io("read an Abort reason", e))?;
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| KvTransferError::io("read an Abort reason", e))?;
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -216,15 +245,23 @@ pub(crate) fn f32_wire_bytes(values: &[f32]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Reads `n` wire floats straight into a new vector (no staging buffer on little-endian hosts).
-pub(crate) async fn read_f32s<R: AsyncRead + Unpin>(reader: &mut R, n: usize) -> std::io::Result<Vec<f32>> {
-    let mut values = vec![0f32; n];
-    reader.read_exact(bytemuck::cast_slice_mut(&mut values)).await?;
+/// Reads `n` wire floats straight into `values` (no staging buffer on little-endian hosts), reusing its memory
+/// when it already holds `n` floats.
+pub(crate) async fn read_f32s_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    values: &mut Vec<f32>,
+    n: usize,
+) -> std::io::Result<()> {
+    if values.len() != n {
+        // Every byte is overwritten below; the zeroed allocation is only there to avoid uninitialised memory.
+        *values = vec![0f32; n];
+    }
+    reader.read_exact(bytemuck::cast_slice_mut(values)).await?;
     #[cfg(target_endian = "big")]
-    for v in &mut values {
+    for v in values.iter_mut() {
         *v = f32::from_bits(u32::from_le(v.to_bits()));
     }
-    Ok(values)
+    Ok(())
 }
 
 /// Writes all of `parts` with vectored writes, so a frame header and two payload slices cost one syscall where

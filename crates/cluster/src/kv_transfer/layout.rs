@@ -66,7 +66,10 @@ impl KvLayout {
     /// Rejects layouts no engine can hold, so lengths derived from a layout are meaningful and bounded.
     pub(crate) fn validate(&self) -> Result<(), KvTransferError> {
         let invalid = |field: &'static str, reason: &str| {
-            Err(KvTransferError::InvalidHeader { field, reason: reason.to_owned() })
+            Err(KvTransferError::InvalidHeader {
+                field,
+                reason: reason.to_owned(),
+            })
         };
         if self.model_id.is_empty() || self.model_id.len() > MAX_ID_LEN {
             return invalid("model_id", "must be 1..=256 bytes");
@@ -97,7 +100,11 @@ impl KvLayout {
             Err(KvTransferError::LayoutMismatch { field, got, expected })
         };
         if theirs.model_id != self.model_id {
-            return mismatch("model_id", format!("{:?}", theirs.model_id), format!("{:?}", self.model_id));
+            return mismatch(
+                "model_id",
+                format!("{:?}", theirs.model_id),
+                format!("{:?}", self.model_id),
+            );
         }
         if theirs.dtype != self.dtype {
             return mismatch("dtype", theirs.dtype.name().to_owned(), self.dtype.name().to_owned());
@@ -109,7 +116,11 @@ impl KvLayout {
             return mismatch("n_layers", theirs.n_layers.to_string(), self.n_layers.to_string());
         }
         if theirs.kv_heads != self.kv_heads {
-            return mismatch("kv_heads", format!("{:?}", theirs.kv_heads), format!("{:?}", self.kv_heads));
+            return mismatch(
+                "kv_heads",
+                format!("{:?}", theirs.kv_heads),
+                format!("{:?}", self.kv_heads),
+            );
         }
         if theirs.head_dim != self.head_dim {
             return mismatch("head_dim", theirs.head_dim.to_string(), self.head_dim.to_string());

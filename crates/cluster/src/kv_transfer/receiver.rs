@@ -1,26 +1,19 @@
-//! The decode side: a listener that yields one [`IncomingTransfer`] per accepted header, each streaming its layers
-//! as they arrive, then a [`TransferOutcome`].
+//! The decode side's listener: binds, accepts, and hands each connection to its own task (`connection.rs`), whose
+//! accepted transfers come out of [`KvReceiver::next`] in arrival order.
 //!
-//! Invariant: a connection task never allocates for a frame before checking its length against the accepted
-//! header, never waits past the transfer deadline, and always reports an outcome — complete, aborted by the
-//! sender, or failed with the layers that did arrive. Each connection costs one task and a queue of at most
-//! `layer_queue` layers; a slow consumer back-pressures the sender through TCP instead of buffering.
+//! Invariant: the listener lives exactly as long as the [`KvReceiver`]; connection tasks already running finish
+//! (or hit their deadline) on their own. Cost: one task per listener plus one per connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::BufReader;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use super::frame::{self, FrameKind, LAYER_PREFIX_LEN};
-use super::{KvLayout, KvSink, KvTransferError, KvTransferHeader};
-
-const ABORT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+use super::connection::serve_connection;
+use super::{IncomingTransfer, KvLayout, KvTransferError, RejectedTransfer};
 
 /// How the decode worker's end of the transport behaves.
 #[derive(Debug, Clone)]
@@ -49,30 +42,6 @@ impl ReceiverConfig {
     }
 }
 
-/// One layer's keys and values for the transfer's destination blocks, in the order of `dest_blocks`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerPayload {
-    pub layer: u32,
-    pub keys: Vec<f32>,
-    pub values: Vec<f32>,
-}
-
-#[derive(Debug)]
-pub enum TransferOutcome {
-    /// Every layer arrived and the sender was told so.
-    Complete,
-    /// The sender gave up (prefill failed or the request was cancelled).
-    Aborted { reason: String, layers_received: Vec<u32> },
-    Failed { error: KvTransferError, layers_received: Vec<u32> },
-}
-
-/// A connection whose header was refused or unreadable; the sender has been told why.
-#[derive(Debug)]
-pub struct RejectedTransfer {
-    pub peer: SocketAddr,
-    pub error: KvTransferError,
-}
-
 /// Accepts transfers until dropped; dropping it closes the listener.
 #[derive(Debug)]
 pub struct KvReceiver {
@@ -93,8 +62,12 @@ impl KvReceiver {
         config: ReceiverConfig,
     ) -> Result<(SocketAddr, KvReceiver), KvTransferError> {
         config.layout.validate()?;
-        let listener = TcpListener::bind(addr).await.map_err(|e| KvTransferError::io("bind the listener", e))?;
-        let local = listener.local_addr().map_err(|e| KvTransferError::io("read the bound address", e))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| KvTransferError::io("bind the listener", e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| KvTransferError::io("read the bound address", e))?;
         let (tx, incoming) = mpsc::channel(64);
         let accept_loop = tokio::spawn(accept_loop(listener, Arc::new(config), tx));
         Ok((local, KvReceiver { incoming, accept_loop }))
@@ -123,278 +96,4 @@ async fn accept_loop(
             }
         }
     }
-}
-
-/// A transfer whose header this worker accepted; its layers stream in while the sender computes the next ones.
-#[derive(Debug)]
-pub struct IncomingTransfer {
-    header: KvTransferHeader,
-    peer: SocketAddr,
-    layers: mpsc::Receiver<LayerPayload>,
-    outcome: oneshot::Receiver<TransferOutcome>,
-}
-
-impl IncomingTransfer {
-    pub fn header(&self) -> &KvTransferHeader {
-        &self.header
-    }
-
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
-    /// The next layer to arrive; `None` once the transfer ended, then [`Self::outcome`] says how.
-    pub async fn next_layer(&mut self) -> Option<LayerPayload> {
-        self.layers.recv().await
-    }
-
-    /// How the transfer ended. Called before `next_layer` returned `None`, it discards the layers not yet taken
-    /// and the transfer fails, because the consumer stopped listening.
-    pub async fn outcome(mut self) -> TransferOutcome {
-        self.layers.close();
-        self.outcome.await.unwrap_or(TransferOutcome::Failed { error: KvTransferError::TaskEnded, layers_received: vec![] })
-    }
-
-    /// Writes every layer into `sink` as it arrives, then returns the outcome. A sink error stops the transfer
-    /// and the sender is told why.
-    pub async fn write_into<S: KvSink>(mut self, sink: &S) -> TransferOutcome {
-        let mut written = Vec::new();
-        while let Some(payload) = self.layers.recv().await {
-            let header = &self.header;
-            if let Err(source) =
-                sink.write_layer(&header.transfer_id, payload.layer, &header.dest_blocks, &payload.keys, &payload.values)
-            {
-                self.layers.close();
-                let error = KvTransferError::Sink { layer: payload.layer, source: Box::new(source) };
-                written.sort_unstable();
-                return TransferOutcome::Failed { error, layers_received: written };
-            }
-            written.push(payload.layer);
-        }
-        self.outcome().await
-    }
-}
-
-/// Bounds every wait of one connection by the per-frame timeout and the whole-transfer deadline.
-struct Clock {
-    deadline: Instant,
-    config: Arc<ReceiverConfig>,
-}
-
-impl Clock {
-    async fn frame<T>(&self, waiting_for: &'static str, work: impl Future<Output = T>) -> Result<T, KvTransferError> {
-        let frame_deadline = (Instant::now() + self.config.read_timeout).min(self.deadline);
-        match tokio::time::timeout_at(frame_deadline, work).await {
-            Ok(value) => Ok(value),
-            Err(_) if frame_deadline >= self.deadline => Err(self.deadline_exceeded(waiting_for)),
-            Err(_) => Err(KvTransferError::Timeout { waiting_for, after: self.config.read_timeout }),
-        }
-    }
-
-    async fn until_deadline<T>(
-        &self,
-        waiting_for: &'static str,
-        work: impl Future<Output = T>,
-    ) -> Result<T, KvTransferError> {
-        tokio::time::timeout_at(self.deadline, work).await.map_err(|_| self.deadline_exceeded(waiting_for))
-    }
-
-    fn deadline_exceeded(&self, waiting_for: &'static str) -> KvTransferError {
-        KvTransferError::DeadlineExceeded { waiting_for, deadline: self.config.transfer_deadline }
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    config: Arc<ReceiverConfig>,
-    incoming: mpsc::Sender<Result<IncomingTransfer, RejectedTransfer>>,
-) {
-    let clock = Clock { deadline: Instant::now() + config.transfer_deadline, config };
-    // Accept and Complete are tiny; Nagle would hold them for the peer's delayed ACK.
-    let _ = stream.set_nodelay(true);
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-
-    let accepted = match read_hello(&mut reader, &clock).await {
-        Ok(header) => write_reply(&mut writer, &clock, FrameKind::Accept).await.map(|()| header),
-        Err(error) => Err(error),
-    };
-    let header = match accepted {
-        Ok(header) => header,
-        Err(error) => {
-            tracing::debug!(%peer, %error, "kv transfer: refused a connection");
-            send_abort(&mut writer, &error.to_string()).await;
-            let _ = clock.until_deadline("report a refusal", incoming.send(Err(RejectedTransfer { peer, error }))).await;
-            return;
-        }
-    };
-
-    let (layer_tx, layers) = mpsc::channel(clock.config.layer_queue.max(1));
-    let (outcome_tx, outcome) = oneshot::channel();
-    let transfer = IncomingTransfer { header: header.clone(), peer, layers, outcome };
-    let handed_over = clock.until_deadline("hand the transfer to the decode worker", incoming.send(Ok(transfer))).await;
-    if !matches!(handed_over, Ok(Ok(()))) {
-        send_abort(&mut writer, "the decode worker is not taking transfers").await;
-        return;
-    }
-
-    let mut received = vec![false; header.layout.n_layers as usize];
-    let ending = receive_layers(&mut reader, &header, &clock, &layer_tx, &mut received).await;
-    drop(layer_tx);
-    let layers_received = (0..received.len() as u32).filter(|&l| received[l as usize]).collect();
-    let outcome = match ending {
-        Ok(Ending::End) => match write_reply(&mut writer, &clock, FrameKind::Complete).await {
-            Ok(()) => TransferOutcome::Complete,
-            Err(error) => TransferOutcome::Failed { error, layers_received },
-        },
-        Ok(Ending::Aborted(reason)) => TransferOutcome::Aborted { reason, layers_received },
-        Err(error) => {
-            tracing::debug!(%peer, transfer_id = %header.transfer_id, %error, "kv transfer: failed");
-            send_abort(&mut writer, &error.to_string()).await;
-            TransferOutcome::Failed { error, layers_received }
-        }
-    };
-    let _ = outcome_tx.send(outcome);
-}
-
-async fn read_hello(
-    reader: &mut BufReader<OwnedReadHalf>,
-    clock: &Clock,
-) -> Result<KvTransferHeader, KvTransferError> {
-    let config = &clock.config;
-    let (kind, len) = clock
-        .frame("read the header", frame::read_frame_header(reader))
-        .await?
-        .map_err(|e| KvTransferError::io("read the header", e))?;
-    if kind != FrameKind::Hello as u8 {
-        return Err(KvTransferError::UnexpectedFrame { expected: "a Hello frame", got: kind });
-    }
-    let max = frame::hello_max_len(config.pool_blocks);
-    if len as usize > max {
-        return Err(KvTransferError::BadFrameLength {
-            kind: "Hello",
-            len,
-            constraint: format!("over the {max} bytes a header for this worker's pool can take"),
-        });
-    }
-    let mut body = vec![0u8; len as usize];
-    clock
-        .frame("read the header", tokio::io::AsyncReadExt::read_exact(reader, &mut body))
-        .await?
-        .map_err(|e| KvTransferError::io("read the header", e))?;
-    let header = frame::decode_hello(&body)?;
-    config.layout.check_matches(&header.layout)?;
-    header.validate(Some(config.pool_blocks))?;
-    Ok(header)
-}
-
-enum Ending {
-    End,
-    Aborted(String),
-}
-
-async fn receive_layers(
-    reader: &mut BufReader<OwnedReadHalf>,
-    header: &KvTransferHeader,
-    clock: &Clock,
-    layer_tx: &mpsc::Sender<LayerPayload>,
-    received: &mut [bool],
-) -> Result<Ending, KvTransferError> {
-    loop {
-        let (kind, len) = clock
-            .frame("read the next frame", frame::read_frame_header(reader))
-            .await?
-            .map_err(|e| KvTransferError::io("the next frame", e))?;
-        match FrameKind::from_wire(kind) {
-            Some(FrameKind::Layer) => {
-                let payload = read_layer(reader, header, len, clock, received).await?;
-                received[payload.layer as usize] = true;
-                clock
-                    .until_deadline("hand a layer to the decode worker", layer_tx.send(payload))
-                    .await?
-                    .map_err(|_| KvTransferError::ConsumerGone)?;
-            }
-            Some(FrameKind::End) if len == 0 => {
-                return match received.iter().position(|&r| !r) {
-                    None => Ok(Ending::End),
-                    Some(first_missing) => Err(KvTransferError::Incomplete {
-                        missing: received.iter().filter(|&&r| !r).count() as u32,
-                        n_layers: received.len() as u32,
-                        first_missing: first_missing as u32,
-                    }),
-                };
-            }
-            Some(FrameKind::Abort) => {
-                let reason = clock.frame("read an Abort reason", frame::read_abort_reason(reader, len)).await??;
-                return Ok(Ending::Aborted(reason));
-            }
-            _ => return Err(KvTransferError::UnexpectedFrame { expected: "a Layer, End or Abort frame", got: kind }),
-        }
-    }
-}
-
-async fn read_layer(
-    reader: &mut BufReader<OwnedReadHalf>,
-    header: &KvTransferHeader,
-    len: u32,
-    clock: &Clock,
-    received: &[bool],
-) -> Result<LayerPayload, KvTransferError> {
-    let floats = header.layer_floats();
-    let expected_len = (LAYER_PREFIX_LEN + 2 * floats * 4) as u64;
-    if len as u64 != expected_len {
-        return Err(KvTransferError::BadFrameLength {
-            kind: "Layer",
-            len,
-            constraint: format!("the header's {} blocks need exactly {expected_len}", header.dest_blocks.len()),
-        });
-    }
-    let mut prefix = [0u8; LAYER_PREFIX_LEN];
-    clock
-        .frame("read a layer", tokio::io::AsyncReadExt::read_exact(reader, &mut prefix))
-        .await?
-        .map_err(|e| KvTransferError::io("read a layer", e))?;
-    let layer = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-    let n_blocks = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
-    match received.get(layer as usize) {
-        None => {
-            return Err(KvTransferError::InvalidLayer {
-                layer,
-                reason: format!("the model has {} layers", received.len()),
-            });
-        }
-        Some(true) => return Err(KvTransferError::InvalidLayer { layer, reason: "sent twice".to_owned() }),
-        Some(false) => {}
-    }
-    if n_blocks as usize != header.dest_blocks.len() {
-        return Err(KvTransferError::InvalidLayer {
-            layer,
-            reason: format!("carries {n_blocks} blocks, the header lists {}", header.dest_blocks.len()),
-        });
-    }
-    let (keys, values) = clock
-        .frame("read a layer", async {
-            let keys = frame::read_f32s(reader, floats).await?;
-            let values = frame::read_f32s(reader, floats).await?;
-            Ok::<_, std::io::Error>((keys, values))
-        })
-        .await?
-        .map_err(|e| KvTransferError::io("read a layer", e))?;
-    Ok(LayerPayload { layer, keys, values })
-}
-
-async fn write_reply(writer: &mut OwnedWriteHalf, clock: &Clock, kind: FrameKind) -> Result<(), KvTransferError> {
-    let reply = frame::frame_header(kind, 0);
-    clock
-        .frame("send a reply", frame::write_all_parts(writer, &[&reply]))
-        .await?
-        .map_err(|e| KvTransferError::io("send a reply", e))
-}
-
-/// Best effort: the peer may already be gone, and the local outcome is reported either way. Its own short timeout
-/// because the transfer deadline may already have passed, which is often the very reason for the Abort.
-async fn send_abort(writer: &mut OwnedWriteHalf, reason: &str) {
-    let abort = frame::encode_abort(reason);
-    let _ = tokio::time::timeout(ABORT_WRITE_TIMEOUT, frame::write_all_parts(writer, &[&abort])).await;
 }

@@ -17,6 +17,9 @@ use super::{KvTransferError, KvTransferHeader};
 /// How long [`KvSender::connect`] waits for any one step (connect, a layer write, a reply).
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a failed write waits for the receiver's Abort reason.
+const ABORT_REASON_WAIT: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct KvSender {
     reader: BufReader<OwnedReadHalf>,
@@ -43,7 +46,9 @@ impl KvSender {
             .await?
             .map_err(|e| KvTransferError::io("connect", e))?;
         // Hello and End are tiny; without NODELAY they would wait on Nagle for the peer's delayed ACK.
-        stream.set_nodelay(true).map_err(|e| KvTransferError::io("set TCP_NODELAY", e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| KvTransferError::io("set TCP_NODELAY", e))?;
         let (reader, writer) = stream.into_split();
         let mut sender = KvSender {
             reader: BufReader::new(reader),
@@ -53,10 +58,16 @@ impl KvSender {
             io_timeout,
         };
         let hello = frame::encode_hello(&sender.header);
-        timed(io_timeout, "send the header", frame::write_all_parts(&mut sender.writer, &[&hello]))
-            .await?
-            .map_err(|e| KvTransferError::io("send the header", e))?;
-        sender.expect_reply(FrameKind::Accept, "read the receiver's answer to the header").await?;
+        timed(
+            io_timeout,
+            "send the header",
+            frame::write_all_parts(&mut sender.writer, &[&hello]),
+        )
+        .await?
+        .map_err(|e| KvTransferError::io("send the header", e))?;
+        sender
+            .expect_reply(FrameKind::Accept, "read the receiver's answer to the header")
+            .await?;
         Ok(sender)
     }
 
@@ -75,13 +86,23 @@ impl KvSender {
                     reason: format!("the model has {n_layers} layers"),
                 });
             }
-            Some(true) => return Err(KvTransferError::InvalidLayer { layer, reason: "already sent".to_owned() }),
+            Some(true) => {
+                return Err(KvTransferError::InvalidLayer {
+                    layer,
+                    reason: "already sent".to_owned(),
+                });
+            }
             Some(false) => {}
         }
         let expected = self.header.layer_floats();
         for (field, got) in [("keys", keys.len()), ("values", values.len())] {
             if got != expected {
-                return Err(KvTransferError::PayloadLength { layer, field, got, expected });
+                return Err(KvTransferError::PayloadLength {
+                    layer,
+                    field,
+                    got,
+                    expected,
+                });
             }
         }
         // validate() bounded a layer frame to fit u32.
@@ -91,9 +112,17 @@ impl KvSender {
         head[frame::FRAME_HEADER_LEN..][..4].copy_from_slice(&layer.to_le_bytes());
         head[frame::FRAME_HEADER_LEN + 4..].copy_from_slice(&(self.header.dest_blocks.len() as u32).to_le_bytes());
         let (keys, values) = (frame::f32_wire_bytes(keys), frame::f32_wire_bytes(values));
-        timed(self.io_timeout, "send a layer", frame::write_all_parts(&mut self.writer, &[&head, &keys, &values]))
-            .await?
-            .map_err(|e| KvTransferError::io("send a layer", e))?;
+        let written = timed(
+            self.io_timeout,
+            "send a layer",
+            frame::write_all_parts(&mut self.writer, &[&head, &keys, &values]),
+        )
+        .await?;
+        if let Err(error) = written {
+            return Err(self
+                .explain_write_failure(KvTransferError::io("send a layer", error))
+                .await);
+        }
         self.sent[layer as usize] = true;
         Ok(())
     }
@@ -110,10 +139,17 @@ impl KvSender {
             });
         }
         let end = frame::frame_header(FrameKind::End, 0);
-        timed(self.io_timeout, "send End", frame::write_all_parts(&mut self.writer, &[&end]))
-            .await?
-            .map_err(|e| KvTransferError::io("send End", e))?;
-        self.expect_reply(FrameKind::Complete, "read the receiver's confirmation").await
+        let written = timed(
+            self.io_timeout,
+            "send End",
+            frame::write_all_parts(&mut self.writer, &[&end]),
+        )
+        .await?;
+        if let Err(error) = written {
+            return Err(self.explain_write_failure(KvTransferError::io("send End", error)).await);
+        }
+        self.expect_reply(FrameKind::Complete, "read the receiver's confirmation")
+            .await
     }
 
     /// Tells the receiver why the transfer stops (prefill failed, request cancelled) and closes the connection.
@@ -127,6 +163,20 @@ impl KvSender {
         .map_err(|e| KvTransferError::io("send Abort", e))
     }
 
+    /// A write fails when the receiver closed the connection, usually right after sending an Abort that says
+    /// why; that reason is worth more to the caller than "connection reset".
+    async fn explain_write_failure(&mut self, write_error: KvTransferError) -> KvTransferError {
+        let previous = std::mem::replace(&mut self.io_timeout, ABORT_REASON_WAIT);
+        let reply = self
+            .expect_reply(FrameKind::Abort, "read why the receiver closed")
+            .await;
+        self.io_timeout = previous;
+        match reply {
+            Err(aborted @ KvTransferError::PeerAborted { .. }) => aborted,
+            _ => write_error,
+        }
+    }
+
     async fn expect_reply(&mut self, expected: FrameKind, waiting_for: &'static str) -> Result<(), KvTransferError> {
         let (kind, len) = timed(self.io_timeout, waiting_for, frame::read_frame_header(&mut self.reader))
             .await?
@@ -134,11 +184,18 @@ impl KvSender {
         match FrameKind::from_wire(kind) {
             Some(kind) if kind == expected && len == 0 => Ok(()),
             Some(FrameKind::Abort) => {
-                let reason = timed(self.io_timeout, waiting_for, frame::read_abort_reason(&mut self.reader, len))
-                    .await??;
+                let reason = timed(
+                    self.io_timeout,
+                    waiting_for,
+                    frame::read_abort_reason(&mut self.reader, len),
+                )
+                .await??;
                 Err(KvTransferError::PeerAborted { reason })
             }
-            _ => Err(KvTransferError::UnexpectedFrame { expected: expected.name(), got: kind }),
+            _ => Err(KvTransferError::UnexpectedFrame {
+                expected: expected.name(),
+                got: kind,
+            }),
         }
     }
 }
@@ -148,5 +205,7 @@ async fn timed<T>(
     waiting_for: &'static str,
     work: impl Future<Output = T>,
 ) -> Result<T, KvTransferError> {
-    tokio::time::timeout(after, work).await.map_err(|_| KvTransferError::Timeout { waiting_for, after })
+    tokio::time::timeout(after, work)
+        .await
+        .map_err(|_| KvTransferError::Timeout { waiting_for, after })
 }

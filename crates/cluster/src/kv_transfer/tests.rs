@@ -45,7 +45,10 @@ fn bad_magic_and_version_are_named() {
     let mut encoded = frame::encode_hello(&header());
     encoded[FRAME_HEADER_LEN + 4] = 9;
     let err = frame::decode_hello(&encoded[FRAME_HEADER_LEN..]).unwrap_err();
-    assert!(matches!(err, KvTransferError::UnsupportedVersion { got: 9, .. }), "{err}");
+    assert!(
+        matches!(err, KvTransferError::UnsupportedVersion { got: 9, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -54,21 +57,38 @@ fn layout_mismatch_names_the_field() {
     let mut theirs = ours.clone();
     theirs.block_size = 32;
     let err = ours.check_matches(&theirs).unwrap_err();
-    assert_eq!(err.to_string(), "kv transfer: block_size 32 does not match this worker's 16");
+    assert_eq!(
+        err.to_string(),
+        "kv transfer: block_size 32 does not match this worker's 16"
+    );
 
     let mut theirs = ours.clone();
     theirs.kv_heads = 0..4;
     let err = ours.check_matches(&theirs).unwrap_err();
-    assert!(err.to_string().contains("kv_heads 0..4 does not match this worker's 2..6"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("kv_heads 0..4 does not match this worker's 2..6"),
+        "{err}"
+    );
 }
 
 #[test]
 fn header_validation_rejects_bad_blocks() {
     let mut h = header();
     h.dest_blocks = vec![1, 2, 1];
-    assert!(h.validate(None).unwrap_err().to_string().contains("block 1 is listed twice"));
+    assert!(
+        h.validate(None)
+            .unwrap_err()
+            .to_string()
+            .contains("block 1 is listed twice")
+    );
     let h = header();
-    assert!(h.validate(Some(12)).unwrap_err().to_string().contains("block 12 is outside"));
+    assert!(
+        h.validate(Some(12))
+            .unwrap_err()
+            .to_string()
+            .contains("block 12 is outside")
+    );
     assert!(h.validate(Some(13)).is_ok());
 }
 

@@ -53,6 +53,8 @@ struct Lease {
 #[derive(Debug)]
 struct Watcher {
     prefix: String,
+    /// Events before this revision are not for this watcher (it asked to start later).
+    from_revision: i64,
     events: mpsc::UnboundedSender<WatchEvent>,
 }
 
@@ -86,7 +88,9 @@ impl EmbeddedRegistry {
             compacted: 0,
             watchers: Vec::new(),
         };
-        let store = Arc::new(Store { state: Mutex::new(state) });
+        let store = Arc::new(Store {
+            state: Mutex::new(state),
+        });
         tokio::spawn(reap_expired_leases(Arc::downgrade(&store)));
         Self { store }
     }
@@ -100,8 +104,12 @@ async fn reap_expired_leases(store: Weak<Store>) {
         let Some(store) = store.upgrade() else { return };
         let mut state = store.lock();
         let now = Instant::now();
-        let expired: Vec<i64> =
-            state.leases.iter().filter(|(_, lease)| lease.deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<i64> = state
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in expired {
             state.drop_lease(id);
         }
@@ -110,8 +118,8 @@ async fn reap_expired_leases(store: Weak<Store>) {
 
 impl Store {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-written in a way later calls misread: every
-        // mutation completes before any send; so a poisoned lock is still usable.
+        // Nothing under this lock panics on reachable states (channel sends and map updates do not), so a poisoned
+        // lock can only follow a bug elsewhere on the same thread; the state itself is still whole.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -135,16 +143,32 @@ impl State {
                     if let Some(lease) = entry.lease.and_then(|id| self.leases.get_mut(&id)) {
                         lease.keys.insert(key.clone());
                     }
-                    let event = WatchEvent::Put { key: key.clone(), value: entry.value.clone(), mod_revision: revision };
+                    let event = WatchEvent::Put {
+                        key: key.clone(),
+                        value: entry.value.clone(),
+                        mod_revision: revision,
+                    };
                     self.entries.insert(key, entry);
                     event
                 }
                 None => {
                     self.entries.remove(&key);
-                    WatchEvent::Delete { key, mod_revision: revision }
+                    WatchEvent::Delete {
+                        key,
+                        mod_revision: revision,
+                    }
                 }
             };
-            self.watchers.retain(|watcher| !matches_prefix(&event, &watcher.prefix) || watcher.events.send(event.clone()).is_ok());
+            // Closed watchers go on any write, not only on a matching one, so dropped watches never pile up.
+            self.watchers.retain(|watcher| {
+                if watcher.events.is_closed() {
+                    return false;
+                }
+                if !matches_prefix(&event, &watcher.prefix) || revision < watcher.from_revision {
+                    return true;
+                }
+                watcher.events.send(event.clone()).is_ok()
+            });
             self.history.push_back(event);
         }
         while self.history.len() > HISTORY_LIMIT {
@@ -170,7 +194,10 @@ impl State {
             .take_while(|(key, _)| key.starts_with(prefix))
             .map(|(key, entry)| (key.clone(), entry.value.clone()))
             .collect();
-        PrefixListing { entries, revision: self.revision }
+        PrefixListing {
+            entries,
+            revision: self.revision,
+        }
     }
 }
 
@@ -185,7 +212,10 @@ fn matches_prefix(event: &WatchEvent, prefix: &str) -> bool {
 impl Registry for EmbeddedRegistry {
     async fn put(&self, key: &str, value: &str) -> Result<i64, RegistryError> {
         check_key(key)?;
-        let entry = Entry { value: value.to_owned(), lease: None };
+        let entry = Entry {
+            value: value.to_owned(),
+            lease: None,
+        };
         Ok(self.store.lock().commit(vec![(key.to_owned(), Some(entry))]))
     }
 
@@ -209,7 +239,10 @@ impl Registry for EmbeddedRegistry {
         let mut state = self.store.lock();
         if from_revision > 0 && from_revision <= state.compacted {
             let listing = state.listing(prefix);
-            let _ = events.send(WatchEvent::Resync { entries: listing.entries, revision: listing.revision });
+            let _ = events.send(WatchEvent::Resync {
+                entries: listing.entries,
+                revision: listing.revision,
+            });
         } else if from_revision > 0 {
             for event in state.history.iter().filter(|event| event.revision() >= from_revision) {
                 if matches_prefix(event, prefix) {
@@ -217,7 +250,11 @@ impl Registry for EmbeddedRegistry {
                 }
             }
         }
-        state.watchers.push(Watcher { prefix: prefix.to_owned(), events });
+        state.watchers.push(Watcher {
+            prefix: prefix.to_owned(),
+            from_revision,
+            events,
+        });
         Ok(WatchStream::new(receiver))
     }
 
@@ -234,8 +271,21 @@ impl LeaseBackend for Store {
         let mut state = self.lock();
         let id = state.next_lease;
         state.next_lease += 1;
-        state.leases.insert(id, Lease { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() });
-        state.commit(vec![(key.to_owned(), Some(Entry { value: value.to_owned(), lease: Some(id) }))]);
+        state.leases.insert(
+            id,
+            Lease {
+                ttl,
+                deadline: Instant::now() + ttl,
+                keys: BTreeSet::new(),
+            },
+        );
+        state.commit(vec![(
+            key.to_owned(),
+            Some(Entry {
+                value: value.to_owned(),
+                lease: Some(id),
+            }),
+        )]);
         Ok(id)
     }
 

@@ -97,18 +97,23 @@ impl RegistryError {
     }
 
     /// Wraps an etcd-client error, sorting transport failures (retryable) from refusals.
-    pub(crate) fn from_etcd(
-        endpoints: &str,
-        operation: &'static str,
-        key: &str,
-        source: etcd_client::Error,
-    ) -> Self {
+    pub(crate) fn from_etcd(endpoints: &str, operation: &'static str, key: &str, source: etcd_client::Error) -> Self {
         let endpoints = endpoints.to_owned();
         let key = key.to_owned();
         if is_transport_failure(&source) {
-            Self::Unavailable { endpoints, operation, key, source }
+            Self::Unavailable {
+                endpoints,
+                operation,
+                key,
+                source,
+            }
         } else {
-            Self::Rejected { endpoints, operation, key, source }
+            Self::Rejected {
+                endpoints,
+                operation,
+                key,
+                source,
+            }
         }
     }
 }
@@ -117,7 +122,7 @@ impl RegistryError {
 fn is_transport_failure(error: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match error {
-        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => true,
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
         E::GRpcStatus(status) => matches!(
             status.code(),
             Code::Unavailable

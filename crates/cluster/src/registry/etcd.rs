@@ -31,7 +31,10 @@ pub struct EtcdConfig {
 impl EtcdConfig {
     /// A configuration for `endpoints` with a 3 s call timeout.
     pub fn new(endpoints: Vec<String>) -> Self {
-        Self { endpoints, call_timeout: Duration::from_secs(3) }
+        Self {
+            endpoints,
+            call_timeout: Duration::from_secs(3),
+        }
     }
 }
 
@@ -65,7 +68,11 @@ impl EtcdRegistry {
             .with_keep_alive_while_idle(true);
         let connect = Client::connect(config.endpoints.clone(), Some(options));
         let client = bounded(&endpoints, "connect", "", config.call_timeout, connect).await?;
-        let registry = Self { client, endpoints, call_timeout: config.call_timeout };
+        let registry = Self {
+            client,
+            endpoints,
+            call_timeout: config.call_timeout,
+        };
         let mut client = registry.client.clone();
         registry.call("status", "", client.status()).await?;
         Ok(registry)
@@ -88,13 +95,21 @@ impl EtcdRegistry {
     async fn list(&self, prefix: &str) -> Result<PrefixListing, RegistryError> {
         let mut client = self.client.clone();
         let response = self
-            .call("get_prefix", prefix, client.get(prefix, Some(GetOptions::new().with_prefix())))
+            .call(
+                "get_prefix",
+                prefix,
+                client.get(prefix, Some(GetOptions::new().with_prefix())),
+            )
             .await?;
         let revision = response.header().map_or(0, |header| header.revision());
         let mut entries = Vec::with_capacity(response.kvs().len());
         for kv in response.kvs() {
-            let key = kv.key_str().map_err(|_| RegistryError::NotUtf8 { key: prefix.to_owned() })?;
-            let value = kv.value_str().map_err(|_| RegistryError::NotUtf8 { key: key.to_owned() })?;
+            let key = kv
+                .key_str()
+                .map_err(|_| RegistryError::NotUtf8 { key: prefix.to_owned() })?;
+            let value = kv
+                .value_str()
+                .map_err(|_| RegistryError::NotUtf8 { key: key.to_owned() })?;
             entries.push((key.to_owned(), value.to_owned()));
         }
         Ok(PrefixListing { entries, revision })
@@ -165,7 +180,10 @@ impl Registry for EtcdRegistry {
 impl LeaseBackend for EtcdRegistry {
     async fn grant_and_put(&self, key: &str, value: &str, ttl_secs: i64) -> Result<i64, RegistryError> {
         let mut client = self.client.clone();
-        let lease = self.call("lease grant", key, client.lease_grant(ttl_secs, None)).await?.id();
+        let lease = self
+            .call("lease grant", key, client.lease_grant(ttl_secs, None))
+            .await?
+            .id();
         let options = PutOptions::new().with_lease(lease);
         if let Err(error) = self.call("put", key, client.put(key, value, Some(options))).await {
             // An orphan lease would only expire by itself; revoke it now so it holds nothing longer than needed.
@@ -180,17 +198,19 @@ impl LeaseBackend for EtcdRegistry {
         match self.call("lease keep-alive", key, client.lease_keep_alive(lease)).await {
             Ok(_) => Ok(LeaseState::Alive),
             // etcd answers a keep-alive of an unknown lease with TTL 0, which the client reports this way.
-            Err(RegistryError::Rejected { source: etcd_client::Error::LeaseKeepAliveError(_), .. })
-            | Err(RegistryError::Unavailable { source: etcd_client::Error::LeaseKeepAliveError(_), .. }) => {
-                Ok(LeaseState::Expired)
-            }
+            Err(RegistryError::Rejected {
+                source: etcd_client::Error::LeaseKeepAliveError(_),
+                ..
+            }) => Ok(LeaseState::Expired),
             Err(error) => Err(error),
         }
     }
 
     async fn revoke(&self, key: &str, lease: i64) -> Result<(), RegistryError> {
         let mut client = self.client.clone();
-        self.call("lease revoke", key, client.lease_revoke(lease)).await.map(|_| ())
+        self.call("lease revoke", key, client.lease_revoke(lease))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -249,7 +269,9 @@ impl PrefixWatcher {
             options = options.with_start_revision(self.next_revision);
         }
         let mut client = self.registry.client.clone();
-        let opened = self.registry.call("watch", &self.prefix, client.watch(self.prefix.as_str(), Some(options)));
+        let opened = self
+            .registry
+            .call("watch", &self.prefix, client.watch(self.prefix.as_str(), Some(options)));
         let mut stream = match opened.await {
             Ok(stream) => stream,
             Err(error) => {
@@ -293,13 +315,20 @@ impl PrefixWatcher {
                 let mod_revision = kv.mod_revision();
                 let delivered = match event.event_type() {
                     EventType::Put => match kv.value_str() {
-                        Ok(value) => WatchEvent::Put { key: key.to_owned(), value: value.to_owned(), mod_revision },
+                        Ok(value) => WatchEvent::Put {
+                            key: key.to_owned(),
+                            value: value.to_owned(),
+                            mod_revision,
+                        },
                         Err(_) => {
                             tracing::warn!(key, "skipping a put whose value is not UTF-8");
                             continue;
                         }
                     },
-                    EventType::Delete => WatchEvent::Delete { key: key.to_owned(), mod_revision },
+                    EventType::Delete => WatchEvent::Delete {
+                        key: key.to_owned(),
+                        mod_revision,
+                    },
                 };
                 self.next_revision = mod_revision + 1;
                 if self.events.send(delivered).is_err() {
@@ -315,7 +344,10 @@ impl PrefixWatcher {
             match self.registry.list(&self.prefix).await {
                 Ok(listing) => {
                     self.next_revision = listing.revision + 1;
-                    let event = WatchEvent::Resync { entries: listing.entries, revision: listing.revision };
+                    let event = WatchEvent::Resync {
+                        entries: listing.entries,
+                        revision: listing.revision,
+                    };
                     return self.events.send(event).is_ok();
                 }
                 Err(error) => {

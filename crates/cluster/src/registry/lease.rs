@@ -43,10 +43,16 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A TTL in whole seconds (rounded up, at least 1), or an error naming `key`.
 pub(crate) fn ttl_seconds(key: &str, ttl: Duration) -> Result<i64, RegistryError> {
     if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
-        return Err(RegistryError::InvalidTtl { key: key.to_owned(), ttl });
+        return Err(RegistryError::InvalidTtl {
+            key: key.to_owned(),
+            ttl,
+        });
     }
     let whole = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-    i64::try_from(whole).map_err(|_| RegistryError::InvalidTtl { key: key.to_owned(), ttl })
+    i64::try_from(whole).map_err(|_| RegistryError::InvalidTtl {
+        key: key.to_owned(),
+        ttl,
+    })
 }
 
 /// Registers `key` = `value` under a fresh lease and starts its keep-alive task.
@@ -69,7 +75,12 @@ pub(crate) async fn register(
         lease: lease_tx,
     };
     let task = tokio::spawn(registration.run(cancel.clone()));
-    Ok(LeaseGuard { key: key.to_owned(), lease: lease_rx, cancel, task: Some(task) })
+    Ok(LeaseGuard {
+        key: key.to_owned(),
+        lease: lease_rx,
+        cancel,
+        task: Some(task),
+    })
 }
 
 /// The state of one registration, owned by its keep-alive task.
@@ -94,7 +105,13 @@ impl Registration {
                 () = tokio::time::sleep(delay) => {}
             }
             let lease = *self.lease.borrow();
-            let outcome = match self.backend.keep_alive(&self.key, lease).await {
+            // A keep-alive may wait out the call timeout while the registry is down; a revoke must not wait for it.
+            // Re-registration is not interrupted: cut short, it could leave the key under a lease nobody revokes.
+            let state = tokio::select! {
+                () = cancel.cancelled() => break,
+                state = self.backend.keep_alive(&self.key, lease) => state,
+            };
+            let outcome = match state {
                 Ok(LeaseState::Alive) => Ok(()),
                 Ok(LeaseState::Expired) => {
                     tracing::warn!(key = %self.key, lease, "lease expired; re-registering under a new lease");
@@ -127,7 +144,10 @@ impl Registration {
     }
 
     async fn reregister(&self) -> Result<(), RegistryError> {
-        let lease = self.backend.grant_and_put(&self.key, &self.value, self.ttl_secs).await?;
+        let lease = self
+            .backend
+            .grant_and_put(&self.key, &self.value, self.ttl_secs)
+            .await?;
         self.lease.send_replace(lease);
         tracing::info!(key = %self.key, lease, "re-registered");
         Ok(())
@@ -135,6 +155,9 @@ impl Registration {
 }
 
 /// Keeps one key registered; dropping it deregisters (revokes the lease from the keep-alive task).
+///
+/// Drop only asks the task to revoke; a process about to exit should `revoke().await` so the revoke is sent
+/// before the runtime stops, or the key lingers until its TTL runs out.
 #[derive(Debug)]
 pub struct LeaseGuard {
     key: String,

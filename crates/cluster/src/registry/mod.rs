@@ -63,10 +63,16 @@ pub trait Registry: Debug + Send + Sync {
 /// Rejects keys no backend should store: empty, or not starting with `/` (every cleave key is absolute).
 pub(crate) fn check_key(key: &str) -> Result<(), RegistryError> {
     if key.is_empty() {
-        return Err(RegistryError::InvalidKey { key: key.to_owned(), reason: "empty key" });
+        return Err(RegistryError::InvalidKey {
+            key: key.to_owned(),
+            reason: "empty key",
+        });
     }
     if !key.starts_with('/') {
-        return Err(RegistryError::InvalidKey { key: key.to_owned(), reason: "keys must start with `/`" });
+        return Err(RegistryError::InvalidKey {
+            key: key.to_owned(),
+            reason: "keys must start with `/`",
+        });
     }
     Ok(())
 }

@@ -84,7 +84,11 @@ async fn follow_workers(registry: Arc<dyn Registry>, prefix: String, publish: wa
             }
         }
     };
-    let mut snapshot = WorkerSnapshot { workers: BTreeMap::new(), revision: listing.revision, synced: true };
+    let mut snapshot = WorkerSnapshot {
+        workers: BTreeMap::new(),
+        revision: listing.revision,
+        synced: true,
+    };
     replace_all(&mut snapshot, &prefix, listing.entries);
     publish.send_replace(Arc::new(snapshot.clone()));
 
@@ -99,7 +103,11 @@ async fn follow_workers(registry: Arc<dyn Registry>, prefix: String, publish: wa
     };
     while let Some(event) = events.recv().await {
         match event {
-            WatchEvent::Put { key, value, mod_revision } => {
+            WatchEvent::Put {
+                key,
+                value,
+                mod_revision,
+            } => {
                 apply_put(&mut snapshot, &prefix, &key, &value);
                 snapshot.revision = mod_revision;
             }

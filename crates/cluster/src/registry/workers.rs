@@ -113,7 +113,9 @@ pub struct KeyLayout {
 
 impl Default for KeyLayout {
     fn default() -> Self {
-        Self { prefix: DEFAULT_PREFIX.to_owned() }
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
     }
 }
 
@@ -121,7 +123,10 @@ impl KeyLayout {
     /// A layout under `prefix`, which must start with `/`; a missing trailing `/` is added.
     pub fn new(prefix: &str) -> Result<Self, RegistryError> {
         if !prefix.starts_with('/') {
-            return Err(RegistryError::InvalidKey { key: prefix.to_owned(), reason: "the prefix must start with `/`" });
+            return Err(RegistryError::InvalidKey {
+                key: prefix.to_owned(),
+                reason: "the prefix must start with `/`",
+            });
         }
         let mut prefix = prefix.to_owned();
         if !prefix.ends_with('/') {

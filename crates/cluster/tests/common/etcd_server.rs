@@ -61,7 +61,10 @@ impl EtcdServer {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let child = Command::new("etcd")
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data.path().join("data").display()))

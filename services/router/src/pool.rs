@@ -1,0 +1,200 @@
+//! The workers a router sends to: their clients, their latest load, and the prefix index their KV events feed.
+//!
+//! Each worker has two background tasks. One follows its load reports. The other loads a `KvSnapshot`, then follows
+//! `SubscribeKvEvents` from the snapshot's sequence number; on a gap or a broken stream it starts over from a new
+//! snapshot, so a router restarted or reconnected rebuilds its index without a broker. While a worker is
+//! unreachable the router keeps its last known state but does not route to it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cleave_proto::v1;
+use cleave_proto::v1::worker_client::WorkerClient;
+use cleave_tokens::BlockHash;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::index::{PrefixIndex, WorkerIdx};
+use crate::policy::{Candidate, Decision, PolicyConfig, WorkerLoad, choose};
+
+const RETRY_DELAY: Duration = Duration::from_millis(250);
+const LOAD_INTERVAL_MS: u32 = 50;
+
+#[derive(Debug)]
+struct Slot {
+    idx: WorkerIdx,
+    addr: String,
+    client: WorkerClient<Channel>,
+    load: Mutex<WorkerLoad>,
+    /// Set while the load stream is up.
+    reachable: AtomicBool,
+}
+
+#[derive(Debug)]
+pub struct WorkerPool {
+    slots: Vec<Arc<Slot>>,
+    index: Arc<Mutex<PrefixIndex>>,
+    policy: PolicyConfig,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub worker: WorkerIdx,
+    pub addr: String,
+    pub client: WorkerClient<Channel>,
+    pub decision: Decision,
+}
+
+impl WorkerPool {
+    /// Connects (lazily) to each worker address and starts following its load and KV events.
+    pub fn start(addrs: &[String], policy: PolicyConfig) -> Result<WorkerPool, tonic::transport::Error> {
+        let index = Arc::new(Mutex::new(PrefixIndex::new()));
+        let mut slots = Vec::new();
+        let mut tasks = Vec::new();
+        for addr in addrs {
+            let channel = Endpoint::from_shared(addr.clone())?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy();
+            let idx = index.lock().map_or(0, |mut i| i.add_worker());
+            let slot = Arc::new(Slot {
+                idx,
+                addr: addr.clone(),
+                client: WorkerClient::new(channel),
+                load: Mutex::new(WorkerLoad::default()),
+                reachable: AtomicBool::new(false),
+            });
+            tasks.push(tokio::spawn(follow_load(slot.clone())));
+            tasks.push(tokio::spawn(follow_kv_events(slot.clone(), index.clone())));
+            slots.push(slot);
+        }
+        Ok(WorkerPool {
+            slots,
+            index,
+            policy,
+            tasks,
+        })
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.policy.block_size
+    }
+
+    /// Workers currently reachable.
+    pub fn reachable(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.reachable.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// The cheapest reachable worker for a prompt with these block hashes, counting the request against its load
+    /// at once so a burst spreads before the next load report arrives.
+    pub fn route(&self, hashes: &[BlockHash], prompt_tokens: usize) -> Option<Route> {
+        let mut matches = Vec::new();
+        if let Ok(index) = self.index.lock() {
+            index.match_prefix(hashes, &mut matches);
+        }
+        let candidates: Vec<Candidate> = self
+            .slots
+            .iter()
+            .filter(|s| s.reachable.load(Ordering::Relaxed))
+            .map(|s| Candidate {
+                worker: s.idx,
+                load: s.load.lock().map(|l| *l).unwrap_or_default(),
+                cached_blocks: matches.iter().find(|m| m.0 == s.idx).map_or(0, |m| m.1),
+            })
+            .collect();
+        let decision = choose(prompt_tokens, &candidates, &self.policy)?;
+        let slot = self.slots.iter().find(|s| s.idx == decision.worker)?;
+        if let Ok(mut load) = slot.load.lock() {
+            load.waiting += 1;
+            load.queued_prefill_tokens += (prompt_tokens - decision.cached_tokens) as u64;
+        }
+        Some(Route {
+            worker: slot.idx,
+            addr: slot.addr.clone(),
+            client: slot.client.clone(),
+            decision,
+        })
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn follow_load(slot: Arc<Slot>) {
+    loop {
+        let mut client = slot.client.clone();
+        match client
+            .subscribe_load(v1::SubscribeLoadRequest {
+                interval_ms: LOAD_INTERVAL_MS,
+            })
+            .await
+        {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                while let Ok(Some(report)) = stream.message().await {
+                    if let Ok(mut load) = slot.load.lock() {
+                        *load = WorkerLoad {
+                            running: report.running,
+                            waiting: report.waiting,
+                            queued_prefill_tokens: report.queued_prefill_tokens,
+                            free_blocks: report.free_blocks,
+                            total_blocks: report.total_blocks,
+                        };
+                    }
+                    slot.reachable.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(status) => tracing::debug!(worker = %slot.addr, %status, "load subscription failed"),
+        }
+        slot.reachable.store(false, Ordering::Relaxed);
+        tokio::time::sleep(RETRY_DELAY).await;
+    }
+}
+
+async fn follow_kv_events(slot: Arc<Slot>, index: Arc<Mutex<PrefixIndex>>) {
+    loop {
+        if let Err(status) = sync_kv_events(&slot, &index).await {
+            tracing::debug!(worker = %slot.addr, %status, "KV event stream ended; resynchronising");
+        }
+        tokio::time::sleep(RETRY_DELAY).await;
+    }
+}
+
+/// One snapshot-then-follow pass; returns when the stream breaks or skips a sequence number.
+async fn sync_kv_events(slot: &Slot, index: &Mutex<PrefixIndex>) -> Result<(), tonic::Status> {
+    let mut client = slot.client.clone();
+    // Subscribe from the snapshot's sequence number; events racing the snapshot are replayed and deduplicated.
+    let snapshot = client.kv_snapshot(v1::KvSnapshotRequest {}).await?.into_inner();
+    if let Ok(mut index) = index.lock() {
+        index.load_snapshot(
+            slot.idx,
+            snapshot.block_hashes.iter().map(|&h| BlockHash(h)),
+            snapshot.next_seq,
+        );
+    }
+    let mut stream = client
+        .subscribe_kv_events(v1::SubscribeKvEventsRequest {
+            from_seq: snapshot.next_seq,
+        })
+        .await?
+        .into_inner();
+    while let Some(batch) = stream.message().await? {
+        let Ok(mut index) = index.lock() else { return Ok(()) };
+        for e in batch.events {
+            if let Err(gap) = index.apply(slot.idx, e.seq, BlockHash(e.block_hash), e.removed) {
+                return Err(tonic::Status::out_of_range(gap.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
