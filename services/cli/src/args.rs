@@ -35,6 +35,23 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve one engine replica over the internal Worker gRPC API until SIGINT/SIGTERM.
     Worker(WorkerArgs),
+    /// Serve the public Generation gRPC API, routing each request to a worker by prefix cache and load.
+    Router(RouterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RouterArgs {
+    /// The model the workers serve (its tokenizer and chat template are loaded, not its weights).
+    #[arg(long, default_value = cleave_modelstore::DEFAULT_MODEL)]
+    pub model: String,
+
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: std::net::SocketAddr,
+
+    /// A worker's gRPC URL, e.g. http://127.0.0.1:50061; repeat for each worker.
+    #[arg(long = "worker", required = true)]
+    pub workers: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,16 @@ pub enum CliError {
     },
     #[error("the worker's gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    RouterServe(#[from] cleave_router::ServeError),
+    #[error(transparent)]
+    RouterModel(#[from] cleave_router::ModelInfoError),
+    #[error("--worker {url}: not a valid gRPC URL")]
+    WorkerUrl {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     #[error("cannot start the async runtime")]
     Runtime(#[source] io::Error),
 }
@@ -66,12 +76,14 @@ impl CliError {
                     | ModelStoreError::IncompleteHfDir { .. }
             ),
             CliError::Tokenizer(e) => matches!(e, TokenizerError::NoChatTemplate),
-            CliError::SyntheticModel { .. } => true,
+            CliError::SyntheticModel { .. } | CliError::WorkerUrl { .. } => true,
             CliError::ThreadPool { .. }
             | CliError::Stdout(_)
             | CliError::Json(_)
             | CliError::Listen { .. }
             | CliError::Serve(_)
+            | CliError::RouterServe(_)
+            | CliError::RouterModel(_)
             | CliError::Runtime(_) => false,
         };
         if invalid { EXIT_INVALID_ARGUMENT } else { EXIT_FAILURE }

@@ -10,6 +10,7 @@ mod error;
 mod generate;
 mod model;
 mod progress;
+mod router;
 mod worker;
 
 use std::io::Write;
@@ -61,6 +62,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Generate(args) => generate::generate(&args),
         Command::Bench(args) => bench(&args),
         Command::Worker(args) => worker::run_worker(&args),
+        Command::Router(args) => router::run_router(&args),
     }
 }
 

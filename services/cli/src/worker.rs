@@ -53,7 +53,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
 }
 
 /// Resolves on SIGINT or SIGTERM; in-flight streams end when the server drops them (their requests abort).
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -80,6 +80,17 @@ impl RouterService {
     }
 }
 
+/// A worker's own refusals pass through; a worker that broke (connection reset, process gone) becomes `UNAVAILABLE`
+/// naming it, so clients can tell "retry elsewhere" from "fix the request".
+fn worker_failure(addr: &str, status: Status) -> Status {
+    match status.code() {
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable => {
+            Status::unavailable(format!("worker {addr} failed: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("invalid argument '{field}': {message}"))
 }
@@ -117,8 +128,16 @@ impl Generation for RouterService {
             remote_prefill: None,
         };
         let mut client = route.client;
-        let stream = client.generate(forward).await?.into_inner();
-        Ok(Response::new(Box::pin(stream)))
+        let addr = route.addr;
+        let stream = client
+            .generate(forward)
+            .await
+            .map_err(|s| worker_failure(&addr, s))?
+            .into_inner();
+        Ok(Response::new(Box::pin(futures_util::StreamExt::map(
+            stream,
+            move |item| item.map_err(|s| worker_failure(&addr, s)),
+        ))))
     }
 
     async fn tokenize(&self, request: Request<v1::TokenizeRequest>) -> Result<Response<v1::TokenizeResponse>, Status> {

@@ -1,0 +1,167 @@
+//! A router and two workers as separate `cleave` processes on loopback: requests flow through the router, and a
+//! worker killed with SIGKILL ends its in-flight request with UNAVAILABLE while new requests succeed elsewhere.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cleave_proto::v1;
+use cleave_proto::v1::generation_client::GenerationClient;
+use cleave_proto::v1::worker_client::WorkerClient;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the process when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_cleave"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn until<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn greedy(prompt: &str, max_tokens: u32) -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        prompt: prompt.into(),
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_and_workers_as_processes_survive_a_killed_worker() {
+    let ports = [free_port(), free_port()];
+    let mut workers: Vec<Option<Proc>> = ports
+        .iter()
+        .map(|p| {
+            Some(spawn(&[
+                "worker",
+                "--listen",
+                &format!("127.0.0.1:{p}"),
+                "--kv-cache-mib",
+                "128",
+            ]))
+        })
+        .collect();
+    let router_port = free_port();
+    let worker_urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let mut router_args = vec![
+        "router".to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{router_port}"),
+    ];
+    for url in &worker_urls {
+        router_args.extend(["--worker".to_string(), url.clone()]);
+    }
+    let _router = spawn(&router_args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let mut client = until("router", || async {
+        GenerationClient::connect(format!("http://127.0.0.1:{router_port}"))
+            .await
+            .ok()
+    })
+    .await;
+    // Both workers must be up and known to the router before the first request.
+    for url in &worker_urls {
+        until("worker", || async { WorkerClient::connect(url.clone()).await.ok() }).await;
+    }
+    let first = until("a first answer", || {
+        let mut client = client.clone();
+        async move {
+            let mut stream = client
+                .generate(greedy("The capital of France is", 4))
+                .await
+                .ok()?
+                .into_inner();
+            let mut ids = Vec::new();
+            while let Some(msg) = stream.message().await.ok()? {
+                ids.extend(msg.token_ids);
+            }
+            Some(ids)
+        }
+    })
+    .await;
+    assert_eq!(first, vec![7042, 30, 198, 198]);
+
+    // A long generation; find the worker running it, then SIGKILL that worker.
+    let mut long = client
+        .generate(greedy("Count from one to one thousand:", 2000))
+        .await
+        .unwrap()
+        .into_inner();
+    long.message().await.unwrap().unwrap();
+    let mut busy = None;
+    for (i, url) in worker_urls.iter().enumerate() {
+        let mut w = WorkerClient::connect(url.clone()).await.unwrap();
+        let mut load = w
+            .subscribe_load(v1::SubscribeLoadRequest { interval_ms: 10 })
+            .await
+            .unwrap()
+            .into_inner();
+        if load.message().await.unwrap().unwrap().running > 0 {
+            busy = Some(i);
+        }
+    }
+    let busy = busy.expect("one worker runs the long request");
+    drop(workers[busy].take());
+    let err = loop {
+        match long.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended cleanly although its worker was killed"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // New requests go to the surviving worker.
+    let again = until("an answer after the kill", || {
+        let mut client = client.clone();
+        async move {
+            let mut stream = client
+                .generate(greedy("The capital of France is", 4))
+                .await
+                .ok()?
+                .into_inner();
+            let mut ids = Vec::new();
+            while let Some(msg) = stream.message().await.ok()? {
+                ids.extend(msg.token_ids);
+            }
+            Some(ids)
+        }
+    })
+    .await;
+    assert_eq!(again, vec![7042, 30, 198, 198]);
+    drop(workers);
+}
