@@ -65,7 +65,10 @@ fn validation_names_the_field() {
     let cases: [(&str, Breaker); 5] = [
         ("id", |r| r.id = "a/b".to_owned()),
         ("model", |r| r.model.clear()),
-        ("kv_transports", |r| r.kv_transports.clear()),
+        ("kv_transports", |r| {
+            r.role = WorkerRole::Decode;
+            r.kv_transports.clear()
+        }),
         ("block_size", |r| r.block_size = 0),
         ("parallel", |r| r.parallel.tensor = 0),
     ];

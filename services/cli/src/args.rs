@@ -49,9 +49,13 @@ pub struct RouterArgs {
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: std::net::SocketAddr,
 
-    /// A worker's gRPC URL, e.g. http://127.0.0.1:50061; repeat for each worker.
-    #[arg(long = "worker", required = true)]
+    /// A worker's gRPC URL, e.g. http://127.0.0.1:50061; repeat for each worker. With --etcd, workers are also
+    /// discovered from the registry.
+    #[arg(long = "worker", required_unless_present = "etcd")]
     pub workers: Vec<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +75,33 @@ pub struct WorkerArgs {
     /// Tokens per scheduler step (prefill chunks plus decodes).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// This worker's id in the registry (default: worker-<host>-<port>).
+    #[arg(long)]
+    pub id: Option<String>,
+
+    /// The URL routers should use to reach this worker (default: http://<listen address>).
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// Seconds the registration outlives this process if it dies without deregistering.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl_secs: u64,
+}
+
+/// Where the control plane is.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// etcd endpoint(s), comma-separated, e.g. http://127.0.0.1:2379. Without it nothing registers.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// Key prefix in etcd.
+    #[arg(long, default_value = cleave_cluster::registry::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
 }
 
 #[derive(Debug, Subcommand)]

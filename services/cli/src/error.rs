@@ -51,6 +51,8 @@ pub enum CliError {
     RouterServe(#[from] cleave_router::ServeError),
     #[error(transparent)]
     RouterModel(#[from] cleave_router::ModelInfoError),
+    #[error(transparent)]
+    Registry(#[from] cleave_cluster::registry::RegistryError),
     #[error("--worker {url}: not a valid gRPC URL")]
     WorkerUrl {
         url: String,
@@ -84,6 +86,7 @@ impl CliError {
             | CliError::Serve(_)
             | CliError::RouterServe(_)
             | CliError::RouterModel(_)
+            | CliError::Registry(_)
             | CliError::Runtime(_) => false,
         };
         if invalid { EXIT_INVALID_ARGUMENT } else { EXIT_FAILURE }

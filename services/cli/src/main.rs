@@ -10,6 +10,7 @@ mod error;
 mod generate;
 mod model;
 mod progress;
+mod registry;
 mod router;
 mod worker;
 

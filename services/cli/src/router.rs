@@ -1,13 +1,15 @@
-//! `cleave router`: the public Generation API in front of a set of workers.
+//! `cleave router`: the public Generation API in front of workers given by `--worker` and/or found in etcd.
 
 use std::sync::Arc;
 
+use cleave_cluster::registry::{RegistryView, WorkerRole};
 use cleave_router::policy::PolicyConfig;
 use cleave_router::{RouterModel, RouterService, WorkerPool, grpc_url, serve};
 
 use crate::args::RouterArgs;
 use crate::error::CliError;
 use crate::model::{self, ModelPath};
+use crate::registry;
 use crate::worker::shutdown_signal;
 
 pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
@@ -29,10 +31,21 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
-        let pool = WorkerPool::start(&args.workers, PolicyConfig::default()).map_err(|source| CliError::WorkerUrl {
-            url: args.workers.join(","),
-            source,
-        })?;
+        let pool = Arc::new(WorkerPool::start(&args.workers, PolicyConfig::default()));
+        // Kept alive for the router's lifetime: dropping the view stops following the registry.
+        let _view = match registry::connect(&args.registry).await? {
+            Some((registry, layout)) => {
+                let view = RegistryView::start(registry, &layout);
+                tokio::spawn(follow_registry(
+                    view.subscribe(),
+                    pool.clone(),
+                    args.workers.clone(),
+                    name.clone(),
+                ));
+                Some(view)
+            }
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|source| CliError::Listen {
@@ -43,17 +56,36 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
             addr: args.listen,
             source,
         })?;
-        eprintln!(
-            "cleave router: {name} on {} -> {} worker(s)",
-            grpc_url(addr),
-            args.workers.len()
-        );
-        let service = RouterService::new(
-            Arc::new(router_model),
-            Arc::new(pool),
-            format!("router-{}", std::process::id()),
-        );
+        eprintln!("cleave router: {name} on {}", grpc_url(addr));
+        let service = RouterService::new(Arc::new(router_model), pool, format!("router-{}", std::process::id()));
         serve(service, listener, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Keeps the pool equal to the static workers plus the registered workers serving this model end to end. While
+/// etcd is unreachable the view keeps its last snapshot, so the pool does not change.
+async fn follow_registry(
+    mut snapshots: tokio::sync::watch::Receiver<Arc<cleave_cluster::registry::WorkerSnapshot>>,
+    pool: Arc<WorkerPool>,
+    static_workers: Vec<String>,
+    model: String,
+) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        if snapshot.synced {
+            let mut addrs = static_workers.clone();
+            addrs.extend(
+                snapshot
+                    .workers
+                    .values()
+                    .filter(|w| w.model == model && matches!(w.role, WorkerRole::Both | WorkerRole::Decode))
+                    .map(|w| w.grpc_addr.clone()),
+            );
+            pool.set_workers(&addrs);
+        }
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -1,14 +1,16 @@
-//! `cleave worker`: one engine replica serving the internal Worker gRPC API.
+//! `cleave worker`: one engine replica serving the internal Worker gRPC API, registered in etcd with `--etcd`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use cleave_cluster::registry::{ParallelLayout, WorkerRecord, WorkerRole, register_worker};
 use cleave_engine::scheduler::SchedulerConfig;
 use cleave_engine::{Engine, EngineConfig, load_model};
 use cleave_worker::{WorkerService, serve};
 
 use crate::args::WorkerArgs;
 use crate::error::CliError;
-use crate::model;
+use crate::{model, registry};
 
 pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
@@ -38,17 +40,42 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
             addr: args.listen,
             source,
         })?;
+        let registration = match registry::connect(&args.registry).await? {
+            Some((registry, layout)) => {
+                let record = WorkerRecord {
+                    id: args
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| format!("worker-{}-{}", addr.ip(), addr.port())),
+                    role: WorkerRole::Both,
+                    model: name.clone(),
+                    grpc_addr: args.advertise.clone().unwrap_or_else(|| format!("http://{addr}")),
+                    kv_addr: String::new(),
+                    kv_transports: Vec::new(),
+                    block_size: block_size as u32,
+                    capacity_blocks: engine.kv_blocks() as u64,
+                    parallel: ParallelLayout::default(),
+                };
+                let ttl = Duration::from_secs(args.lease_ttl_secs);
+                Some(register_worker(registry.as_ref(), &layout, &record, ttl).await?)
+            }
+            None => None,
+        };
         eprintln!(
             "cleave worker: {name} on grpc://{addr} ({} KV blocks)",
             engine.kv_blocks()
         );
-        serve(
+        let served = serve(
             WorkerService::new(engine.clone(), block_size),
             listener,
             shutdown_signal(),
         )
-        .await
-        .map_err(CliError::Serve)
+        .await;
+        if let Some(lease) = registration {
+            // Deregister before exiting so routers stop at once instead of after the lease's TTL.
+            lease.revoke().await;
+        }
+        served.map_err(CliError::Serve)
     })
 }
 

@@ -6,7 +6,7 @@
 //! unreachable the router keeps its last known state but does not route to it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cleave_proto::v1;
@@ -31,12 +31,26 @@ struct Slot {
     reachable: AtomicBool,
 }
 
+/// A worker and the two tasks following it; dropping it stops them.
+#[derive(Debug)]
+struct Member {
+    slot: Arc<Slot>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct WorkerPool {
-    slots: Vec<Arc<Slot>>,
+    members: RwLock<Vec<Member>>,
     index: Arc<Mutex<PrefixIndex>>,
     policy: PolicyConfig,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Where a request goes.
@@ -49,33 +63,69 @@ pub struct Route {
 }
 
 impl WorkerPool {
-    /// Connects (lazily) to each worker address and starts following its load and KV events.
-    pub fn start(addrs: &[String], policy: PolicyConfig) -> Result<WorkerPool, tonic::transport::Error> {
-        let index = Arc::new(Mutex::new(PrefixIndex::new()));
-        let mut slots = Vec::new();
-        let mut tasks = Vec::new();
+    pub fn new(policy: PolicyConfig) -> WorkerPool {
+        WorkerPool {
+            members: RwLock::new(Vec::new()),
+            index: Arc::new(Mutex::new(PrefixIndex::new())),
+            policy,
+        }
+    }
+
+    /// A pool over a fixed list of worker URLs.
+    pub fn start(addrs: &[String], policy: PolicyConfig) -> WorkerPool {
+        let pool = WorkerPool::new(policy);
+        pool.set_workers(addrs);
+        pool
+    }
+
+    /// Makes the pool follow exactly these worker URLs: new ones are connected (lazily) and followed, gone ones
+    /// are dropped from routing and from the prefix index. An address that is not a valid URL is skipped with a
+    /// warning (one bad registration must not freeze membership).
+    pub fn set_workers(&self, addrs: &[String]) {
+        let mut fresh = Vec::new();
         for addr in addrs {
-            let channel = Endpoint::from_shared(addr.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy();
-            let idx = index.lock().map_or(0, |mut i| i.add_worker());
+            let known = self
+                .members
+                .read()
+                .map(|m| m.iter().any(|m| &m.slot.addr == addr))
+                .unwrap_or(false);
+            if !known && !fresh.iter().any(|(a, _): &(String, Channel)| a == addr) {
+                match Endpoint::from_shared(addr.clone()) {
+                    Ok(endpoint) => {
+                        fresh.push((
+                            addr.clone(),
+                            endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy(),
+                        ));
+                    }
+                    Err(e) => tracing::warn!(worker = %addr, error = %e, "not a valid worker URL; skipped"),
+                }
+            }
+        }
+        let Ok(mut members) = self.members.write() else { return };
+        let Ok(mut index) = self.index.lock() else { return };
+        members.retain(|m| {
+            let keep = addrs.contains(&m.slot.addr);
+            if !keep {
+                tracing::info!(worker = %m.slot.addr, "worker left the pool");
+                index.remove_worker(m.slot.idx);
+            }
+            keep
+        });
+        for (addr, channel) in fresh {
+            tracing::info!(worker = %addr, "worker joined the pool");
             let slot = Arc::new(Slot {
-                idx,
-                addr: addr.clone(),
+                idx: index.add_worker(),
+                addr,
                 client: WorkerClient::new(channel),
                 load: Mutex::new(WorkerLoad::default()),
                 reachable: AtomicBool::new(false),
             });
-            tasks.push(tokio::spawn(follow_load(slot.clone())));
-            tasks.push(tokio::spawn(follow_kv_events(slot.clone(), index.clone())));
-            slots.push(slot);
+            let tasks = [
+                tokio::spawn(follow_load(slot.clone())),
+                tokio::spawn(follow_kv_events(slot.clone(), self.index.clone())),
+            ];
+            members.push(Member { slot, tasks });
         }
-        Ok(WorkerPool {
-            slots,
-            index,
-            policy,
-            tasks,
-        })
     }
 
     pub fn block_size(&self) -> usize {
@@ -84,10 +134,9 @@ impl WorkerPool {
 
     /// Workers currently reachable.
     pub fn reachable(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.reachable.load(Ordering::Relaxed))
-            .count()
+        self.members.read().map_or(0, |m| {
+            m.iter().filter(|m| m.slot.reachable.load(Ordering::Relaxed)).count()
+        })
     }
 
     /// The cheapest reachable worker for a prompt with these block hashes, counting the request against its load
@@ -97,9 +146,10 @@ impl WorkerPool {
         if let Ok(index) = self.index.lock() {
             index.match_prefix(hashes, &mut matches);
         }
-        let candidates: Vec<Candidate> = self
-            .slots
+        let members = self.members.read().ok()?;
+        let candidates: Vec<Candidate> = members
             .iter()
+            .map(|m| &m.slot)
             .filter(|s| s.reachable.load(Ordering::Relaxed))
             .map(|s| Candidate {
                 worker: s.idx,
@@ -108,7 +158,7 @@ impl WorkerPool {
             })
             .collect();
         let decision = choose(prompt_tokens, &candidates, &self.policy)?;
-        let slot = self.slots.iter().find(|s| s.idx == decision.worker)?;
+        let slot = &members.iter().find(|m| m.slot.idx == decision.worker)?.slot;
         if let Ok(mut load) = slot.load.lock() {
             load.waiting += 1;
             load.queued_prefill_tokens += (prompt_tokens - decision.cached_tokens) as u64;
@@ -119,14 +169,6 @@ impl WorkerPool {
             client: slot.client.clone(),
             decision,
         })
-    }
-}
-
-impl Drop for WorkerPool {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }
 

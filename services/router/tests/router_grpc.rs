@@ -88,7 +88,7 @@ async fn start_cluster(n_workers: usize) -> Cluster {
         stops.push(tx);
     }
     let model = Arc::new(RouterModel::from_gguf("smollm2-135m", &model_path()).unwrap());
-    let pool = Arc::new(WorkerPool::start(&addrs, PolicyConfig::default()).unwrap());
+    let pool = Arc::new(WorkerPool::start(&addrs, PolicyConfig::default()));
     let deadline = Instant::now() + Duration::from_secs(20);
     while pool.reachable() < n_workers {
         assert!(Instant::now() < deadline, "workers never became reachable");

@@ -45,7 +45,8 @@ pub struct WorkerRecord {
     pub grpc_addr: String,
     /// Where the worker accepts KV-block transfers (`host:port`).
     pub kv_addr: String,
-    /// KV transports the worker speaks, most preferred first (e.g. `tcp`, `nccl`, `cuda_ipc`).
+    /// KV transports the worker speaks, most preferred first (e.g. `tcp`, `nccl`, `cuda_ipc`); empty for a
+    /// both-role worker that only serves requests end to end.
     pub kv_transports: Vec<String>,
     /// Tokens per KV block.
     pub block_size: u32,
@@ -72,8 +73,11 @@ impl WorkerRecord {
         if self.grpc_addr.is_empty() {
             return Err(invalid("grpc_addr", "must be non-empty"));
         }
-        if self.kv_transports.is_empty() {
-            return Err(invalid("kv_transports", "must name at least one transport"));
+        if self.role != WorkerRole::Both && self.kv_transports.is_empty() {
+            return Err(invalid(
+                "kv_transports",
+                "a prefill or decode worker must name at least one KV transport",
+            ));
         }
         if self.block_size == 0 {
             return Err(invalid("block_size", "must be at least 1"));

@@ -1,0 +1,139 @@
+//! Workers register in a real etcd and the router discovers them there: a worker that joins is used, one killed
+//! with SIGKILL disappears when its lease expires, and serving goes on through the survivor.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+#[path = "../../../crates/cluster/tests/common/etcd_server.rs"]
+#[allow(dead_code)] // the cluster crate's etcd test server, shared; this test never restarts etcd
+mod etcd_server;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cleave_proto::v1;
+use cleave_proto::v1::generation_client::GenerationClient;
+use etcd_server::EtcdServer;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[String]) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_cleave"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn worker(etcd: &str, id: &str) -> Proc {
+    let port = free_port();
+    spawn(&[
+        "worker".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--kv-cache-mib".into(),
+        "64".into(),
+        "--etcd".into(),
+        etcd.into(),
+        "--id".into(),
+        id.into(),
+        "--lease-ttl-secs".into(),
+        "2".into(),
+    ])
+}
+
+async fn answer(client: &GenerationClient<tonic::transport::Channel>) -> Option<Vec<u32>> {
+    let mut client = client.clone();
+    let req = v1::GenerateRequest {
+        prompt: "The capital of France is".into(),
+        max_tokens: Some(4),
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let mut stream = client.generate(req).await.ok()?.into_inner();
+    let mut ids = Vec::new();
+    while let Some(msg) = stream.message().await.ok()? {
+        ids.extend(msg.token_ids);
+    }
+    Some(ids)
+}
+
+async fn registered(etcd: &str) -> usize {
+    let Ok(mut client) = etcd_client::Client::connect([etcd], None).await else {
+        return usize::MAX;
+    };
+    let opts = etcd_client::GetOptions::new().with_prefix();
+    client
+        .get("/cleave/v1/workers/", Some(opts))
+        .await
+        .map_or(usize::MAX, |r| r.kvs().len())
+}
+
+async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_follows_workers_registered_in_etcd() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let endpoint = etcd.endpoint();
+    let first = worker(&endpoint, "w1");
+    until("w1 registered", async || registered(&endpoint).await == 1).await;
+
+    let router_port = free_port();
+    let _router = spawn(&[
+        "router".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{router_port}"),
+        "--etcd".into(),
+        endpoint.clone(),
+    ]);
+    let mut client = None;
+    until("the router", async || {
+        client = GenerationClient::connect(format!("http://127.0.0.1:{router_port}"))
+            .await
+            .ok();
+        client.is_some()
+    })
+    .await;
+    let client = client.unwrap();
+    let golden = [7042, 30, 198, 198];
+    until("an answer through w1", async || {
+        answer(&client).await.as_deref() == Some(&golden[..])
+    })
+    .await;
+
+    // A second worker joins; the first is killed without deregistering. Its lease (2 s) expires, and requests
+    // keep being answered by the second.
+    let _second = worker(&endpoint, "w2");
+    until("w2 registered", async || registered(&endpoint).await == 2).await;
+    drop(first);
+    until("w1's lease expired", async || registered(&endpoint).await == 1).await;
+    for _ in 0..3 {
+        until("an answer through w2", async || {
+            answer(&client).await.as_deref() == Some(&golden[..])
+        })
+        .await;
+    }
+}
