@@ -37,6 +37,38 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Serve the public Generation gRPC API, routing each request to a worker by prefix cache and load.
     Router(RouterArgs),
+    /// One process, the whole cluster: a router and workers on loopback, with an embedded registry (or --etcd).
+    Up(UpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// A model name, a .gguf file or a Hugging Face model directory; a named model is pulled on first use.
+    #[arg(long, default_value = cleave_modelstore::DEFAULT_MODEL)]
+    pub model: String,
+
+    /// Address the router serves the public gRPC API on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: std::net::SocketAddr,
+
+    /// Worker replicas to start (each loads the model).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub workers: u16,
+
+    /// Memory for each worker's KV cache, in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kv_cache_mib: u32,
+
+    /// Once up, stream a greedy completion of this prompt through the router (then keep serving).
+    #[arg(long)]
+    pub prompt: Option<String>,
+
+    /// Tokens for the --prompt sample.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]

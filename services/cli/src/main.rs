@@ -12,6 +12,7 @@ mod model;
 mod progress;
 mod registry;
 mod router;
+mod up;
 mod worker;
 
 use std::io::Write;
@@ -64,6 +65,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench(&args),
         Command::Worker(args) => worker::run_worker(&args),
         Command::Router(args) => router::run_router(&args),
+        Command::Up(args) => up::run_up(&args),
     }
 }
 

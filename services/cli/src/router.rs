@@ -65,7 +65,7 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
 
 /// Keeps the pool equal to the static workers plus the registered workers serving this model end to end. While
 /// etcd is unreachable the view keeps its last snapshot, so the pool does not change.
-async fn follow_registry(
+pub async fn follow_registry(
     mut snapshots: tokio::sync::watch::Receiver<Arc<cleave_cluster::registry::WorkerSnapshot>>,
     pool: Arc<WorkerPool>,
     static_workers: Vec<String>,

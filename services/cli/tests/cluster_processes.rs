@@ -165,3 +165,67 @@ async fn router_and_workers_as_processes_survive_a_killed_worker() {
     assert_eq!(again, vec![7042, 30, 198, 198]);
     drop(workers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleave_up_streams_the_sample_and_serves_requests_until_sigterm() {
+    use std::io::Read;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cleave"))
+        .args([
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--prompt",
+            "The capital of France is",
+        ])
+        .args(["--max-tokens", "4", "--kv-cache-mib", "64"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 256];
+        while !text.contains('\n') {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        text
+    });
+    let mut client = until("cleave up's router", || async {
+        GenerationClient::connect(format!("http://127.0.0.1:{port}")).await.ok()
+    })
+    .await;
+    let sample = reader.join().unwrap();
+    assert!(sample.starts_with("The capital of France is Paris."), "{sample:?}");
+    let mut stream = client
+        .generate(greedy("The capital of France is", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        ids.extend(msg.token_ids);
+    }
+    assert_eq!(ids, vec![7042, 30]);
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "cleave up ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}

@@ -1,0 +1,167 @@
+//! `cleave up`: the whole cluster in one process — workers and a router talking gRPC on loopback, discovering each
+//! other through an embedded registry (the same leases and watches as etcd), or through etcd with `--etcd`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cleave_cluster::registry::{
+    EmbeddedRegistry, KeyLayout, LeaseGuard, ParallelLayout, Registry, RegistryView, WorkerRecord, WorkerRole,
+    register_worker,
+};
+use cleave_engine::{Engine, EngineConfig, load_model};
+use cleave_proto::v1;
+use cleave_router::policy::PolicyConfig;
+use cleave_router::{RouterModel, RouterService, WorkerPool, grpc_url, serve};
+use cleave_worker::WorkerService;
+
+use crate::args::UpArgs;
+use crate::error::CliError;
+use crate::model::{self, ModelPath};
+use crate::registry;
+use crate::router::follow_registry;
+use crate::worker::shutdown_signal;
+
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+pub fn run_up(args: &UpArgs) -> Result<(), CliError> {
+    let (name, path) = model::locate(&args.model)?;
+    let router_model = match &path {
+        ModelPath::Gguf(file) => RouterModel::from_gguf(&name, file)?,
+        ModelPath::HfDir(dir) => RouterModel::from_hf_dir(&name, dir)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let (registry, layout): (Arc<dyn Registry>, KeyLayout) = match registry::connect(&args.registry).await? {
+            Some(found) => found,
+            None => (
+                Arc::new(EmbeddedRegistry::new()),
+                KeyLayout::new(&args.registry.etcd_prefix)?,
+            ),
+        };
+        let mut leases = Vec::new();
+        for i in 0..args.workers {
+            leases.push(start_worker(args, &path, &name, i, registry.as_ref(), &layout).await?);
+        }
+        let pool = Arc::new(WorkerPool::new(PolicyConfig::default()));
+        let view = RegistryView::start(registry.clone(), &layout);
+        tokio::spawn(follow_registry(
+            view.subscribe(),
+            pool.clone(),
+            Vec::new(),
+            name.clone(),
+        ));
+
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| CliError::Listen {
+                addr: args.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| CliError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+        eprintln!(
+            "cleave up: {name}, {} worker(s), router on {}",
+            args.workers,
+            grpc_url(addr)
+        );
+        eprintln!(
+            "try: grpcurl -plaintext -d '{{\"prompt\":\"The capital of France is\",\"max_tokens\":16}}' {addr} \
+             cleave.v1.Generation/Generate"
+        );
+        if let Some(prompt) = args.prompt.clone() {
+            tokio::spawn(sample(format!("http://{addr}"), prompt, args.max_tokens, pool.clone()));
+        }
+        let service = RouterService::new(Arc::new(router_model), pool, "up".to_string());
+        let served = serve(service, listener, shutdown_signal()).await;
+        for lease in leases {
+            lease.revoke().await;
+        }
+        drop(view);
+        served.map_err(CliError::from)
+    })
+}
+
+/// Loads one engine, serves it on an ephemeral loopback port, and registers it.
+async fn start_worker(
+    args: &UpArgs,
+    path: &ModelPath,
+    name: &str,
+    i: u16,
+    registry: &dyn Registry,
+    layout: &KeyLayout,
+) -> Result<LeaseGuard, CliError> {
+    let (weights, tokenizer) = load_model(path.files())?;
+    let config = EngineConfig {
+        kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
+        ..EngineConfig::default()
+    };
+    let block_size = config.scheduler.block_size;
+    let engine = Arc::new(Engine::start(weights, Arc::new(tokenizer), config)?);
+    let probe = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = tokio::net::TcpListener::bind(probe)
+        .await
+        .map_err(|source| CliError::Listen { addr: probe, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| CliError::Listen { addr: probe, source })?;
+    let record = WorkerRecord {
+        id: format!("up-worker-{i}"),
+        role: WorkerRole::Both,
+        model: name.to_string(),
+        grpc_addr: format!("http://{addr}"),
+        kv_addr: String::new(),
+        kv_transports: Vec::new(),
+        block_size: block_size as u32,
+        capacity_blocks: engine.kv_blocks() as u64,
+        parallel: ParallelLayout::default(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = cleave_worker::serve(WorkerService::new(engine, block_size), listener, shutdown_signal()).await
+        {
+            tracing::error!(error = %e, "worker {i} stopped");
+        }
+    });
+    Ok(register_worker(registry, layout, &record, LEASE_TTL).await?)
+}
+
+/// Streams one greedy completion through the router to stdout, once a worker is reachable.
+async fn sample(url: String, prompt: String, max_tokens: u32, pool: Arc<WorkerPool>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.reachable() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let request = v1::GenerateRequest {
+        prompt: prompt.clone(),
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let result = async {
+        let mut client = v1::generation_client::GenerationClient::connect(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = client.generate(request).await.map_err(|e| e.to_string())?.into_inner();
+        print_flushed(&prompt);
+        while let Some(msg) = stream.message().await.map_err(|e| e.to_string())? {
+            print_flushed(&msg.text);
+        }
+        print_flushed("\n");
+        Ok::<(), String>(())
+    };
+    if let Err(e) = result.await {
+        eprintln!("sample request failed: {e}");
+    }
+}
+
+/// Writes text to stdout at once (no lock held across awaits).
+fn print_flushed(text: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout only loses the sample's echo; the cluster keeps serving.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
