@@ -119,6 +119,10 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub advertise: Option<String>,
 
+    /// On SIGTERM, seconds to let in-flight requests finish before aborting them.
+    #[arg(long, default_value_t = 30)]
+    pub drain_secs: u64,
+
     /// Seconds the registration outlives this process if it dies without deregistering.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl_secs: u64,

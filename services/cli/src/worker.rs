@@ -65,21 +65,38 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
             "cleave worker: {name} on grpc://{addr} ({} KV blocks)",
             engine.kv_blocks()
         );
-        let served = serve(
-            WorkerService::new(engine.clone(), block_size),
-            listener,
-            shutdown_signal(),
-        )
-        .await;
-        if let Some(lease) = registration {
-            // Deregister before exiting so routers stop at once instead of after the lease's TTL.
-            lease.revoke().await;
+        // On SIGTERM: deregister first, so routers stop sending here, then let in-flight streams finish (the
+        // server stops accepting new calls and waits for the open ones).
+        // Requests still running `--drain-secs` after the signal are aborted (their KV blocks freed).
+        let (signalled, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let drain = async move {
+            shutdown_signal().await;
+            let _ = signalled.send(());
+            if let Some(lease) = registration {
+                lease.revoke().await;
+            }
+        };
+        let drain_timeout = Duration::from_secs(args.drain_secs);
+        let deadline = async move {
+            if drain_started.await.is_ok() {
+                tokio::time::sleep(drain_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = serve(WorkerService::new(engine.clone(), block_size), listener, drain) => {
+                served.map_err(CliError::Serve)
+            }
+            () = deadline => {
+                eprintln!("cleave worker: drain timed out after {drain_timeout:?}; aborting in-flight requests");
+                Ok(())
+            }
         }
-        served.map_err(CliError::Serve)
     })
 }
 
-/// Resolves on SIGINT or SIGTERM; in-flight streams end when the server drops them (their requests abort).
+/// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -88,3 +88,74 @@ fn a_port_in_use_is_a_clear_error() {
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_aborts_at_the_deadline() {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cleave"))
+        .args([
+            "worker",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--kv-cache-mib",
+            "128",
+            "--drain-secs",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        if let Ok(c) = WorkerClient::connect(format!("http://127.0.0.1:{port}")).await {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "worker did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let request = v1::WorkerGenerateRequest {
+        request_id: "long".into(),
+        prompt_token_ids: vec![504, 3575, 282, 4649, 314],
+        sampling: Some(v1::GenerateRequest {
+            max_tokens: Some(2000),
+            temperature: Some(0.0),
+            ignore_eos: true,
+            ..Default::default()
+        }),
+        remote_prefill: None,
+    };
+    let mut stream = client.generate(request).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    let signalled = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut after = 0;
+    while let Ok(Some(msg)) = stream.message().await {
+        after += msg.token_ids.len();
+    }
+    assert!(
+        after > 5,
+        "the in-flight request kept running while draining ({after} tokens)"
+    );
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "worker did not stop after its drain deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "stopped before the drain deadline"
+    );
+}
