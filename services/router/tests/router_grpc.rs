@@ -58,6 +58,7 @@ struct Cluster {
     client: GenerationClient<Channel>,
     channel: Channel,
     engines: Vec<Arc<Engine>>,
+    worker_urls: Vec<String>,
     _stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -87,10 +88,23 @@ async fn start_cluster(n_workers: usize) -> Cluster {
         addrs.push(url);
         stops.push(tx);
     }
+    let (client, channel, stop) = start_router(&addrs).await;
+    stops.push(stop);
+    Cluster {
+        client,
+        channel,
+        engines,
+        worker_urls: addrs,
+        _stops: stops,
+    }
+}
+
+/// A router over these workers, once all of them report load; dropping the sender stops it.
+async fn start_router(addrs: &[String]) -> (GenerationClient<Channel>, Channel, tokio::sync::oneshot::Sender<()>) {
     let model = Arc::new(RouterModel::from_gguf("smollm2-135m", &model_path()).unwrap());
-    let pool = Arc::new(WorkerPool::start(&addrs, PolicyConfig::default()));
+    let pool = Arc::new(WorkerPool::start(addrs, PolicyConfig::default()));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pool.reachable() < n_workers {
+    while pool.reachable() < addrs.len() {
         assert!(Instant::now() < deadline, "workers never became reachable");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -103,14 +117,8 @@ async fn start_cluster(n_workers: usize) -> Cluster {
             let _ = rx.await;
         },
     ));
-    stops.push(tx);
     let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
-    Cluster {
-        client: GenerationClient::new(channel.clone()),
-        channel,
-        engines,
-        _stops: stops,
-    }
+    (GenerationClient::new(channel.clone()), channel, tx)
 }
 
 fn greedy_prompt(prompt: &str, max_tokens: u32) -> v1::GenerateRequest {
@@ -304,4 +312,38 @@ async fn tokenize_list_models_health_and_reflection() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"cleave.v1.Generation".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_router_learns_existing_caches_from_worker_snapshots() {
+    let c = start_cluster(2).await;
+    let (document, _) = golden_prompt("long");
+    // Warm the second worker directly, behind every router's back.
+    let tokenizer = RouterModel::from_gguf("smollm2-135m", &model_path()).unwrap().tokenizer;
+    let prompt_ids = tokenizer.encode(&document, true).unwrap();
+    let mut worker = cleave_proto::v1::worker_client::WorkerClient::connect(c.worker_urls[1].clone())
+        .await
+        .unwrap();
+    let warm = v1::WorkerGenerateRequest {
+        request_id: String::new(),
+        prompt_token_ids: prompt_ids,
+        sampling: Some(greedy_prompt("", 1)),
+        remote_prefill: None,
+    };
+    let mut stream = worker.generate(warm).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+
+    // A router started now has no history: only the workers' snapshots can tell it where the document is. With
+    // equal loads and no index, ties would go to worker 0, which has nothing cached.
+    let (mut fresh, _, _stop) = start_router(&c.worker_urls).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, _, usage) = run(&mut fresh, greedy_prompt(&document, 4)).await;
+    eprintln!(
+        "USAGE {usage:?} hits {:?}",
+        [
+            c.engines[0].stats().await.unwrap().prefix_cache,
+            c.engines[1].stats().await.unwrap().prefix_cache
+        ]
+    );
+    assert!(usage.cached_tokens >= 600, "cached tokens {}", usage.cached_tokens);
 }
