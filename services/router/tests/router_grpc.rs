@@ -338,12 +338,5 @@ async fn a_new_router_learns_existing_caches_from_worker_snapshots() {
     let (mut fresh, _, _stop) = start_router(&c.worker_urls).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, _, usage) = run(&mut fresh, greedy_prompt(&document, 4)).await;
-    eprintln!(
-        "USAGE {usage:?} hits {:?}",
-        [
-            c.engines[0].stats().await.unwrap().prefix_cache,
-            c.engines[1].stats().await.unwrap().prefix_cache
-        ]
-    );
     assert!(usage.cached_tokens >= 600, "cached tokens {}", usage.cached_tokens);
 }
