@@ -4,8 +4,6 @@
 
 #[path = "common/behaviour.rs"]
 mod behaviour;
-#[path = "common/etcd_server.rs"]
-mod etcd_server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +12,7 @@ use anyhow::{Context, ensure};
 use cleave_cluster::registry::{
     ErrorCategory, EtcdConfig, EtcdRegistry, KeyLayout, Registry, RegistryView, WatchEvent, register_worker,
 };
-use etcd_server::EtcdServer;
+use cleave_testkit::EtcdServer;
 
 async fn connect(server: &EtcdServer) -> anyhow::Result<EtcdRegistry> {
     let mut config = EtcdConfig::new(vec![server.endpoint()]);

@@ -18,7 +18,7 @@ fn tiny() -> BenchConfig {
 
 #[test]
 fn tiny_run_reports_every_measurement() {
-    let path = common::model_path();
+    let path = cleave_testkit::default_model_path();
     let report = run_bench(ModelFiles::Gguf(&path), &tiny()).expect("the benchmark runs");
     assert_eq!(report.config, tiny());
     assert_eq!(report.model.n_layers, 30);
@@ -111,7 +111,7 @@ fn bad_settings_name_their_field() {
 
 #[test]
 fn a_prompt_longer_than_the_context_is_refused() {
-    let path = common::model_path();
+    let path = cleave_testkit::default_model_path();
     let config = BenchConfig {
         prompt_tokens: 8192,
         ..tiny()

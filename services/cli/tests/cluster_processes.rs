@@ -3,39 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_proto::v1::worker_client::WorkerClient;
+use cleave_testkit::{ChildGuard, free_port};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the process when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Proc {
-    Proc(
+fn spawn(args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
         Command::new(env!("CARGO_BIN_EXE_cleave"))
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
     )
 }
 
@@ -63,7 +44,7 @@ fn greedy(prompt: &str, max_tokens: u32) -> v1::GenerateRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_and_workers_as_processes_survive_a_killed_worker() {
     let ports = [free_port(), free_port()];
-    let mut workers: Vec<Option<Proc>> = ports
+    let mut workers: Vec<Option<ChildGuard>> = ports
         .iter()
         .map(|p| {
             Some(spawn(&[

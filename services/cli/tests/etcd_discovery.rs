@@ -3,46 +3,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-#[path = "../../../crates/cluster/tests/common/etcd_server.rs"]
-#[allow(dead_code)] // the cluster crate's etcd test server, shared; this test never restarts etcd
-mod etcd_server;
-
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
-use etcd_server::EtcdServer;
+use cleave_testkit::{ChildGuard, EtcdServer, free_port};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[String]) -> Proc {
-    Proc(
+fn spawn(args: &[String]) -> ChildGuard {
+    ChildGuard::spawn(
         Command::new(env!("CARGO_BIN_EXE_cleave"))
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
     )
 }
 
-fn worker(etcd: &str, id: &str) -> Proc {
+fn worker(etcd: &str, id: &str) -> ChildGuard {
     let port = free_port();
     spawn(&[
         "worker".into(),

@@ -7,14 +7,7 @@ use std::time::{Duration, Instant};
 
 use cleave_proto::v1;
 use cleave_proto::v1::worker_client::WorkerClient;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use cleave_testkit::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_process_serves_generate_and_stops_on_sigterm() {

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,24 +14,8 @@ use cleave_router::{RouterModel, RouterService, WorkerPool, serve};
 use cleave_worker::WorkerService;
 use tonic::transport::Channel;
 
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLEAVE_TEST_GGUF") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("CLEAVE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/cleave"));
-    let path = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cleave model pull` first (CI does)",
-        path.display()
-    );
-    path
-}
-
 fn golden() -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crates/engine/tests/golden/golden.json");
+    let path = cleave_testkit::golden_json_path();
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -73,7 +56,7 @@ async fn start_cluster(n_workers: usize) -> Cluster {
     let mut addrs = Vec::new();
     let mut stops = Vec::new();
     for _ in 0..n_workers {
-        let (model, tokenizer) = load_model(ModelFiles::Gguf(&model_path())).unwrap();
+        let (model, tokenizer) = load_model(ModelFiles::Gguf(&cleave_testkit::default_model_path())).unwrap();
         let engine = Arc::new(Engine::start(model, Arc::new(tokenizer), EngineConfig::default()).unwrap());
         let (listener, url) = listen().await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -101,7 +84,7 @@ async fn start_cluster(n_workers: usize) -> Cluster {
 
 /// A router over these workers, once all of them report load; dropping the sender stops it.
 async fn start_router(addrs: &[String]) -> (GenerationClient<Channel>, Channel, tokio::sync::oneshot::Sender<()>) {
-    let model = Arc::new(RouterModel::from_gguf("smollm2-135m", &model_path()).unwrap());
+    let model = Arc::new(RouterModel::from_gguf("smollm2-135m", &cleave_testkit::default_model_path()).unwrap());
     let pool = Arc::new(WorkerPool::start(addrs, PolicyConfig::default()));
     let deadline = Instant::now() + Duration::from_secs(20);
     while pool.reachable() < addrs.len() {
@@ -319,7 +302,9 @@ async fn a_new_router_learns_existing_caches_from_worker_snapshots() {
     let c = start_cluster(2).await;
     let (document, _) = golden_prompt("long");
     // Warm the second worker directly, behind every router's back.
-    let tokenizer = RouterModel::from_gguf("smollm2-135m", &model_path()).unwrap().tokenizer;
+    let tokenizer = RouterModel::from_gguf("smollm2-135m", &cleave_testkit::default_model_path())
+        .unwrap()
+        .tokenizer;
     let prompt_ids = tokenizer.encode(&document, true).unwrap();
     let mut worker = cleave_proto::v1::worker_client::WorkerClient::connect(c.worker_urls[1].clone())
         .await

@@ -2,7 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,25 +11,9 @@ use cleave_proto::v1::{self, FinishReason};
 use cleave_worker::{WorkerService, serve};
 use tonic::transport::Channel;
 
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLEAVE_TEST_GGUF") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("CLEAVE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/cleave"));
-    let path = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cleave model pull` first (CI does)",
-        path.display()
-    );
-    path
-}
-
 /// Golden ids from transformers for the "short" prompt (crates/engine/tests/golden/golden.json).
 fn golden_short() -> (Vec<u32>, Vec<u32>) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crates/engine/tests/golden/golden.json");
+    let path = cleave_testkit::golden_json_path();
     let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let short = golden["prompts"]
         .as_array()
@@ -56,7 +39,7 @@ struct Running {
 }
 
 async fn start() -> Running {
-    let (model, tokenizer) = load_model(ModelFiles::Gguf(&model_path())).unwrap();
+    let (model, tokenizer) = load_model(ModelFiles::Gguf(&cleave_testkit::default_model_path())).unwrap();
     let engine = Arc::new(Engine::start(model, Arc::new(tokenizer), EngineConfig::default()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -12,25 +12,8 @@ use cleave_engine::{LlamaModel, SeqChunk};
 use cleave_tokens::Tokenizer;
 use serde::Deserialize;
 
-/// The default model's GGUF: `$CLEAVE_TEST_GGUF`, else the cache `cleave model pull` fills.
-pub fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLEAVE_TEST_GGUF") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("CLEAVE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/cleave"));
-    let path = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cleave model pull` first (CI does)",
-        path.display()
-    );
-    path
-}
-
 pub fn load_model() -> (LlamaModel, Arc<Tokenizer>) {
-    let (file, model) = LlamaModel::load_gguf(&model_path()).expect("the default model loads");
+    let (file, model) = LlamaModel::load_gguf(&cleave_testkit::default_model_path()).expect("the default model loads");
     let tokenizer = Tokenizer::from_gguf(&file).expect("the default model's tokenizer builds");
     (model, Arc::new(tokenizer))
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 /// How long etcd may take to answer after a (re)start before the test fails.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(10);
 
+#[derive(Debug)]
 pub struct EtcdServer {
     child: Option<Child>,
     data: tempfile::TempDir,

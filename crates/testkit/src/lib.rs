@@ -1,0 +1,41 @@
+//! Test support shared by cleave's integration tests (a dev-dependency only): where the default model is, the
+//! golden data, free loopback ports, child processes that cannot outlive a test, and a real etcd server.
+
+#![allow(clippy::expect_used)] // test support: a failed precondition should stop the test loudly
+
+mod etcd;
+mod process;
+
+use std::path::PathBuf;
+
+pub use etcd::EtcdServer;
+pub use process::{ChildGuard, free_port};
+
+/// The model cache the tests read: `$CLEAVE_HOME`, else `~/.cache/cleave` (where `cleave model pull` puts models).
+pub fn cleave_home() -> PathBuf {
+    std::env::var_os("CLEAVE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME or CLEAVE_HOME must be set")).join(".cache/cleave")
+        })
+}
+
+/// The default model's GGUF: `$CLEAVE_TEST_GGUF`, else the cache. A missing model fails the test with the fix.
+pub fn default_model_path() -> PathBuf {
+    let path = match std::env::var_os("CLEAVE_TEST_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => cleave_home().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    assert!(
+        path.exists(),
+        "{} is missing: run `cleave model pull` first (CI does)",
+        path.display()
+    );
+    path
+}
+
+/// The golden data transformers produced for the default model (`crates/engine/tests/golden/golden.json`).
+pub fn golden_json_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/golden/golden.json")
+}
