@@ -114,3 +114,55 @@ async fn the_router_follows_workers_registered_in_etcd() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_continues_through_an_etcd_outage_and_registrations_come_back() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let endpoint = etcd.endpoint();
+    let _worker = worker(&endpoint, "w1");
+    until("w1 registered", async || registered(&endpoint).await == 1).await;
+    let router_port = free_port();
+    let _router = spawn(&[
+        "router".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{router_port}"),
+        "--etcd".into(),
+        endpoint.clone(),
+    ]);
+    let mut client = None;
+    until("the router", async || {
+        client = GenerationClient::connect(format!("http://127.0.0.1:{router_port}"))
+            .await
+            .ok();
+        client.is_some()
+    })
+    .await;
+    let client = client.unwrap();
+    let golden = [7042, 30, 198, 198];
+    until("an answer", async || {
+        answer(&client).await.as_deref() == Some(&golden[..])
+    })
+    .await;
+
+    // etcd down for 3 s (longer than the worker's 2 s lease): the router keeps its last view and keeps serving.
+    etcd.stop();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            answer(&client).await.as_deref(),
+            Some(&golden[..]),
+            "a request failed during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    etcd.restart().await.unwrap();
+    // The worker's registration comes back (same key, new lease if the old one expired), and serving goes on.
+    until("w1 registered again", async || registered(&endpoint).await == 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        registered(&endpoint).await,
+        1,
+        "the registration is kept alive after the outage"
+    );
+    assert_eq!(answer(&client).await.as_deref(), Some(&golden[..]));
+}
