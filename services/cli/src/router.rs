@@ -10,7 +10,7 @@ use crate::args::RouterArgs;
 use crate::error::CliError;
 use crate::model::{self, ModelPath};
 use crate::registry;
-use crate::worker::shutdown_signal;
+use crate::worker::{bind, shutdown_signal};
 
 pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
@@ -46,16 +46,7 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
             }
             None => None,
         };
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|source| CliError::Listen {
-                addr: args.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| CliError::Listen {
-            addr: args.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(args.listen).await?;
         eprintln!("cleave router: {name} on {}", grpc_url(addr));
         let service = RouterService::new(Arc::new(router_model), pool, format!("router-{}", std::process::id()));
         serve(service, listener, shutdown_signal()).await?;

@@ -20,7 +20,7 @@ use crate::error::CliError;
 use crate::model::{self, ModelPath};
 use crate::registry;
 use crate::router::follow_registry;
-use crate::worker::shutdown_signal;
+use crate::worker::{bind, shutdown_signal};
 
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
@@ -55,16 +55,7 @@ pub fn run_up(args: &UpArgs) -> Result<(), CliError> {
             name.clone(),
         ));
 
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|source| CliError::Listen {
-                addr: args.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| CliError::Listen {
-            addr: args.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(args.listen).await?;
         eprintln!(
             "cleave up: {name}, {} worker(s), router on {}",
             args.workers,

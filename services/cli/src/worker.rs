@@ -30,16 +30,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|source| CliError::Listen {
-                addr: args.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| CliError::Listen {
-            addr: args.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(args.listen).await?;
         let registration = match registry::connect(&args.registry).await? {
             Some((registry, layout)) => {
                 let record = WorkerRecord {
@@ -94,6 +85,17 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
             }
         }
     })
+}
+
+/// Binds a listener, naming the address in the error.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), CliError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CliError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| CliError::Listen { addr, source })?;
+    Ok((listener, local))
 }
 
 /// Resolves on SIGINT or SIGTERM.

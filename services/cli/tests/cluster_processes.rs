@@ -41,6 +41,21 @@ fn greedy(prompt: &str, max_tokens: u32) -> v1::GenerateRequest {
     }
 }
 
+/// A greedy 4-token answer to "The capital of France is" through the router; `None` while it cannot answer.
+async fn answer(client: &GenerationClient<tonic::transport::Channel>) -> Option<Vec<u32>> {
+    let mut client = client.clone();
+    let mut stream = client
+        .generate(greedy("The capital of France is", 4))
+        .await
+        .ok()?
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(msg) = stream.message().await.ok()? {
+        ids.extend(msg.token_ids);
+    }
+    Some(ids)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_and_workers_as_processes_survive_a_killed_worker() {
     let ports = [free_port(), free_port()];
@@ -78,22 +93,7 @@ async fn router_and_workers_as_processes_survive_a_killed_worker() {
     for url in &worker_urls {
         until("worker", || async { WorkerClient::connect(url.clone()).await.ok() }).await;
     }
-    let first = until("a first answer", || {
-        let mut client = client.clone();
-        async move {
-            let mut stream = client
-                .generate(greedy("The capital of France is", 4))
-                .await
-                .ok()?
-                .into_inner();
-            let mut ids = Vec::new();
-            while let Some(msg) = stream.message().await.ok()? {
-                ids.extend(msg.token_ids);
-            }
-            Some(ids)
-        }
-    })
-    .await;
+    let first = until("a first answer", || answer(&client)).await;
     assert_eq!(first, vec![7042, 30, 198, 198]);
 
     // A long generation; find the worker running it, then SIGKILL that worker.
@@ -127,22 +127,7 @@ async fn router_and_workers_as_processes_survive_a_killed_worker() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 
     // New requests go to the surviving worker.
-    let again = until("an answer after the kill", || {
-        let mut client = client.clone();
-        async move {
-            let mut stream = client
-                .generate(greedy("The capital of France is", 4))
-                .await
-                .ok()?
-                .into_inner();
-            let mut ids = Vec::new();
-            while let Some(msg) = stream.message().await.ok()? {
-                ids.extend(msg.token_ids);
-            }
-            Some(ids)
-        }
-    })
-    .await;
+    let again = until("an answer after the kill", || answer(&client)).await;
     assert_eq!(again, vec![7042, 30, 198, 198]);
     drop(workers);
 }
@@ -151,20 +136,20 @@ async fn router_and_workers_as_processes_survive_a_killed_worker() {
 async fn cleave_up_streams_the_sample_and_serves_requests_until_sigterm() {
     use std::io::Read;
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cleave"))
-        .args([
-            "up",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--prompt",
-            "The capital of France is",
-        ])
-        .args(["--max-tokens", "4", "--kv-cache-mib", "64"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_cleave"))
+            .args([
+                "up",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--prompt",
+                "The capital of France is",
+            ])
+            .args(["--max-tokens", "4", "--kv-cache-mib", "64"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let mut buf = [0u8; 256];
@@ -193,20 +178,7 @@ async fn cleave_up_streams_the_sample_and_serves_requests_until_sigterm() {
     }
     assert_eq!(ids, vec![7042, 30]);
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "cleave up ignored SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    child.sigterm();
+    let exit = child.wait_exit(Duration::from_secs(10));
     assert!(exit.success(), "{exit:?}");
 }

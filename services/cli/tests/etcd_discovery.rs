@@ -52,6 +52,25 @@ async fn answer(client: &GenerationClient<tonic::transport::Channel>) -> Option<
     Some(ids)
 }
 
+/// A router process discovering workers through `etcd`, and a client connected to it.
+async fn router(etcd: &str) -> (ChildGuard, GenerationClient<tonic::transport::Channel>) {
+    let port = free_port();
+    let child = spawn(&[
+        "router".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--etcd".into(),
+        etcd.into(),
+    ]);
+    let mut client = None;
+    until("the router", async || {
+        client = GenerationClient::connect(format!("http://127.0.0.1:{port}")).await.ok();
+        client.is_some()
+    })
+    .await;
+    (child, client.expect("connected"))
+}
+
 async fn registered(etcd: &str) -> usize {
     let Ok(mut client) = etcd_client::Client::connect([etcd], None).await else {
         return usize::MAX;
@@ -78,23 +97,7 @@ async fn the_router_follows_workers_registered_in_etcd() {
     let first = worker(&endpoint, "w1");
     until("w1 registered", async || registered(&endpoint).await == 1).await;
 
-    let router_port = free_port();
-    let _router = spawn(&[
-        "router".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{router_port}"),
-        "--etcd".into(),
-        endpoint.clone(),
-    ]);
-    let mut client = None;
-    until("the router", async || {
-        client = GenerationClient::connect(format!("http://127.0.0.1:{router_port}"))
-            .await
-            .ok();
-        client.is_some()
-    })
-    .await;
-    let client = client.unwrap();
+    let (_router, client) = router(&endpoint).await;
     let golden = [7042, 30, 198, 198];
     until("an answer through w1", async || {
         answer(&client).await.as_deref() == Some(&golden[..])
@@ -121,23 +124,7 @@ async fn serving_continues_through_an_etcd_outage_and_registrations_come_back() 
     let endpoint = etcd.endpoint();
     let _worker = worker(&endpoint, "w1");
     until("w1 registered", async || registered(&endpoint).await == 1).await;
-    let router_port = free_port();
-    let _router = spawn(&[
-        "router".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{router_port}"),
-        "--etcd".into(),
-        endpoint.clone(),
-    ]);
-    let mut client = None;
-    until("the router", async || {
-        client = GenerationClient::connect(format!("http://127.0.0.1:{router_port}"))
-            .await
-            .ok();
-        client.is_some()
-    })
-    .await;
-    let client = client.unwrap();
+    let (_router, client) = router(&endpoint).await;
     let golden = [7042, 30, 198, 198];
     until("an answer", async || {
         answer(&client).await.as_deref() == Some(&golden[..])

@@ -7,43 +7,47 @@ use std::time::{Duration, Instant};
 
 use cleave_proto::v1;
 use cleave_proto::v1::worker_client::WorkerClient;
-use cleave_testkit::free_port;
+use cleave_testkit::{ChildGuard, free_port};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_process_serves_generate_and_stops_on_sigterm() {
+/// Starts `cleave worker` on a free port with `extra` flags and waits until it answers.
+async fn start_worker(extra: &[&str]) -> (ChildGuard, WorkerClient<tonic::transport::Channel>) {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cleave"))
-        .args([
-            "worker",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--kv-cache-mib",
-            "64",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_cleave"))
+            .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
-        if let Ok(c) = WorkerClient::connect(format!("http://127.0.0.1:{port}")).await {
-            break c;
+    loop {
+        if let Ok(client) = WorkerClient::connect(format!("http://127.0.0.1:{port}")).await {
+            return (child, client);
         }
         assert!(Instant::now() < deadline, "worker did not come up");
-        assert!(child.try_wait().unwrap().is_none(), "worker exited early");
+        assert!(child.running(), "worker exited early");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let request = v1::WorkerGenerateRequest {
+    }
+}
+
+fn greedy(max_tokens: u32, ignore_eos: bool) -> v1::WorkerGenerateRequest {
+    v1::WorkerGenerateRequest {
         request_id: "cli-1".into(),
         prompt_token_ids: vec![504, 3575, 282, 4649, 314],
         sampling: Some(v1::GenerateRequest {
-            max_tokens: Some(4),
+            max_tokens: Some(max_tokens),
             temperature: Some(0.0),
+            ignore_eos,
             ..Default::default()
         }),
         remote_prefill: None,
-    };
-    let mut stream = client.generate(request).await.unwrap().into_inner();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_process_serves_generate_and_stops_on_sigterm() {
+    let (mut child, mut client) = start_worker(&["--kv-cache-mib", "64"]).await;
+    let mut stream = client.generate(greedy(4, false)).await.unwrap().into_inner();
     let mut ids = Vec::new();
     while let Some(msg) = stream.message().await.unwrap() {
         ids.extend(msg.token_ids);
@@ -52,19 +56,8 @@ async fn worker_process_serves_generate_and_stops_on_sigterm() {
     assert_eq!(ids, vec![7042, 30, 198, 198]);
 
     // SIGTERM: the process exits by itself, successfully.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "worker ignored SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    child.sigterm();
+    let exit = child.wait_exit(Duration::from_secs(10));
     assert!(exit.success(), "worker exit status {exit:?}");
 }
 
@@ -84,50 +77,11 @@ fn a_port_in_use_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_aborts_at_the_deadline() {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cleave"))
-        .args([
-            "worker",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--kv-cache-mib",
-            "128",
-            "--drain-secs",
-            "2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
-        if let Ok(c) = WorkerClient::connect(format!("http://127.0.0.1:{port}")).await {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "worker did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let request = v1::WorkerGenerateRequest {
-        request_id: "long".into(),
-        prompt_token_ids: vec![504, 3575, 282, 4649, 314],
-        sampling: Some(v1::GenerateRequest {
-            max_tokens: Some(2000),
-            temperature: Some(0.0),
-            ignore_eos: true,
-            ..Default::default()
-        }),
-        remote_prefill: None,
-    };
-    let mut stream = client.generate(request).await.unwrap().into_inner();
+    let (mut child, mut client) = start_worker(&["--kv-cache-mib", "128", "--drain-secs", "2"]).await;
+    let mut stream = client.generate(greedy(2000, true)).await.unwrap().into_inner();
     stream.message().await.unwrap().unwrap();
     let signalled = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    child.sigterm();
     let mut after = 0;
     while let Ok(Some(msg)) = stream.message().await {
         after += msg.token_ids.len();
@@ -136,16 +90,7 @@ async fn sigterm_drains_in_flight_requests_then_aborts_at_the_deadline() {
         after > 5,
         "the in-flight request kept running while draining ({after} tokens)"
     );
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(10),
-            "worker did not stop after its drain deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = child.wait_exit(Duration::from_secs(10));
     assert!(exit.success(), "{exit:?}");
     assert!(
         signalled.elapsed() >= Duration::from_secs(2),
