@@ -15,10 +15,13 @@ use cleave_tokens::Tokenizer;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::EngineError;
-use crate::kv::{Gap, KvCache, KvEventLog, KvEventRecord};
+use crate::kv::{Gap, KvCache, KvEventLog, KvEventRecord, KvShape};
 use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
-use crate::scheduler::{NewRequest, RequestId, Scheduler, SchedulerConfig, SchedulerStats, SeqOutput};
+use crate::scheduler::{
+    ExportedLayer, KvExport, NewRequest, RemoteKvTarget, RequestId, RequestKind, Scheduler, SchedulerConfig,
+    SchedulerStats, SeqOutput,
+};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -39,7 +42,26 @@ impl Default for EngineConfig {
 type OutputSender = mpsc::UnboundedSender<Result<SeqOutput, EngineError>>;
 
 enum Command {
-    Submit { req: NewRequest, tx: OutputSender },
+    Submit {
+        req: NewRequest,
+        tx: OutputSender,
+    },
+    SubmitRemote {
+        req: NewRequest,
+        tx: OutputSender,
+        reply: oneshot::Sender<Option<RemoteKvTarget>>,
+    },
+    WriteRemoteKv {
+        request: RequestId,
+        layer: u32,
+        blocks: Arc<[u32]>,
+        keys: Vec<f32>,
+        values: Vec<f32>,
+    },
+    FinishRemoteKv {
+        request: RequestId,
+        result: Result<usize, String>,
+    },
     Abort(RequestId),
     Stats(oneshot::Sender<SchedulerStats>),
     KvEventsSince(u64, oneshot::Sender<Result<Vec<KvEventRecord>, Gap>>),
@@ -66,6 +88,8 @@ pub struct Engine {
     limits: ModelLimits,
     tokenizer: Arc<Tokenizer>,
     kv_blocks: usize,
+    block_size: usize,
+    kv_shape: KvShape,
     kv_events: broadcast::Sender<KvEventRecord>,
 }
 
@@ -73,6 +97,9 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Submit { req, .. } => write!(f, "Submit({})", req.id),
+            Command::SubmitRemote { req, .. } => write!(f, "SubmitRemote({})", req.id),
+            Command::WriteRemoteKv { request, layer, .. } => write!(f, "WriteRemoteKv({request}, layer {layer})"),
+            Command::FinishRemoteKv { request, .. } => write!(f, "FinishRemoteKv({request})"),
             Command::Abort(id) => write!(f, "Abort({id})"),
             Command::Stats(_) => write!(f, "Stats"),
             Command::KvEventsSince(seq, _) => write!(f, "KvEventsSince({seq})"),
@@ -106,7 +133,8 @@ impl Engine {
         };
         let (commands, rx) = mpsc::unbounded_channel();
         let scheduler = Scheduler::new(config.scheduler, kv_blocks, tokenizer.clone(), limits.max_context);
-        let kv = KvCache::new(model.kv_shape(kv_blocks, block_size));
+        let kv_shape = model.kv_shape(kv_blocks, block_size);
+        let kv = KvCache::new(kv_shape);
         let (kv_events, _) = broadcast::channel(4096);
         let events = kv_events.clone();
         let thread = std::thread::Builder::new()
@@ -120,6 +148,8 @@ impl Engine {
             limits,
             tokenizer,
             kv_blocks,
+            block_size,
+            kv_shape,
             kv_events,
         })
     }
@@ -143,6 +173,105 @@ impl Engine {
         spec: &SamplingSpec,
         priority: i32,
     ) -> Result<GenerationStream, EngineError> {
+        let (req, stream, tx) = self.prepare(prompt, spec, priority, RequestKind::Generate)?;
+        self.commands
+            .send(Command::Submit { req, tx })
+            .map_err(|_| EngineError::Unavailable)?;
+        Ok(stream)
+    }
+
+    /// Like `submit`, for a request whose prompt KV a prefill worker will compute: returns where that KV must be
+    /// written (`write_remote_kv`, then `finish_remote_kv`), or no target when remote prefill cannot help (the
+    /// prompt is cached, no blocks are free now, `n > 1`) — the request is then prefilled here as usual.
+    pub async fn submit_remote(
+        &self,
+        prompt: Vec<u32>,
+        spec: &SamplingSpec,
+        priority: i32,
+    ) -> Result<(GenerationStream, Option<RemoteKvTarget>), EngineError> {
+        let (req, stream, tx) = self.prepare(prompt, spec, priority, RequestKind::Generate)?;
+        let (reply, target) = oneshot::channel();
+        self.commands
+            .send(Command::SubmitRemote { req, tx, reply })
+            .map_err(|_| EngineError::Unavailable)?;
+        // A refused request has no target; its error arrives on the stream.
+        Ok((stream, target.await.unwrap_or(None)))
+    }
+
+    /// Queues a prefill-only request: computes `prompt`'s KV and sends each layer's blocks from `first_block` on to
+    /// the returned receiver, during the prompt's last chunk. The stream ends with `FinishReason::Prefilled` and the
+    /// usage (how many prompt tokens came from this engine's prefix cache).
+    pub fn submit_export(
+        &self,
+        prompt: Vec<u32>,
+        first_block: usize,
+        priority: i32,
+    ) -> Result<(GenerationStream, mpsc::UnboundedReceiver<ExportedLayer>), EngineError> {
+        let blocks = prompt.len().div_ceil(self.block_size);
+        if first_block >= blocks {
+            return Err(EngineError::invalid(
+                "first_block",
+                format!("{first_block} leaves nothing to send of a {blocks}-block prompt"),
+            ));
+        }
+        let spec = SamplingSpec {
+            max_tokens: Some(1),
+            ..SamplingSpec::default()
+        };
+        let (layers_tx, layers) = mpsc::unbounded_channel();
+        let kind = RequestKind::ExportKv(KvExport {
+            first_block,
+            layers: layers_tx,
+        });
+        let (req, stream, tx) = self.prepare(prompt, &spec, priority, kind)?;
+        self.commands
+            .send(Command::Submit { req, tx })
+            .map_err(|_| EngineError::Unavailable)?;
+        Ok((stream, layers))
+    }
+
+    /// Writes one layer of remote KV into the blocks `submit_remote` named for `request`. A write for a request
+    /// that is no longer waiting (aborted, fell back) is dropped.
+    pub fn write_remote_kv(
+        &self,
+        request: RequestId,
+        layer: u32,
+        blocks: Arc<[u32]>,
+        keys: Vec<f32>,
+        values: Vec<f32>,
+    ) {
+        let _ = self.commands.send(Command::WriteRemoteKv {
+            request,
+            layer,
+            blocks,
+            keys,
+            values,
+        });
+    }
+
+    /// Ends the wait for remote KV: `Ok(prefill_cached_tokens)` after a complete transfer, `Err(reason)` after a
+    /// failed one (the prompt is then prefilled here). Writes sent before this call are applied before it.
+    pub fn finish_remote_kv(&self, request: RequestId, result: Result<usize, String>) {
+        let _ = self.commands.send(Command::FinishRemoteKv { request, result });
+    }
+
+    /// Tokens per KV block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The KV pool's shape: what a KV transfer to or from this engine must match.
+    pub fn kv_shape(&self) -> KvShape {
+        self.kv_shape
+    }
+
+    fn prepare(
+        &self,
+        prompt: Vec<u32>,
+        spec: &SamplingSpec,
+        priority: i32,
+        kind: RequestKind,
+    ) -> Result<(NewRequest, GenerationStream, OutputSender), EngineError> {
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.limits.vocab_size) {
             return Err(EngineError::invalid(
                 "prompt",
@@ -156,24 +285,21 @@ impl Engine {
         let n = sampling.n;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.commands
-            .send(Command::Submit {
-                req: NewRequest {
-                    id,
-                    prompt,
-                    sampling,
-                    priority,
-                },
-                tx,
-            })
-            .map_err(|_| EngineError::Unavailable)?;
-        Ok(GenerationStream {
+        let req = NewRequest {
+            id,
+            prompt,
+            sampling,
+            priority,
+            kind,
+        };
+        let stream = GenerationStream {
             id,
             rx,
             commands: self.commands.clone(),
             open_choices: n,
             closed: false,
-        })
+        };
+        Ok((req, stream, tx))
     }
 
     /// Aborts a request by id (its stream, if still held, ends with `Cancelled`).
@@ -299,6 +425,7 @@ struct Live {
 /// What the engine thread owns besides the model, the cache and the scheduler.
 struct EngineState {
     scheduler: Scheduler,
+    kv: KvCache,
     live: HashMap<RequestId, Live>,
     kv_log: KvEventLog,
     kv_events: broadcast::Sender<KvEventRecord>,
@@ -306,13 +433,14 @@ struct EngineState {
 
 fn run(
     model: LlamaModel,
-    mut kv: KvCache,
+    kv: KvCache,
     scheduler: Scheduler,
     mut rx: mpsc::UnboundedReceiver<Command>,
     kv_events: broadcast::Sender<KvEventRecord>,
 ) {
     let mut state = EngineState {
         scheduler,
+        kv,
         live: HashMap::new(),
         kv_log: KvEventLog::new(KV_EVENT_LOG_CAPACITY),
         kv_events,
@@ -336,7 +464,7 @@ fn run(
         if !state.scheduler.has_work() {
             continue;
         }
-        let outputs = state.scheduler.step(&model, &mut kv);
+        let outputs = state.scheduler.step(&model, &mut state.kv);
         for event in state.scheduler.drain_kv_events() {
             let record = state.kv_log.push(event);
             // No subscriber is fine: the log keeps the record for later resumption.
@@ -368,6 +496,7 @@ fn run(
 fn handle(cmd: Command, state: &mut EngineState) -> bool {
     let EngineState {
         scheduler,
+        kv,
         live,
         kv_log,
         ..
@@ -383,6 +512,33 @@ fn handle(cmd: Command, state: &mut EngineState) -> bool {
                     let _ = tx.send(Err(e));
                 }
             }
+        }
+        Command::SubmitRemote { req, tx, reply } => {
+            let (id, n) = (req.id, req.sampling.n);
+            match scheduler.add_remote(req) {
+                Ok(target) => {
+                    live.insert(id, Live { tx, open_choices: n });
+                    let _ = reply.send(target);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        }
+        Command::WriteRemoteKv {
+            request,
+            layer,
+            blocks,
+            keys,
+            values,
+        } => {
+            if let Err(error) = scheduler.write_remote_layer(request, layer, &blocks, &keys, &values, kv) {
+                // The request finishes without this layer and falls back to local prefill.
+                tracing::warn!(request, layer, %error, "remote KV layer refused");
+            }
+        }
+        Command::FinishRemoteKv { request, result } => {
+            scheduler.finish_remote(request, result);
         }
         Command::Abort(id) => {
             scheduler.abort(id);

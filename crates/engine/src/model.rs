@@ -75,6 +75,18 @@ impl LlamaModel {
     /// Runs the batch, writes its keys/values into `kv`, and returns `[n, vocab]` logits for the chunks with
     /// `want_logits`, in batch order.
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvCache) -> Vec<f32> {
+        self.forward_observed(chunks, kv, &mut |_, _| {})
+    }
+
+    /// `forward`, calling `layer_done(layer, kv)` as soon as each layer's keys and values for the whole batch are
+    /// in `kv` — before that layer's attention and MLP run — so a KV transfer can ship layer `l` while layers
+    /// `l..` are still computing.
+    pub fn forward_observed(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvCache,
+        layer_done: &mut dyn FnMut(usize, &KvCache),
+    ) -> Vec<f32> {
         let cfg = &self.config;
         let (hidden, q_dim, kv_dim, inter) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
         let n_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
@@ -140,6 +152,7 @@ impl LlamaModel {
                     kv.write(layer, c.blocks[pos / block_size], pos % block_size, kt, vt);
                 }
             }
+            layer_done(layer, kv);
             paged_attention(&q, &attn_chunks, kv, layer, dims, &mut attn);
             matmul(&attn, n_tokens, &w.o, &mut proj);
             add_assign(&mut x, &proj);

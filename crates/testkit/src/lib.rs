@@ -39,3 +39,35 @@ pub fn default_model_path() -> PathBuf {
 pub fn golden_json_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/golden/golden.json")
 }
+
+/// One prompt of the golden data: its text, its token ids and transformers' greedy continuation.
+#[derive(Debug, Clone)]
+pub struct GoldenPrompt {
+    pub name: String,
+    pub text: String,
+    pub prompt_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+}
+
+/// The golden prompt called `name` (`short`, `code`, `long`, `chat`, `chat_system`, `numbers`).
+pub fn golden_prompt(name: &str) -> GoldenPrompt {
+    let path = golden_json_path();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let golden: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let entry = golden["prompts"]
+        .as_array()
+        .and_then(|prompts| prompts.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no golden prompt named {name:?}"));
+    let ids = |key: &str| -> Vec<u32> {
+        entry[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect())
+            .unwrap_or_default()
+    };
+    GoldenPrompt {
+        name: name.to_owned(),
+        text: entry["text"].as_str().unwrap_or_default().to_owned(),
+        prompt_ids: ids("prompt_ids"),
+        output_ids: ids("output_ids"),
+    }
+}

@@ -14,6 +14,8 @@ pub fn response(out: SeqOutput) -> v1::GenerateResponse {
                 FinishReason::Stop => v1::FinishReason::Stop,
                 FinishReason::Length => v1::FinishReason::Length,
                 FinishReason::Abort => v1::FinishReason::Abort,
+                // Prefill-only requests end inside the worker; nothing streams them to a client.
+                FinishReason::Prefilled => v1::FinishReason::Unspecified,
             },
             Some(v1::Usage {
                 prompt_tokens: saturate(f.usage.prompt_tokens),

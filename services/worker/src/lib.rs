@@ -2,11 +2,20 @@
 //!
 //! `Generate` streams a sequence's tokens (the worker owns the sequence); dropping the call aborts it and frees
 //! its KV blocks. `SubscribeKvEvents`/`KvSnapshot` expose the prefix cache to routers, resumable by sequence number;
-//! `SubscribeLoad` pushes load reports. Remote prefill (`Prefill`, and `Generate` with `remote_prefill`) arrives
-//! with the KV transfer path and is refused with `UNIMPLEMENTED` until then.
+//! `SubscribeLoad` pushes load reports.
+//!
+//! Disaggregated prefill: a decode worker given `remote_prefill` admits the request waiting for KV, calls the
+//! prefill worker's `Prefill` naming its KV listener and destination blocks ([`remote_prefill`]), and receives the
+//! layers into those blocks ([`kv_inbox`]); the prefill worker computes and streams them layer by layer
+//! ([`prefill`]). Any failure on the way prefills the prompt locally.
 
 mod convert;
+pub mod kv_inbox;
+mod prefill;
+pub mod remote_prefill;
 mod service;
 
 pub use convert::{response, status};
+pub use kv_inbox::KvInbox;
+pub use remote_prefill::DEFAULT_REMOTE_PREFILL_TIMEOUT;
 pub use service::{WorkerService, serve};

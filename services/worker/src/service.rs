@@ -16,6 +16,8 @@ use tonic::{Request, Response, Status};
 use cleave_proto::sampling_spec;
 
 use crate::convert::{response, status};
+use crate::kv_inbox::KvInbox;
+use crate::remote_prefill::{PrefillClients, RemotePrefillContext, RemotePrefillTask};
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -25,10 +27,14 @@ const MIN_LOAD_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone)]
 pub struct WorkerService {
-    engine: Arc<Engine>,
+    pub(crate) engine: Arc<Engine>,
     block_size: u32,
+    /// The model's name as the cluster knows it; a KV transfer between workers of different models is refused.
+    pub(crate) model: Arc<str>,
     /// Router request id → engine request id, for `Abort`. Entries leave when their stream ends.
     requests: Arc<Mutex<HashMap<String, u64>>>,
+    /// Set on workers that receive remote KV (decode and both roles).
+    remote: Option<RemotePrefillContext>,
 }
 
 impl WorkerService {
@@ -36,8 +42,53 @@ impl WorkerService {
         WorkerService {
             engine,
             block_size: u32::try_from(block_size).unwrap_or(u32::MAX),
+            model: Arc::from("default"),
             requests: Arc::default(),
+            remote: None,
         }
+    }
+
+    /// Names the model; prefill and decode workers exchange KV only when their names and layouts match.
+    pub fn with_model(mut self, model: &str) -> Self {
+        self.model = Arc::from(model);
+        if let Some(remote) = &mut self.remote {
+            remote.model = self.model.clone();
+        }
+        self
+    }
+
+    /// Lets `Generate` take `remote_prefill`: KV arrives through `inbox`, and a prompt whose KV has not arrived
+    /// within `timeout` is prefilled here.
+    pub fn with_kv_inbox(mut self, inbox: Arc<KvInbox>, timeout: Duration) -> Self {
+        self.remote = Some(RemotePrefillContext {
+            engine: self.engine.clone(),
+            inbox,
+            clients: PrefillClients::default(),
+            model: self.model.clone(),
+            timeout,
+        });
+        self
+    }
+
+    /// Makes `request_id` abortable through `Abort` until the returned guard drops; an empty id registers nothing.
+    pub(crate) fn register(&self, request_id: &str, engine_id: u64) -> Result<Option<Registration>, Status> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        let mut map = self
+            .requests
+            .lock()
+            .map_err(|_| Status::internal("request table poisoned"))?;
+        if map.contains_key(request_id) {
+            return Err(Status::already_exists(format!(
+                "request_id '{request_id}' is already running"
+            )));
+        }
+        map.insert(request_id.to_owned(), engine_id);
+        Ok(Some(Registration {
+            requests: self.requests.clone(),
+            request_id: request_id.to_owned(),
+        }))
     }
 }
 
@@ -55,7 +106,7 @@ pub async fn serve(
 }
 
 /// Removes a request's abort entry when its stream ends, however it ends.
-struct Registration {
+pub(crate) struct Registration {
     requests: Arc<Mutex<HashMap<String, u64>>>,
     request_id: String,
 }
@@ -68,12 +119,18 @@ impl Drop for Registration {
     }
 }
 
-fn output_stream(stream: GenerationStream, registration: Option<Registration>) -> RpcStream<v1::GenerateResponse> {
+/// What lives exactly as long as a `Generate` stream.
+struct StreamGuards {
+    _registration: Option<Registration>,
+    _remote: Option<RemotePrefillTask>,
+}
+
+fn output_stream(stream: GenerationStream, guards: StreamGuards) -> RpcStream<v1::GenerateResponse> {
     Box::pin(futures_util::stream::unfold(
-        (stream, registration),
-        |(mut stream, reg)| async move {
+        (stream, guards),
+        |(mut stream, guards)| async move {
             let item = stream.next().await?;
-            Some((item.map(response).map_err(|e| status(&e)), (stream, reg)))
+            Some((item.map(response).map_err(|e| status(&e)), (stream, guards)))
         },
     ))
 }
@@ -89,43 +146,35 @@ impl Worker for WorkerService {
         request: Request<v1::WorkerGenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let req = request.into_inner();
-        if req.remote_prefill.is_some() {
-            return Err(Status::unimplemented(
-                "remote_prefill: this worker cannot receive remote KV yet",
-            ));
-        }
         let sampling = req.sampling.unwrap_or_default();
         let spec = sampling_spec(&sampling);
-        let stream = self
-            .engine
-            .submit(req.prompt_token_ids, &spec, sampling.priority)
-            .map_err(|e| status(&e))?;
-        let registration = if req.request_id.is_empty() {
-            None
-        } else {
-            let mut map = self
-                .requests
-                .lock()
-                .map_err(|_| Status::internal("request table poisoned"))?;
-            if map.contains_key(&req.request_id) {
-                return Err(Status::already_exists(format!(
-                    "request_id '{}' is already running",
-                    req.request_id
-                )));
+        let prefill_url = req.remote_prefill.map(|r| r.prefill_addr);
+        let (stream, remote) = match (prefill_url, &self.remote) {
+            (Some(url), Some(remote)) => {
+                remote
+                    .start(&req.request_id, &url, req.prompt_token_ids, &spec, sampling.priority)
+                    .await?
             }
-            map.insert(req.request_id.clone(), stream.id());
-            Some(Registration {
-                requests: self.requests.clone(),
-                request_id: req.request_id,
-            })
+            (url, _) => {
+                if url.is_some() {
+                    tracing::debug!(request_id = %req.request_id, "remote_prefill ignored: this worker has no KV listener");
+                }
+                let stream = self
+                    .engine
+                    .submit(req.prompt_token_ids, &spec, sampling.priority)
+                    .map_err(|e| status(&e))?;
+                (stream, None)
+            }
         };
-        Ok(Response::new(output_stream(stream, registration)))
+        let guards = StreamGuards {
+            _registration: self.register(&req.request_id, stream.id())?,
+            _remote: remote,
+        };
+        Ok(Response::new(output_stream(stream, guards)))
     }
 
-    async fn prefill(&self, _request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
-        Err(Status::unimplemented(
-            "Prefill: KV export to a decode worker is not available on this worker yet",
-        ))
+    async fn prefill(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
+        self.run_prefill(request.into_inner()).await.map(Response::new)
     }
 
     async fn abort(&self, request: Request<v1::AbortRequest>) -> Result<Response<v1::AbortResponse>, Status> {
@@ -212,7 +261,8 @@ impl Worker for WorkerService {
                 tokio::time::sleep(interval).await;
             }
             let report = engine.stats().await.map(|s| v1::LoadReport {
-                running: s.running as u32,
+                // Sequences waiting for remote KV hold blocks and a batch slot is theirs as soon as it lands.
+                running: (s.running + s.remote_prefill.awaiting) as u32,
                 waiting: s.waiting as u32,
                 free_blocks: s.free_blocks as u32,
                 total_blocks: s.total_blocks as u32,

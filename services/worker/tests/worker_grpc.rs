@@ -13,23 +13,8 @@ use tonic::transport::Channel;
 
 /// Golden ids from transformers for the "short" prompt (crates/engine/tests/golden/golden.json).
 fn golden_short() -> (Vec<u32>, Vec<u32>) {
-    let path = cleave_testkit::golden_json_path();
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let short = golden["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "short")
-        .unwrap();
-    let ids = |k: &str| {
-        short[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
-    (ids("prompt_ids"), ids("output_ids"))
+    let golden = cleave_testkit::golden_prompt("short");
+    (golden.prompt_ids, golden.output_ids)
 }
 
 struct Running {

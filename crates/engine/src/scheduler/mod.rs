@@ -7,6 +7,7 @@
 //! blocks usually survive in the prefix cache). The scheduler owns the block manager; the engine thread owns the
 //! scheduler, so nothing here is shared.
 
+mod remote;
 mod sequence;
 mod text;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use cleave_tokens::Tokenizer;
 
+pub use remote::{ExportedLayer, KvExport, RemoteKvTarget, RemotePrefillStats, RemoteWriteError, RequestKind};
 use sequence::Sequence;
 pub use sequence::{Finish, FinishReason, NewRequest, RequestId, SeqOutput, Usage};
 
@@ -60,6 +62,7 @@ pub struct SchedulerStats {
     pub queued_prefill_tokens: usize,
     pub preemptions: u64,
     pub prefix_cache: PrefixCacheStats,
+    pub remote_prefill: RemotePrefillStats,
 }
 
 #[derive(Debug)]
@@ -68,6 +71,9 @@ pub struct Scheduler {
     blocks: BlockManager,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
+    /// Sequences whose prompt KV a prefill worker is writing; they hold blocks but take no part in steps.
+    awaiting: Vec<Sequence>,
+    remote_prefills: RemotePrefillStats,
     tokenizer: Arc<Tokenizer>,
     eos: Vec<u32>,
     max_context: usize,
@@ -83,6 +89,8 @@ impl Scheduler {
             blocks: BlockManager::new(n_blocks),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            awaiting: Vec::new(),
+            remote_prefills: RemotePrefillStats::default(),
             tokenizer,
             eos,
             max_context,
@@ -118,6 +126,10 @@ impl Scheduler {
             queued_prefill_tokens: self.waiting.iter().chain(&self.running).map(|s| s.uncomputed()).sum(),
             preemptions: self.preemptions,
             prefix_cache: self.blocks.stats(),
+            remote_prefill: RemotePrefillStats {
+                awaiting: self.awaiting.len(),
+                ..self.remote_prefills
+            },
         }
     }
 
@@ -148,6 +160,7 @@ impl Scheduler {
             .running
             .iter()
             .chain(&self.waiting)
+            .chain(&self.awaiting)
             .filter(|s| s.request == request)
         {
             self.blocks.release_all(&seq.blocks);
@@ -155,6 +168,7 @@ impl Scheduler {
         }
         self.running.retain(|s| s.request != request);
         self.waiting.retain(|s| s.request != request);
+        self.awaiting.retain(|s| s.request != request);
         found
     }
 
@@ -172,11 +186,16 @@ impl Scheduler {
                     tokens: &s.tokens[s.computed..s.computed + take],
                     start_pos: s.computed,
                     blocks: &s.blocks,
-                    want_logits: s.computed + take == s.tokens.len(),
+                    want_logits: s.computed + take == s.tokens.len() && !s.exports(),
                 }
             })
             .collect();
-        let logits = model.forward(&chunks, kv);
+        let exports = self.export_plans(&plan);
+        let logits = if exports.is_empty() {
+            model.forward(&chunks, kv)
+        } else {
+            model.forward_observed(&chunks, kv, &mut |layer, kv| Self::export_layer(&exports, layer, kv))
+        };
         self.apply(&plan, &logits, model.config().vocab_size, kv)
     }
 
@@ -293,6 +312,16 @@ impl Scheduler {
                 seq.registered = seq.registered.max(full);
             }
             if seq.computed < seq.tokens.len() {
+                continue;
+            }
+            if seq.exports() {
+                let mut out = seq.output();
+                out.finish = Some(Finish {
+                    reason: FinishReason::Prefilled,
+                    usage: seq.usage(),
+                });
+                outputs.push(out);
+                finished.push(i);
                 continue;
             }
             let Some(row) = rows.next() else { break };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use cleave_tokens::{BlockHash, BlockHasher, Tokenizer};
 use serde::Serialize;
 
+use super::remote::{AwaitingKv, KvExport, RequestKind};
 use super::text::TextStream;
 use crate::kv::BlockId;
 use crate::sampling::{Sampler, StopCriteria, TokenLogprob, ValidSampling};
@@ -20,6 +21,8 @@ pub enum FinishReason {
     Length,
     /// Aborted by the caller.
     Abort,
+    /// A prefill-only request (`RequestKind::ExportKv`) computed and handed over its prompt's KV; it samples nothing.
+    Prefilled,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -56,6 +59,7 @@ pub struct NewRequest {
     pub sampling: ValidSampling,
     /// Lower runs first; preemption takes the highest value first.
     pub priority: i32,
+    pub kind: RequestKind,
 }
 
 #[derive(Debug)]
@@ -82,6 +86,18 @@ pub(crate) struct Sequence {
     pub sampler: Sampler,
     pub stop: StopCriteria,
     pub text: TextStream,
+    pub mode: SeqMode,
+}
+
+/// Where a sequence's prompt KV comes from, or goes.
+#[derive(Debug)]
+pub(crate) enum SeqMode {
+    /// Computed here (what is not in the prefix cache), then sampled.
+    Local,
+    /// A prefill worker is shipping it into the sequence's blocks; the sequence waits outside the batch.
+    AwaitingKv(AwaitingKv),
+    /// Computed here for another worker: each layer's blocks go out as soon as the last chunk computes them.
+    Export(KvExport),
 }
 
 impl Sequence {
@@ -89,7 +105,12 @@ impl Sequence {
         let mut hasher = BlockHasher::new(block_size, hash_seed);
         let hashes = hasher.extend(&req.prompt);
         let ValidSampling { params, stop, n } = req.sampling;
+        let mode = match req.kind {
+            RequestKind::Generate => SeqMode::Local,
+            RequestKind::ExportKv(export) => SeqMode::Export(export),
+        };
         Sequence {
+            mode,
             request: req.id,
             index: 0,
             priority: req.priority,
@@ -132,7 +153,13 @@ impl Sequence {
             ),
             text: TextStream::new(tokenizer, self.stop.stop_strings.clone()),
             stop: self.stop.clone(),
+            mode: SeqMode::Local,
         }
+    }
+
+    /// A prefill-only sequence, which computes its prompt for another worker and samples nothing.
+    pub fn exports(&self) -> bool {
+        matches!(self.mode, SeqMode::Export(_))
     }
 
     pub fn generated(&self) -> usize {

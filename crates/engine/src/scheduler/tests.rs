@@ -35,6 +35,7 @@ fn request(id: RequestId, prompt_len: usize, max_tokens: u32, priority: i32) -> 
         prompt,
         sampling,
         priority,
+        kind: RequestKind::Generate,
     }
 }
 

@@ -1,0 +1,285 @@
+//! Disaggregated prefill inside the scheduler: sequences whose prompt KV another worker computes, and prefill-only
+//! sequences that compute it for another worker.
+//!
+//! Decode side: [`Scheduler::add_remote`] admits a request at once, reusing its cached prefix and allocating the
+//! blocks for the rest of its prompt but the last token; the sequence then waits outside the batch while a prefill
+//! worker writes those blocks layer by layer ([`Scheduler::write_remote_layer`]). [`Scheduler::finish_remote`] hands
+//! it to the batch: with every layer written, only the last prompt token is computed here (so sampling, seeds and
+//! logprobs are exactly those of a local prefill); after any failure the prompt is prefilled locally in the same
+//! blocks. Invariant: an awaiting sequence owns its blocks like any other, so abort frees them, and a write names
+//! the request and its exact destination blocks — a late or stray transfer can never touch blocks it does not own.
+//!
+//! Prefill side: a request of kind [`RequestKind::ExportKv`] runs through chunked prefill like any prompt, and during
+//! its last chunk each layer's blocks from `first_block` on are copied out as soon as that layer is computed. Cost:
+//! one copy of the exported blocks per layer, on the engine thread.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::Scheduler;
+use super::sequence::SeqMode;
+use crate::error::EngineError;
+use crate::kv::{BlockId, KvCache};
+use crate::scheduler::{NewRequest, RequestId};
+
+/// What a request does with its prompt.
+#[derive(Debug, Clone)]
+pub enum RequestKind {
+    /// Prefill (or receive the prompt KV from a prefill worker), then sample.
+    Generate,
+    /// Compute the prompt's KV for another worker and sample nothing.
+    ExportKv(KvExport),
+}
+
+/// Where a prefill-only request sends its KV: blocks `first_block..` of its prompt, one message per layer.
+#[derive(Debug, Clone)]
+pub struct KvExport {
+    /// Leading prompt blocks the receiver already holds; they are not sent.
+    pub first_block: usize,
+    pub layers: mpsc::UnboundedSender<ExportedLayer>,
+}
+
+/// One layer of an exported prompt: the keys, then the values, of each exported block back to back, in the
+/// engine's `[block][kv_head][slot][head_dim]` layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedLayer {
+    pub layer: u32,
+    pub keys: Vec<f32>,
+    pub values: Vec<f32>,
+}
+
+/// Where a prefill worker must write a request's prompt KV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteKvTarget {
+    /// Prompt tokens whose KV the prefill worker computes: all but the last, which this worker computes.
+    pub prefill_tokens: usize,
+    /// Leading blocks this worker already holds from its prefix cache; they are not sent.
+    pub first_block: usize,
+    /// Destination blocks for prompt blocks `first_block..`, in order.
+    pub blocks: Vec<BlockId>,
+}
+
+/// A sequence waiting for remote KV: which blocks it expects and which layers have landed (sized at the first
+/// write, when the cache's layer count is at hand).
+#[derive(Debug)]
+pub(crate) struct AwaitingKv {
+    first_block: usize,
+    layers_written: Vec<bool>,
+}
+
+/// Why a remote layer write was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RemoteWriteError {
+    #[error("request {0} is not waiting for remote KV (finished, aborted or never asked)")]
+    NotAwaiting(RequestId),
+    #[error("the transfer names blocks {got:?} but the request's destination blocks are {expected:?}")]
+    WrongBlocks { got: Vec<BlockId>, expected: Vec<BlockId> },
+    #[error("layer {layer} is out of range (the model has {n_layers})")]
+    LayerOutOfRange { layer: u32, n_layers: usize },
+    #[error("layer {layer}: {field} hold {got} floats, expected {expected}")]
+    PayloadLength {
+        layer: u32,
+        field: &'static str,
+        got: usize,
+        expected: usize,
+    },
+}
+
+impl Scheduler {
+    /// Admits a request whose prompt KV a prefill worker will compute. Returns where that KV must go, or `None` when
+    /// remote prefill cannot help — nothing left to compute past the cached prefix, or no free blocks now — in which
+    /// case the request was queued for local prefill like [`Scheduler::add`].
+    pub fn add_remote(&mut self, req: NewRequest) -> Result<Option<RemoteKvTarget>, EngineError> {
+        let bs = self.config.block_size;
+        let (id, single) = (req.id, req.sampling.n == 1);
+        self.add(req)?;
+        // `add` queued the sequence last among its priority; take it back out to decide.
+        let Some(at) = self.waiting.iter().rposition(|s| s.request == id) else {
+            return Ok(None);
+        };
+        let prefill_tokens = self.waiting[at].tokens.len() - 1;
+        // n > 1 forks its samples from the computed prompt inside the batch; keep those local.
+        if prefill_tokens == 0 || !single {
+            return Ok(None);
+        }
+        let seq = &mut self.waiting[at];
+        let total = prefill_tokens.div_ceil(bs);
+        if self.config.prefix_caching {
+            let reusable = (prefill_tokens / bs).min(seq.hashes.len());
+            seq.blocks = self.blocks.acquire_prefix(&seq.hashes[..reusable]);
+        }
+        let first_block = seq.blocks.len();
+        let needed = total - first_block;
+        if needed == 0 || self.blocks.available() < needed {
+            self.blocks.release_all(&seq.blocks);
+            seq.blocks.clear();
+            return Ok(None);
+        }
+        for _ in 0..needed {
+            if let Some(b) = self.blocks.allocate() {
+                seq.blocks.push(b);
+            }
+        }
+        let Some(mut seq) = self.waiting.remove(at) else {
+            return Ok(None);
+        };
+        seq.computed = first_block * bs;
+        seq.registered = first_block;
+        seq.cached_tokens = seq.computed;
+        seq.mode = SeqMode::AwaitingKv(AwaitingKv {
+            first_block,
+            layers_written: Vec::new(),
+        });
+        let target = RemoteKvTarget {
+            prefill_tokens,
+            first_block,
+            blocks: seq.blocks[first_block..].to_vec(),
+        };
+        self.awaiting.push(seq);
+        Ok(Some(target))
+    }
+
+    /// Writes one layer of remote KV into an awaiting request's blocks. `keys` and `values` hold `blocks.len()`
+    /// blocks each; `blocks` must be exactly the request's destination blocks.
+    pub fn write_remote_layer(
+        &mut self,
+        request: RequestId,
+        layer: u32,
+        blocks: &[BlockId],
+        keys: &[f32],
+        values: &[f32],
+        kv: &mut KvCache,
+    ) -> Result<(), RemoteWriteError> {
+        let seq = self
+            .awaiting
+            .iter_mut()
+            .find(|s| s.request == request)
+            .ok_or(RemoteWriteError::NotAwaiting(request))?;
+        let SeqMode::AwaitingKv(state) = &mut seq.mode else {
+            return Err(RemoteWriteError::NotAwaiting(request));
+        };
+        let expected = &seq.blocks[state.first_block..];
+        if blocks != expected {
+            return Err(RemoteWriteError::WrongBlocks {
+                got: blocks.to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        let n_layers = kv.shape().n_layers;
+        if state.layers_written.is_empty() {
+            state.layers_written = vec![false; n_layers];
+        }
+        if layer as usize >= n_layers {
+            return Err(RemoteWriteError::LayerOutOfRange { layer, n_layers });
+        }
+        let per_block = kv.block_floats();
+        for (field, got) in [("keys", keys.len()), ("values", values.len())] {
+            if got != per_block * blocks.len() {
+                return Err(RemoteWriteError::PayloadLength {
+                    layer,
+                    field,
+                    got,
+                    expected: per_block * blocks.len(),
+                });
+            }
+        }
+        for ((&block, k), v) in blocks
+            .iter()
+            .zip(keys.chunks_exact(per_block))
+            .zip(values.chunks_exact(per_block))
+        {
+            kv.write_block_layer(layer as usize, block, k, v);
+        }
+        state.layers_written[layer as usize] = true;
+        Ok(())
+    }
+
+    /// Ends the wait for remote KV and queues the request for the batch. `Ok(prefill_cached)` reports a transfer
+    /// that completed (and how many prompt tokens the prefill worker found in its own cache); with every layer
+    /// written, only the last prompt token is left to compute. Anything else prefills the prompt locally.
+    /// Returns whether the remote KV was used, or `None` for a request not waiting (already aborted).
+    pub fn finish_remote(&mut self, request: RequestId, result: Result<usize, String>) -> Option<bool> {
+        let at = self.awaiting.iter().position(|s| s.request == request)?;
+        let mut seq = self.awaiting.swap_remove(at);
+        let SeqMode::AwaitingKv(state) = std::mem::replace(&mut seq.mode, SeqMode::Local) else {
+            return None;
+        };
+        let complete = !state.layers_written.is_empty() && state.layers_written.iter().all(|&w| w);
+        let used = match result {
+            Ok(prefill_cached) if complete => {
+                seq.computed = seq.tokens.len() - 1;
+                seq.cached_tokens = seq.cached_tokens.max(prefill_cached.min(seq.computed));
+                self.remote_prefills.completed += 1;
+                true
+            }
+            outcome => {
+                let reason = match outcome {
+                    Err(reason) => reason,
+                    Ok(_) => "the transfer ended with layers missing".to_owned(),
+                };
+                tracing::warn!(request, %reason, "remote prefill failed; prefilling locally");
+                self.remote_prefills.fell_back += 1;
+                false
+            }
+        };
+        self.enqueue(seq);
+        Some(used)
+    }
+
+    /// Copies, for every exporting sequence in `exports`, `layer`'s blocks into a message for its receiver.
+    pub(super) fn export_layer(exports: &[ExportPlan], layer: usize, kv: &KvCache) {
+        for plan in exports {
+            let len = plan.blocks.len() * kv.block_floats();
+            let (mut keys, mut values) = (Vec::with_capacity(len), Vec::with_capacity(len));
+            for &block in plan.blocks.iter() {
+                let (k, v) = kv.block_layer(layer, block);
+                keys.extend_from_slice(k);
+                values.extend_from_slice(v);
+            }
+            // A receiver that went away has aborted the request; the engine frees it at the next command.
+            let _ = plan.layers.send(ExportedLayer {
+                layer: layer as u32,
+                keys,
+                values,
+            });
+        }
+    }
+
+    /// The exporting sequences whose prompt completes in this step, among the planned `(running index, tokens)`.
+    pub(super) fn export_plans(&self, plan: &[(usize, usize)]) -> Vec<ExportPlan> {
+        plan.iter()
+            .filter_map(|&(i, take)| {
+                let seq = &self.running[i];
+                let SeqMode::Export(export) = &seq.mode else {
+                    return None;
+                };
+                (seq.computed + take == seq.tokens.len()).then(|| ExportPlan {
+                    blocks: seq.blocks[export.first_block.min(seq.blocks.len())..].into(),
+                    layers: export.layers.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One exporting sequence's blocks and receiver, for the duration of one forward pass.
+#[derive(Debug)]
+pub(super) struct ExportPlan {
+    blocks: Arc<[BlockId]>,
+    layers: mpsc::UnboundedSender<ExportedLayer>,
+}
+
+/// Counts of remote prefills, for load reports and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemotePrefillStats {
+    /// Requests that waited for remote KV right now.
+    pub awaiting: usize,
+    /// Transfers that completed and were used.
+    pub completed: u64,
+    /// Transfers that failed; the request prefilled locally.
+    pub fell_back: u64,
+}
+
+#[cfg(test)]
+mod tests;
