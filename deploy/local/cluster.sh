@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# A local cleave cluster as separate processes: a real etcd, N workers registered in it, and a router that finds
-# them there. Ctrl-C stops everything. Needs `etcd` (Debian: etcd-server) and a built `cleave`
-# (cargo build --release). Usage: deploy/local/cluster.sh [WORKERS] (default 2)
+# A local disaggregated cleave cluster as separate processes: a real etcd, prefill and decode workers registered in
+# it, and a router that finds them there and sends long prompts' prefill to a prefill worker, whose KV streams to
+# the decode worker. Ctrl-C stops everything. Needs `etcd` (Debian: etcd-server) and a built `cleave`
+# (cargo build --release). Usage: deploy/local/cluster.sh [PREFILL_WORKERS] [DECODE_WORKERS] (default 1 1)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-workers="${1:-2}"
+prefill_workers="${1:-1}"
+decode_workers="${2:-1}"
 cleave="${CLEAVE_BIN:-target/release/cleave}"
 router_port="${ROUTER_PORT:-50051}"
 etcd_port="${ETCD_PORT:-23790}"
@@ -30,11 +32,17 @@ etcd --name local --data-dir "$data/etcd" \
 pids+=($!)
 
 "$cleave" model pull >/dev/null
-for i in $(seq 1 "$workers"); do
-    "$cleave" worker --listen "127.0.0.1:$((50060 + i))" --etcd "$etcd_url" --id "worker-$i" &
+for i in $(seq 1 "$prefill_workers"); do
+    "$cleave" worker --role prefill --listen "127.0.0.1:$((50060 + i))" --etcd "$etcd_url" --id "prefill-$i" &
     pids+=($!)
 done
-"$cleave" router --listen "127.0.0.1:${router_port}" --etcd "$etcd_url" &
+for i in $(seq 1 "$decode_workers"); do
+    "$cleave" worker --role decode --listen "127.0.0.1:$((50080 + i))" --etcd "$etcd_url" --id "decode-$i" &
+    pids+=($!)
+done
+# Prompts with at least this many uncached tokens are prefilled on a prefill worker.
+"$cleave" router --listen "127.0.0.1:${router_port}" --etcd "$etcd_url" \
+    --remote-prefill-min-tokens "${REMOTE_PREFILL_MIN_TOKENS:-256}" &
 pids+=($!)
 
 echo "router on 127.0.0.1:${router_port}; try:"

@@ -14,8 +14,9 @@ use cleave_tokens::BlockHash;
 use cleave_tokens::Tokenizer;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::backend::{Backend, CpuBackend};
 use crate::error::EngineError;
-use crate::kv::{Gap, KvCache, KvEventLog, KvEventRecord, KvShape};
+use crate::kv::{Gap, KvEventLog, KvEventRecord, KvShape};
 use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
 use crate::scheduler::{
@@ -110,36 +111,48 @@ impl std::fmt::Debug for Command {
 }
 
 impl Engine {
-    /// Allocates the KV cache and starts the engine thread.
+    /// Starts the engine on the CPU backend, its KV pool sized by `config.kv_cache_bytes`.
     pub fn start(model: LlamaModel, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Result<Engine, EngineError> {
         let block_size = config.scheduler.block_size;
         if block_size == 0 {
             return Err(EngineError::invalid("block_size", "must be at least 1"));
         }
         let bytes_per_block = model.kv_shape(1, block_size).bytes_per_token() * block_size;
-        let kv_blocks = config.kv_cache_bytes / bytes_per_block;
-        if kv_blocks == 0 {
+        let kv_blocks = kv_blocks_in(config.kv_cache_bytes, bytes_per_block, block_size)?;
+        let backend = CpuBackend::new(model, kv_blocks, block_size);
+        Self::start_backend(Box::new(backend), tokenizer, config.scheduler)
+    }
+
+    /// Starts the engine thread over a backend whose KV pool is already allocated; the scheduler's block size
+    /// must be the pool's.
+    pub fn start_backend(
+        backend: Box<dyn Backend>,
+        tokenizer: Arc<Tokenizer>,
+        scheduler: SchedulerConfig,
+    ) -> Result<Engine, EngineError> {
+        let kv_shape = backend.kv_shape();
+        let block_size = kv_shape.block_size;
+        if scheduler.block_size != block_size {
             return Err(EngineError::invalid(
-                "kv_cache_bytes",
+                "block_size",
                 format!(
-                    "{} bytes hold no {block_size}-token block ({bytes_per_block} bytes)",
-                    config.kv_cache_bytes
+                    "the scheduler uses {}-token blocks, the KV pool {block_size}",
+                    scheduler.block_size
                 ),
             ));
         }
+        let kv_blocks = kv_shape.n_blocks;
         let limits = ModelLimits {
-            max_context: model.config().max_context,
-            vocab_size: model.config().vocab_size,
+            max_context: backend.model_config().max_context,
+            vocab_size: backend.model_config().vocab_size,
         };
         let (commands, rx) = mpsc::unbounded_channel();
-        let scheduler = Scheduler::new(config.scheduler, kv_blocks, tokenizer.clone(), limits.max_context);
-        let kv_shape = model.kv_shape(kv_blocks, block_size);
-        let kv = KvCache::new(kv_shape);
+        let scheduler = Scheduler::new(scheduler, kv_blocks, tokenizer.clone(), limits.max_context);
         let (kv_events, _) = broadcast::channel(4096);
         let events = kv_events.clone();
         let thread = std::thread::Builder::new()
             .name("cleave-engine".into())
-            .spawn(move || run(model, kv, scheduler, rx, events))
+            .spawn(move || run(backend, scheduler, rx, events))
             .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             commands,
@@ -425,22 +438,21 @@ struct Live {
 /// What the engine thread owns besides the model, the cache and the scheduler.
 struct EngineState {
     scheduler: Scheduler,
-    kv: KvCache,
+    backend: Box<dyn Backend>,
     live: HashMap<RequestId, Live>,
     kv_log: KvEventLog,
     kv_events: broadcast::Sender<KvEventRecord>,
 }
 
 fn run(
-    model: LlamaModel,
-    kv: KvCache,
+    backend: Box<dyn Backend>,
     scheduler: Scheduler,
     mut rx: mpsc::UnboundedReceiver<Command>,
     kv_events: broadcast::Sender<KvEventRecord>,
 ) {
     let mut state = EngineState {
         scheduler,
-        kv,
+        backend,
         live: HashMap::new(),
         kv_log: KvEventLog::new(KV_EVENT_LOG_CAPACITY),
         kv_events,
@@ -464,7 +476,7 @@ fn run(
         if !state.scheduler.has_work() {
             continue;
         }
-        let outputs = state.scheduler.step(&model, &mut state.kv);
+        let outputs = state.scheduler.step(state.backend.as_mut());
         for event in state.scheduler.drain_kv_events() {
             let record = state.kv_log.push(event);
             // No subscriber is fine: the log keeps the record for later resumption.
@@ -496,7 +508,7 @@ fn run(
 fn handle(cmd: Command, state: &mut EngineState) -> bool {
     let EngineState {
         scheduler,
-        kv,
+        backend,
         live,
         kv_log,
         ..
@@ -532,7 +544,8 @@ fn handle(cmd: Command, state: &mut EngineState) -> bool {
             keys,
             values,
         } => {
-            if let Err(error) = scheduler.write_remote_layer(request, layer, &blocks, &keys, &values, kv) {
+            if let Err(error) = scheduler.write_remote_layer(request, layer, &blocks, &keys, &values, backend.as_mut())
+            {
                 // The request finishes without this layer and falls back to local prefill.
                 tracing::warn!(request, layer, %error, "remote KV layer refused");
             }
@@ -561,4 +574,17 @@ fn handle(cmd: Command, state: &mut EngineState) -> bool {
         Command::Shutdown => return false,
     }
     true
+}
+
+/// How many `block_size`-token blocks of `bytes_per_block` bytes fit in `bytes`; at least one, or an error naming
+/// `kv_cache_bytes`.
+pub fn kv_blocks_in(bytes: usize, bytes_per_block: usize, block_size: usize) -> Result<usize, EngineError> {
+    let blocks = bytes / bytes_per_block.max(1);
+    if blocks == 0 {
+        return Err(EngineError::invalid(
+            "kv_cache_bytes",
+            format!("{bytes} bytes hold no {block_size}-token block ({bytes_per_block} bytes)"),
+        ));
+    }
+    Ok(blocks)
 }

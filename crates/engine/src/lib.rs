@@ -1,6 +1,7 @@
 //! cleave's inference engine: Llama-family models on a CPU backend, a paged KV cache with prefix reuse, and a
 //! continuous-batching scheduler owned by one engine thread.
 
+pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod cpu;
@@ -13,6 +14,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod weights;
 
+pub use backend::{Backend, CpuBackend, KvBlockReader};
 pub use config::ModelConfig;
 pub use engine::{Engine, EngineConfig, GenerationStream, KvSnapshot};
 pub use error::{EngineError, ErrorCategory};

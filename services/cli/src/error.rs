@@ -45,6 +45,12 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot accept KV transfers on {addr}")]
+    KvListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: cleave_cluster::kv_transfer::KvTransferError,
+    },
     #[error("the worker's gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
     #[error(transparent)]
@@ -83,6 +89,7 @@ impl CliError {
             | CliError::Stdout(_)
             | CliError::Json(_)
             | CliError::Listen { .. }
+            | CliError::KvListen { .. }
             | CliError::Serve(_)
             | CliError::RouterServe(_)
             | CliError::RouterModel(_)

@@ -6,9 +6,9 @@ use std::time::Duration;
 use cleave_cluster::registry::{ParallelLayout, WorkerRecord, WorkerRole, register_worker};
 use cleave_engine::scheduler::SchedulerConfig;
 use cleave_engine::{Engine, EngineConfig, load_model};
-use cleave_worker::{WorkerService, serve};
+use cleave_worker::{KvInbox, WorkerService, serve};
 
-use crate::args::WorkerArgs;
+use crate::args::{DisaggArgs, WorkerArgs};
 use crate::error::CliError;
 use crate::{model, registry};
 
@@ -19,7 +19,6 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
         max_batch_tokens: args.max_batch_tokens as usize,
         ..SchedulerConfig::default()
     };
-    let block_size = scheduler.block_size;
     let config = EngineConfig {
         scheduler,
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
@@ -31,29 +30,27 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let (listener, addr) = bind(args.listen).await?;
+        let id = args
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("worker-{}-{}", addr.ip(), addr.port()));
+        let grpc_url = args.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let (service, record) = prepare_worker(engine.clone(), &name, id, grpc_url, addr, &args.disagg).await?;
         let registration = match registry::connect(&args.registry).await? {
             Some((registry, layout)) => {
-                let record = WorkerRecord {
-                    id: args
-                        .id
-                        .clone()
-                        .unwrap_or_else(|| format!("worker-{}-{}", addr.ip(), addr.port())),
-                    role: WorkerRole::Both,
-                    model: name.clone(),
-                    grpc_addr: args.advertise.clone().unwrap_or_else(|| format!("http://{addr}")),
-                    kv_addr: String::new(),
-                    kv_transports: Vec::new(),
-                    block_size: block_size as u32,
-                    capacity_blocks: engine.kv_blocks() as u64,
-                    parallel: ParallelLayout::default(),
-                };
                 let ttl = Duration::from_secs(args.lease_ttl_secs);
                 Some(register_worker(registry.as_ref(), &layout, &record, ttl).await?)
             }
             None => None,
         };
+        let kv = if record.kv_addr.is_empty() {
+            String::new()
+        } else {
+            format!(", KV transfers on {}", record.kv_addr)
+        };
         eprintln!(
-            "cleave worker: {name} on grpc://{addr} ({} KV blocks)",
+            "cleave worker: {name} as {:?} on grpc://{addr} ({} KV blocks{kv})",
+            record.role,
             engine.kv_blocks()
         );
         // On SIGTERM: deregister first, so routers stop sending here, then let in-flight streams finish (the
@@ -76,7 +73,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
             }
         };
         tokio::select! {
-            served = serve(WorkerService::new(engine.clone(), block_size), listener, drain) => {
+            served = serve(service, listener, drain) => {
                 served.map_err(CliError::Serve)
             }
             () = deadline => {
@@ -85,6 +82,46 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
             }
         }
     })
+}
+
+/// The Worker service over `engine` in its role, and the record that registers it. Decode and both-role workers
+/// get a KV listener (`--kv-listen`, default: `grpc_addr`'s host on a free port) so prefill workers can ship prompt
+/// KV to them.
+pub async fn prepare_worker(
+    engine: Arc<Engine>,
+    model: &str,
+    id: String,
+    grpc_url: String,
+    grpc_addr: std::net::SocketAddr,
+    disagg: &DisaggArgs,
+) -> Result<(WorkerService, WorkerRecord), CliError> {
+    let role = WorkerRole::from(disagg.role);
+    let block_size = engine.block_size();
+    let mut service = WorkerService::new(engine.clone(), block_size).with_model(model);
+    let mut kv_addr = String::new();
+    if role != WorkerRole::Prefill {
+        let listen = disagg
+            .kv_listen
+            .unwrap_or_else(|| std::net::SocketAddr::new(grpc_addr.ip(), 0));
+        let inbox = KvInbox::bind(listen, disagg.kv_advertise.clone(), engine.clone(), model)
+            .await
+            .map_err(|source| CliError::KvListen { addr: listen, source })?;
+        kv_addr = inbox.addr().to_owned();
+        let timeout = Duration::from_secs(disagg.remote_prefill_timeout_secs);
+        service = service.with_kv_inbox(Arc::new(inbox), timeout);
+    }
+    let record = WorkerRecord {
+        id,
+        role,
+        model: model.to_owned(),
+        grpc_addr: grpc_url,
+        kv_addr,
+        kv_transports: vec!["tcp".to_owned()],
+        block_size: block_size as u32,
+        capacity_blocks: engine.kv_blocks() as u64,
+        parallel: ParallelLayout::default(),
+    };
+    Ok((service, record))
 }
 
 /// Binds a listener, naming the address in the error.

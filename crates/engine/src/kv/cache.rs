@@ -96,21 +96,16 @@ impl KvCache {
         }
     }
 
-    /// Floats in one block of one layer, for keys (values hold as many): `[n_kv_heads][block_size][head_dim]`.
-    pub fn block_floats(&self) -> usize {
-        self.n_kv_heads * self.block_size * self.head_dim
-    }
-
     /// One block's keys and values in one layer, each `block_floats()` long — what a KV transfer ships.
     pub fn block_layer(&self, layer: usize, block: BlockId) -> (&[f32], &[f32]) {
-        let len = self.block_floats();
+        let len = self.shape().block_floats();
         let at = block as usize * len;
         (&self.keys[layer][at..at + len], &self.values[layer][at..at + len])
     }
 
     /// Overwrites one block's keys and values in one layer (each `block_floats()` long) — a KV transfer landing.
     pub fn write_block_layer(&mut self, layer: usize, block: BlockId, k: &[f32], v: &[f32]) {
-        let len = self.block_floats();
+        let len = self.shape().block_floats();
         let at = block as usize * len;
         self.keys[layer][at..at + len].copy_from_slice(k);
         self.values[layer][at..at + len].copy_from_slice(v);

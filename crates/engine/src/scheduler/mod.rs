@@ -23,8 +23,9 @@ pub use sequence::{Finish, FinishReason, NewRequest, RequestId, SeqOutput, Usage
 use crate::error::EngineError;
 use cleave_tokens::BlockHash;
 
-use crate::kv::{BlockManager, KvCache, KvEvent, PrefixCacheStats};
-use crate::model::{LlamaModel, SeqChunk};
+use crate::backend::Backend;
+use crate::kv::{BlockManager, KvEvent, PrefixCacheStats};
+use crate::model::SeqChunk;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -173,7 +174,7 @@ impl Scheduler {
     }
 
     /// Runs one batch through the model and returns what each scheduled sequence produced.
-    pub fn step(&mut self, model: &LlamaModel, kv: &mut KvCache) -> Vec<SeqOutput> {
+    pub fn step(&mut self, backend: &mut dyn Backend) -> Vec<SeqOutput> {
         let plan = self.plan();
         if plan.is_empty() {
             return Vec::new();
@@ -191,12 +192,9 @@ impl Scheduler {
             })
             .collect();
         let exports = self.export_plans(&plan);
-        let logits = if exports.is_empty() {
-            model.forward(&chunks, kv)
-        } else {
-            model.forward_observed(&chunks, kv, &mut |layer, kv| Self::export_layer(&exports, layer, kv))
-        };
-        self.apply(&plan, &logits, model.config().vocab_size, kv)
+        let logits = backend.forward(&chunks, &mut |layer, kv| Self::export_layer(&exports, layer, kv));
+        let vocab = backend.model_config().vocab_size;
+        self.apply(&plan, &logits, vocab, backend)
     }
 
     /// Chooses this step's work: `(index into running, tokens to compute)`, allocating the blocks it needs.
@@ -295,7 +293,13 @@ impl Scheduler {
     }
 
     /// Advances the scheduled sequences past the step: publishes full blocks, samples, checks stops.
-    fn apply(&mut self, plan: &[(usize, usize)], logits: &[f32], vocab: usize, kv: &mut KvCache) -> Vec<SeqOutput> {
+    fn apply(
+        &mut self,
+        plan: &[(usize, usize)],
+        logits: &[f32],
+        vocab: usize,
+        backend: &mut dyn Backend,
+    ) -> Vec<SeqOutput> {
         let bs = self.config.block_size;
         let mut outputs = Vec::new();
         let mut rows = logits.chunks_exact(vocab);
@@ -327,7 +331,7 @@ impl Scheduler {
             let Some(row) = rows.next() else { break };
             for index in 1..=std::mem::take(&mut seq.forks_pending) {
                 let mut child = seq.fork(index, self.tokenizer.clone());
-                share_prefix(&mut self.blocks, kv, &mut child, &seq.blocks, seq.computed, bs);
+                share_prefix(&mut self.blocks, backend, &mut child, &seq.blocks, seq.computed, bs);
                 let out = sample_and_check(&mut child, row, &self.eos, self.max_context);
                 if out.finish.is_some() {
                     self.blocks.release_all(&child.blocks);
@@ -362,7 +366,7 @@ impl Scheduler {
 /// the prefix cache.
 fn share_prefix(
     blocks: &mut BlockManager,
-    kv: &mut KvCache,
+    backend: &mut dyn Backend,
     child: &mut Sequence,
     parent_blocks: &[crate::kv::BlockId],
     computed: usize,
@@ -378,7 +382,7 @@ fn share_prefix(
         child.blocks.push(b);
     }
     if partial && let Some(copy) = blocks.allocate() {
-        kv.copy_block(parent_blocks[full], copy);
+        backend.copy_block(parent_blocks[full], copy);
         child.blocks.push(copy);
     }
     child.computed = computed;

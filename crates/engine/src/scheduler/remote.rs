@@ -19,8 +19,9 @@ use tokio::sync::mpsc;
 
 use super::Scheduler;
 use super::sequence::SeqMode;
+use crate::backend::{Backend, KvBlockReader};
 use crate::error::EngineError;
-use crate::kv::{BlockId, KvCache};
+use crate::kv::BlockId;
 use crate::scheduler::{NewRequest, RequestId};
 
 /// What a request does with its prompt.
@@ -149,7 +150,7 @@ impl Scheduler {
         blocks: &[BlockId],
         keys: &[f32],
         values: &[f32],
-        kv: &mut KvCache,
+        backend: &mut dyn Backend,
     ) -> Result<(), RemoteWriteError> {
         let seq = self
             .awaiting
@@ -166,14 +167,15 @@ impl Scheduler {
                 expected: expected.to_vec(),
             });
         }
-        let n_layers = kv.shape().n_layers;
+        let shape = backend.kv_shape();
+        let n_layers = shape.n_layers;
         if state.layers_written.is_empty() {
             state.layers_written = vec![false; n_layers];
         }
         if layer as usize >= n_layers {
             return Err(RemoteWriteError::LayerOutOfRange { layer, n_layers });
         }
-        let per_block = kv.block_floats();
+        let per_block = shape.block_floats();
         for (field, got) in [("keys", keys.len()), ("values", values.len())] {
             if got != per_block * blocks.len() {
                 return Err(RemoteWriteError::PayloadLength {
@@ -189,7 +191,7 @@ impl Scheduler {
             .zip(keys.chunks_exact(per_block))
             .zip(values.chunks_exact(per_block))
         {
-            kv.write_block_layer(layer as usize, block, k, v);
+            backend.write_block_layer(layer as usize, block, k, v);
         }
         state.layers_written[layer as usize] = true;
         Ok(())
@@ -228,14 +230,11 @@ impl Scheduler {
     }
 
     /// Copies, for every exporting sequence in `exports`, `layer`'s blocks into a message for its receiver.
-    pub(super) fn export_layer(exports: &[ExportPlan], layer: usize, kv: &KvCache) {
+    pub(super) fn export_layer(exports: &[ExportPlan], layer: usize, kv: &dyn KvBlockReader) {
         for plan in exports {
-            let len = plan.blocks.len() * kv.block_floats();
-            let (mut keys, mut values) = (Vec::with_capacity(len), Vec::with_capacity(len));
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
             for &block in plan.blocks.iter() {
-                let (k, v) = kv.block_layer(layer, block);
-                keys.extend_from_slice(k);
-                values.extend_from_slice(v);
+                kv.read_block_layer(layer, block, &mut keys, &mut values);
             }
             // A receiver that went away has aborted the request; the engine frees it at the next command.
             let _ = plan.layers.send(ExportedLayer {

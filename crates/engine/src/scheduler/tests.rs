@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::*;
+use crate::backend::CpuBackend;
 use crate::loader::{ModelFiles, load_model};
+use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
 
 fn tiny() -> (LlamaModel, Arc<Tokenizer>) {
@@ -39,11 +41,11 @@ fn request(id: RequestId, prompt_len: usize, max_tokens: u32, priority: i32) -> 
     }
 }
 
-fn setup(config: SchedulerConfig, n_blocks: usize) -> (LlamaModel, KvCache, Scheduler) {
+fn setup(config: SchedulerConfig, n_blocks: usize) -> (CpuBackend, Scheduler) {
     let (model, tokenizer) = tiny();
-    let kv = KvCache::new(model.kv_shape(n_blocks, config.block_size));
+    let backend = CpuBackend::new(model, n_blocks, config.block_size);
     let scheduler = Scheduler::new(config, n_blocks, tokenizer, 128);
-    (model, kv, scheduler)
+    (backend, scheduler)
 }
 
 fn config(block_size: usize, max_batch_tokens: usize) -> SchedulerConfig {
@@ -57,11 +59,11 @@ fn config(block_size: usize, max_batch_tokens: usize) -> SchedulerConfig {
 }
 
 /// Steps until idle; returns every request's token ids and the number of steps.
-fn drain(model: &LlamaModel, kv: &mut KvCache, s: &mut Scheduler) -> (HashMap<RequestId, Vec<u32>>, usize) {
+fn drain(backend: &mut CpuBackend, s: &mut Scheduler) -> (HashMap<RequestId, Vec<u32>>, usize) {
     let mut out: HashMap<RequestId, Vec<u32>> = HashMap::new();
     let mut steps = 0;
     while s.has_work() {
-        for o in s.step(model, kv) {
+        for o in s.step(backend) {
             out.entry(o.request).or_default().extend(o.token_ids);
         }
         steps += 1;
@@ -72,7 +74,7 @@ fn drain(model: &LlamaModel, kv: &mut KvCache, s: &mut Scheduler) -> (HashMap<Re
 
 #[test]
 fn token_budget_chunks_a_long_prompt() {
-    let (_, _, mut s) = setup(config(4, 10), 64);
+    let (_, mut s) = setup(config(4, 10), 64);
     s.add(request(1, 25, 4, 0)).unwrap();
     let plan = s.plan();
     assert_eq!(plan, vec![(0, 10)]);
@@ -81,9 +83,9 @@ fn token_budget_chunks_a_long_prompt() {
 
 #[test]
 fn decodes_go_first_then_prefill_fills_the_budget() {
-    let (model, mut kv, mut s) = setup(config(4, 8), 64);
+    let (mut backend, mut s) = setup(config(4, 8), 64);
     s.add(request(1, 3, 10, 0)).unwrap();
-    s.step(&model, &mut kv); // prefill of request 1, first token sampled
+    s.step(&mut backend); // prefill of request 1, first token sampled
     s.add(request(2, 20, 4, 0)).unwrap();
     let plan = s.plan();
     assert_eq!(plan, vec![(0, 1), (1, 7)]);
@@ -91,7 +93,7 @@ fn decodes_go_first_then_prefill_fills_the_budget() {
 
 #[test]
 fn waiting_requests_are_admitted_by_priority_then_arrival() {
-    let (_, _, mut s) = setup(
+    let (_, mut s) = setup(
         SchedulerConfig {
             max_running: 1,
             ..config(4, 64)
@@ -110,11 +112,11 @@ fn waiting_requests_are_admitted_by_priority_then_arrival() {
 #[test]
 fn block_pressure_preempts_the_lowest_priority_newest_sequence_and_all_finish() {
     // 6 blocks of 4 tokens; three requests of 8 + 8 tokens need 4 blocks each.
-    let (model, mut kv, mut s) = setup(config(4, 64), 6);
+    let (mut backend, mut s) = setup(config(4, 64), 6);
     s.add(request(1, 8, 8, 0)).unwrap();
     s.add(request(2, 8, 8, 0)).unwrap();
     s.add(request(3, 8, 8, 1)).unwrap();
-    let (out, _) = drain(&model, &mut kv, &mut s);
+    let (out, _) = drain(&mut backend, &mut s);
     assert!(s.stats().preemptions > 0);
     for id in 1..=3 {
         assert_eq!(out[&id].len(), 8, "request {id}");
@@ -126,7 +128,7 @@ fn block_pressure_preempts_the_lowest_priority_newest_sequence_and_all_finish() 
 
 #[test]
 fn abort_frees_blocks_of_running_and_waiting_sequences() {
-    let (model, mut kv, mut s) = setup(
+    let (mut backend, mut s) = setup(
         SchedulerConfig {
             max_running: 1,
             ..config(4, 64)
@@ -135,7 +137,7 @@ fn abort_frees_blocks_of_running_and_waiting_sequences() {
     );
     s.add(request(1, 10, 20, 0)).unwrap();
     s.add(request(2, 10, 20, 0)).unwrap();
-    s.step(&model, &mut kv);
+    s.step(&mut backend);
     assert!(s.stats().free_blocks < 16);
     assert!(s.abort(1));
     assert!(s.abort(2));
@@ -146,7 +148,7 @@ fn abort_frees_blocks_of_running_and_waiting_sequences() {
 
 #[test]
 fn a_request_larger_than_the_cache_is_refused() {
-    let (_, _, mut s) = setup(config(4, 64), 4);
+    let (_, mut s) = setup(config(4, 64), 4);
     assert!(matches!(
         s.add(request(1, 8, 12, 0)),
         Err(EngineError::ResourceExhausted(_))
@@ -156,13 +158,13 @@ fn a_request_larger_than_the_cache_is_refused() {
 
 #[test]
 fn full_blocks_are_published_and_reused_by_the_next_request() {
-    let (model, mut kv, mut s) = setup(config(4, 64), 32);
+    let (mut backend, mut s) = setup(config(4, 64), 32);
     s.add(request(1, 13, 2, 0)).unwrap();
-    let (first, _) = drain(&model, &mut kv, &mut s);
+    let (first, _) = drain(&mut backend, &mut s);
     s.add(request(2, 13, 2, 0)).unwrap();
     s.plan();
     assert_eq!(s.running[0].cached_tokens, 12);
     assert_eq!(s.running[0].computed, 12);
-    let (second, _) = drain(&model, &mut kv, &mut s);
+    let (second, _) = drain(&mut backend, &mut s);
     assert_eq!(first[&1], second[&2]);
 }

@@ -7,34 +7,37 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::backend::{Backend, CpuBackend};
 use crate::loader::{ModelFiles, load_model};
-use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
 use crate::scheduler::{FinishReason, SchedulerConfig, SeqOutput};
 
 const BLOCKS: usize = 32;
 const BLOCK_SIZE: usize = 4;
 
+/// One worker: a scheduler and its own model and KV pool.
 struct Side {
     scheduler: Scheduler,
-    kv: KvCache,
+    backend: CpuBackend,
 }
 
-fn model() -> (LlamaModel, Arc<cleave_tokens::Tokenizer>) {
+impl Side {
+    fn block_floats(&self) -> usize {
+        self.backend.kv_shape().block_floats()
+    }
+}
+
+fn side() -> Side {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
     let (model, tokenizer) = load_model(ModelFiles::HfDir(&dir)).unwrap();
-    (model, Arc::new(tokenizer))
-}
-
-fn side(model: &LlamaModel, tokenizer: &Arc<cleave_tokens::Tokenizer>) -> Side {
     let config = SchedulerConfig {
         block_size: BLOCK_SIZE,
         max_batch_tokens: 8,
         ..SchedulerConfig::default()
     };
     Side {
-        scheduler: Scheduler::new(config, BLOCKS, tokenizer.clone(), 128),
-        kv: KvCache::new(model.kv_shape(BLOCKS, BLOCK_SIZE)),
+        scheduler: Scheduler::new(config, BLOCKS, Arc::new(tokenizer), 128),
+        backend: CpuBackend::new(model, BLOCKS, BLOCK_SIZE),
     }
 }
 
@@ -62,30 +65,25 @@ fn request(id: RequestId, prompt: Vec<u32>, max_tokens: u32, kind: RequestKind) 
     }
 }
 
-fn drain(model: &LlamaModel, side: &mut Side) -> Vec<SeqOutput> {
+fn drain(side: &mut Side) -> Vec<SeqOutput> {
     let mut out = Vec::new();
     for _ in 0..1000 {
         if !side.scheduler.has_work() {
             return out;
         }
-        out.extend(side.scheduler.step(model, &mut side.kv));
+        out.extend(side.scheduler.step(&mut side.backend));
     }
     panic!("the scheduler makes no progress");
 }
 
 /// The tokens a plain local prefill gives `text`, on a fresh scheduler.
-fn local_tokens(
-    model: &LlamaModel,
-    tokenizer: &Arc<cleave_tokens::Tokenizer>,
-    text: &[u32],
-    max_tokens: u32,
-) -> Vec<u32> {
-    let mut local = side(model, tokenizer);
+fn local_tokens(text: &[u32], max_tokens: u32) -> Vec<u32> {
+    let mut local = side();
     local
         .scheduler
         .add(request(1, text.to_vec(), max_tokens, RequestKind::Generate))
         .unwrap();
-    tokens(&drain(model, &mut local))
+    tokens(&drain(&mut local))
 }
 
 fn tokens(outputs: &[SeqOutput]) -> Vec<u32> {
@@ -93,7 +91,7 @@ fn tokens(outputs: &[SeqOutput]) -> Vec<u32> {
 }
 
 /// Runs the prefill-only request on `prefill` and returns its layers in the order they came out.
-fn export(model: &LlamaModel, prefill: &mut Side, prompt: &[u32], first_block: usize) -> Vec<ExportedLayer> {
+fn export(prefill: &mut Side, prompt: &[u32], first_block: usize) -> Vec<ExportedLayer> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let kind = RequestKind::ExportKv(KvExport {
         first_block,
@@ -103,7 +101,7 @@ fn export(model: &LlamaModel, prefill: &mut Side, prompt: &[u32], first_block: u
         .scheduler
         .add(request(100, prompt[..prompt.len() - 1].to_vec(), 1, kind))
         .unwrap();
-    let outputs = drain(model, prefill);
+    let outputs = drain(prefill);
     let last = outputs.last().unwrap();
     assert_eq!(last.finish.unwrap().reason, FinishReason::Prefilled);
     assert!(last.token_ids.is_empty(), "a prefill-only request samples nothing");
@@ -119,18 +117,24 @@ fn deliver(decode: &mut Side, request: RequestId, target: &RemoteKvTarget, layer
     for l in layers {
         decode
             .scheduler
-            .write_remote_layer(request, l.layer, &target.blocks, &l.keys, &l.values, &mut decode.kv)
+            .write_remote_layer(
+                request,
+                l.layer,
+                &target.blocks,
+                &l.keys,
+                &l.values,
+                &mut decode.backend,
+            )
             .unwrap();
     }
 }
 
 #[test]
 fn remote_prefill_gives_the_local_tokens_and_frees_every_block() {
-    let (model, tokenizer) = model();
     let text = prompt(23);
-    let expected = local_tokens(&model, &tokenizer, &text, 6);
+    let expected = local_tokens(&text, 6);
 
-    let (mut prefill, mut decode) = (side(&model, &tokenizer), side(&model, &tokenizer));
+    let (mut prefill, mut decode) = (side(), side());
     let target = decode
         .scheduler
         .add_remote(request(1, text.clone(), 6, RequestKind::Generate))
@@ -143,12 +147,15 @@ fn remote_prefill_gives_the_local_tokens_and_frees_every_block() {
         "an awaiting sequence takes no part in steps"
     );
 
-    let layers = export(&model, &mut prefill, &text, target.first_block);
+    let layers = export(&mut prefill, &text, target.first_block);
     let order: Vec<u32> = layers.iter().map(|l| l.layer).collect();
-    assert_eq!(order, (0..model.config().n_layers as u32).collect::<Vec<_>>());
+    assert_eq!(
+        order,
+        (0..decode.backend.model_config().n_layers as u32).collect::<Vec<_>>()
+    );
     deliver(&mut decode, 1, &target, &layers);
     assert_eq!(decode.scheduler.finish_remote(1, Ok(0)), Some(true));
-    let outputs = drain(&model, &mut decode);
+    let outputs = drain(&mut decode);
     assert_eq!(tokens(&outputs), expected);
     let usage = outputs.last().unwrap().finish.unwrap().usage;
     assert_eq!((usage.prompt_tokens, usage.completion_tokens), (23, 6));
@@ -163,17 +170,16 @@ fn remote_prefill_gives_the_local_tokens_and_frees_every_block() {
 
 #[test]
 fn a_cached_prefix_on_the_decode_side_is_not_sent() {
-    let (model, tokenizer) = model();
     let text = prompt(30);
-    let (mut prefill, mut decode) = (side(&model, &tokenizer), side(&model, &tokenizer));
+    let (mut prefill, mut decode) = (side(), side());
     // The decode worker already served the first 16 tokens.
     decode
         .scheduler
         .add(request(1, text[..17].to_vec(), 1, RequestKind::Generate))
         .unwrap();
-    drain(&model, &mut decode);
+    drain(&mut decode);
 
-    let expected = local_tokens(&model, &tokenizer, &text, 5);
+    let expected = local_tokens(&text, 5);
 
     let target = decode
         .scheduler
@@ -182,44 +188,42 @@ fn a_cached_prefix_on_the_decode_side_is_not_sent() {
         .unwrap();
     assert_eq!(target.first_block, 4, "16 cached tokens are 4 blocks");
     assert_eq!(target.blocks.len(), 29usize.div_ceil(BLOCK_SIZE) - 4);
-    let layers = export(&model, &mut prefill, &text, target.first_block);
-    assert_eq!(layers[0].keys.len(), target.blocks.len() * decode.kv.block_floats());
+    let layers = export(&mut prefill, &text, target.first_block);
+    assert_eq!(layers[0].keys.len(), target.blocks.len() * decode.block_floats());
     deliver(&mut decode, 2, &target, &layers);
     decode.scheduler.finish_remote(2, Ok(0));
-    let outputs = drain(&model, &mut decode);
+    let outputs = drain(&mut decode);
     assert_eq!(tokens(&outputs), expected);
     assert_eq!(outputs.last().unwrap().finish.unwrap().usage.cached_tokens, 16);
 }
 
 #[test]
 fn a_transfer_missing_layers_falls_back_to_local_prefill() {
-    let (model, tokenizer) = model();
     let text = prompt(19);
-    let expected = local_tokens(&model, &tokenizer, &text, 4);
+    let expected = local_tokens(&text, 4);
 
-    let (mut prefill, mut decode) = (side(&model, &tokenizer), side(&model, &tokenizer));
+    let (mut prefill, mut decode) = (side(), side());
     let target = decode
         .scheduler
         .add_remote(request(1, text.clone(), 4, RequestKind::Generate))
         .unwrap()
         .unwrap();
-    let layers = export(&model, &mut prefill, &text, 0);
+    let layers = export(&mut prefill, &text, 0);
     // Only the first layer lands, with garbage the local prefill must overwrite.
     let garbage = vec![f32::NAN; layers[0].keys.len()];
     decode
         .scheduler
-        .write_remote_layer(1, 0, &target.blocks, &garbage, &garbage, &mut decode.kv)
+        .write_remote_layer(1, 0, &target.blocks, &garbage, &garbage, &mut decode.backend)
         .unwrap();
     assert_eq!(decode.scheduler.finish_remote(1, Ok(0)), Some(false));
-    assert_eq!(tokens(&drain(&model, &mut decode)), expected);
+    assert_eq!(tokens(&drain(&mut decode)), expected);
     let stats = decode.scheduler.stats();
     assert_eq!((stats.remote_prefill.fell_back, stats.free_blocks), (1, BLOCKS));
 }
 
 #[test]
 fn a_failed_transfer_falls_back_and_abort_frees_an_awaiting_request() {
-    let (model, tokenizer) = model();
-    let mut decode = side(&model, &tokenizer);
+    let mut decode = side();
     let target = decode
         .scheduler
         .add_remote(request(1, prompt(19), 4, RequestKind::Generate))
@@ -228,7 +232,7 @@ fn a_failed_transfer_falls_back_and_abort_frees_an_awaiting_request() {
     decode
         .scheduler
         .finish_remote(1, Err("prefill worker unreachable".into()));
-    assert_eq!(tokens(&drain(&model, &mut decode)).len(), 4);
+    assert_eq!(tokens(&drain(&mut decode)).len(), 4);
 
     let target2 = decode
         .scheduler
@@ -239,14 +243,14 @@ fn a_failed_transfer_falls_back_and_abort_frees_an_awaiting_request() {
     assert!(decode.scheduler.abort(2));
     assert_eq!(decode.scheduler.stats().free_blocks, BLOCKS);
     // A late layer and a late finish for the aborted request touch nothing.
-    let floats = target2.blocks.len() * decode.kv.block_floats();
+    let floats = target2.blocks.len() * decode.block_floats();
     let late = decode.scheduler.write_remote_layer(
         2,
         0,
         &target2.blocks,
         &vec![0.0; floats],
         &vec![0.0; floats],
-        &mut decode.kv,
+        &mut decode.backend,
     );
     assert_eq!(late, Err(RemoteWriteError::NotAwaiting(2)));
     assert_eq!(decode.scheduler.finish_remote(2, Ok(0)), None);
@@ -255,20 +259,23 @@ fn a_failed_transfer_falls_back_and_abort_frees_an_awaiting_request() {
 
 #[test]
 fn writes_naming_other_blocks_or_bad_lengths_are_refused() {
-    let (model, tokenizer) = model();
-    let mut decode = side(&model, &tokenizer);
+    let mut decode = side();
     let target = decode
         .scheduler
         .add_remote(request(1, prompt(19), 4, RequestKind::Generate))
         .unwrap()
         .unwrap();
-    let floats = target.blocks.len() * decode.kv.block_floats();
+    let floats = target.blocks.len() * decode.block_floats();
     let mut other = target.blocks.clone();
     other[0] = BLOCKS as u32 - 1;
-    let wrong =
-        decode
-            .scheduler
-            .write_remote_layer(1, 0, &other, &vec![0.0; floats], &vec![0.0; floats], &mut decode.kv);
+    let wrong = decode.scheduler.write_remote_layer(
+        1,
+        0,
+        &other,
+        &vec![0.0; floats],
+        &vec![0.0; floats],
+        &mut decode.backend,
+    );
     assert!(matches!(wrong, Err(RemoteWriteError::WrongBlocks { .. })));
     let short = decode.scheduler.write_remote_layer(
         1,
@@ -276,7 +283,7 @@ fn writes_naming_other_blocks_or_bad_lengths_are_refused() {
         &target.blocks,
         &vec![0.0; floats - 1],
         &vec![0.0; floats],
-        &mut decode.kv,
+        &mut decode.backend,
     );
     assert!(matches!(
         short,
@@ -288,7 +295,7 @@ fn writes_naming_other_blocks_or_bad_lengths_are_refused() {
         &target.blocks,
         &vec![0.0; floats],
         &vec![0.0; floats],
-        &mut decode.kv,
+        &mut decode.backend,
     );
     assert!(matches!(
         layer,
@@ -298,15 +305,14 @@ fn writes_naming_other_blocks_or_bad_lengths_are_refused() {
 
 #[test]
 fn nothing_to_send_or_no_room_means_local_prefill() {
-    let (model, tokenizer) = model();
-    let mut decode = side(&model, &tokenizer);
+    let mut decode = side();
     // One-token prompt: nothing for a prefill worker to compute.
     let none = decode
         .scheduler
         .add_remote(request(1, prompt(1), 2, RequestKind::Generate))
         .unwrap();
     assert_eq!(none, None);
-    assert_eq!(tokens(&drain(&model, &mut decode)).len(), 2);
+    assert_eq!(tokens(&drain(&mut decode)).len(), 2);
     // n > 1 stays local.
     let spec = SamplingSpec {
         max_tokens: Some(2),
@@ -325,9 +331,6 @@ fn nothing_to_send_or_no_room_means_local_prefill() {
         kind: RequestKind::Generate,
     };
     assert_eq!(decode.scheduler.add_remote(req).unwrap(), None);
-    assert_eq!(
-        drain(&model, &mut decode).iter().filter(|o| o.finish.is_some()).count(),
-        2
-    );
+    assert_eq!(drain(&mut decode).iter().filter(|o| o.finish.is_some()).count(), 2);
     assert_eq!(decode.scheduler.stats().free_blocks, BLOCKS);
 }

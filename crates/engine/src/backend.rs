@@ -1,0 +1,91 @@
+//! What the scheduler needs from a compute device: a forward pass over a batch of sequence chunks, and access to
+//! the KV blocks that pass writes — copying a block when samples fork, writing remote KV in, reading it out for a
+//! transfer. The CPU backend ([`CpuBackend`]) is the model and a host KV pool; the CUDA backend keeps both on a GPU.
+//!
+//! Invariant: block ids are the block manager's; a backend stores values and never decides ownership. Keys and
+//! values cross this interface as f32 in the engine's `[block][kv_head][slot][head_dim]` order whatever the device
+//! stores, so KV transfers between backends of one model agree.
+
+use crate::config::ModelConfig;
+use crate::kv::{BlockId, KvCache, KvShape};
+use crate::model::{LlamaModel, SeqChunk};
+
+/// Reads one block of one layer during a forward pass (the callback that ships KV while later layers compute).
+pub trait KvBlockReader {
+    /// Appends `block`'s keys to `keys` and its values to `values` (`KvShape::block_floats` each).
+    fn read_block_layer(&self, layer: usize, block: BlockId, keys: &mut Vec<f32>, values: &mut Vec<f32>);
+}
+
+/// A model and its KV pool on one device.
+pub trait Backend: Send {
+    fn model_config(&self) -> &ModelConfig;
+
+    fn kv_shape(&self) -> KvShape;
+
+    /// Runs the batch, writes its keys and values into the pool, and returns `[n, vocab]` logits for the chunks
+    /// with `want_logits`, in batch order. `layer_done(l, reader)` runs once layer `l`'s KV is in the pool.
+    fn forward(&mut self, chunks: &[SeqChunk<'_>], layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader)) -> Vec<f32>;
+
+    /// Copies a whole block, every layer (copy-on-write when forked samples diverge).
+    fn copy_block(&mut self, src: BlockId, dst: BlockId);
+
+    /// Overwrites one block of one layer (remote KV landing); `keys`/`values` hold `block_floats` each.
+    fn write_block_layer(&mut self, layer: usize, block: BlockId, keys: &[f32], values: &[f32]);
+}
+
+impl KvShape {
+    /// Floats in one block of one layer, for keys (values hold as many).
+    pub fn block_floats(&self) -> usize {
+        self.n_kv_heads * self.block_size * self.head_dim
+    }
+}
+
+impl KvBlockReader for KvCache {
+    fn read_block_layer(&self, layer: usize, block: BlockId, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
+        let (k, v) = self.block_layer(layer, block);
+        keys.extend_from_slice(k);
+        values.extend_from_slice(v);
+    }
+}
+
+/// The CPU backend: f32 weights math on the host (`cpu/`), a host KV pool.
+#[derive(Debug)]
+pub struct CpuBackend {
+    model: LlamaModel,
+    kv: KvCache,
+}
+
+impl CpuBackend {
+    /// The model with a pool of `n_blocks` blocks of `block_size` tokens.
+    pub fn new(model: LlamaModel, n_blocks: usize, block_size: usize) -> Self {
+        let kv = KvCache::new(model.kv_shape(n_blocks, block_size));
+        CpuBackend { model, kv }
+    }
+
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+}
+
+impl Backend for CpuBackend {
+    fn model_config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    fn kv_shape(&self) -> KvShape {
+        self.kv.shape()
+    }
+
+    fn forward(&mut self, chunks: &[SeqChunk<'_>], layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader)) -> Vec<f32> {
+        self.model
+            .forward_observed(chunks, &mut self.kv, &mut |layer, kv| layer_done(layer, kv))
+    }
+
+    fn copy_block(&mut self, src: BlockId, dst: BlockId) {
+        self.kv.copy_block(src, dst);
+    }
+
+    fn write_block_layer(&mut self, layer: usize, block: BlockId, keys: &[f32], values: &[f32]) {
+        self.kv.write_block_layer(layer, block, keys, values);
+    }
+}
