@@ -7,6 +7,7 @@
 //! stores, so KV transfers between backends of one model agree.
 
 use crate::config::ModelConfig;
+use crate::error::EngineError;
 use crate::kv::{BlockId, KvCache, KvShape};
 use crate::model::{LlamaModel, SeqChunk};
 
@@ -24,13 +25,24 @@ pub trait Backend: Send {
 
     /// Runs the batch, writes its keys and values into the pool, and returns `[n, vocab]` logits for the chunks
     /// with `want_logits`, in batch order. `layer_done(l, reader)` runs once layer `l`'s KV is in the pool.
-    fn forward(&mut self, chunks: &[SeqChunk<'_>], layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader)) -> Vec<f32>;
+    /// An error means the device failed; the engine fails the batch's requests.
+    fn forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
+    ) -> Result<Vec<f32>, EngineError>;
 
     /// Copies a whole block, every layer (copy-on-write when forked samples diverge).
-    fn copy_block(&mut self, src: BlockId, dst: BlockId);
+    fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError>;
 
     /// Overwrites one block of one layer (remote KV landing); `keys`/`values` hold `block_floats` each.
-    fn write_block_layer(&mut self, layer: usize, block: BlockId, keys: &[f32], values: &[f32]);
+    fn write_block_layer(
+        &mut self,
+        layer: usize,
+        block: BlockId,
+        keys: &[f32],
+        values: &[f32],
+    ) -> Result<(), EngineError>;
 }
 
 impl KvShape {
@@ -76,16 +88,29 @@ impl Backend for CpuBackend {
         self.kv.shape()
     }
 
-    fn forward(&mut self, chunks: &[SeqChunk<'_>], layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader)) -> Vec<f32> {
-        self.model
-            .forward_observed(chunks, &mut self.kv, &mut |layer, kv| layer_done(layer, kv))
+    fn forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
+    ) -> Result<Vec<f32>, EngineError> {
+        Ok(self
+            .model
+            .forward_observed(chunks, &mut self.kv, &mut |layer, kv| layer_done(layer, kv)))
     }
 
-    fn copy_block(&mut self, src: BlockId, dst: BlockId) {
+    fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError> {
         self.kv.copy_block(src, dst);
+        Ok(())
     }
 
-    fn write_block_layer(&mut self, layer: usize, block: BlockId, keys: &[f32], values: &[f32]) {
+    fn write_block_layer(
+        &mut self,
+        layer: usize,
+        block: BlockId,
+        keys: &[f32],
+        values: &[f32],
+    ) -> Result<(), EngineError> {
         self.kv.write_block_layer(layer, block, keys, values);
+        Ok(())
     }
 }

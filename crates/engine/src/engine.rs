@@ -476,7 +476,21 @@ fn run(
         if !state.scheduler.has_work() {
             continue;
         }
-        let outputs = state.scheduler.step(state.backend.as_mut());
+        let outputs = match state.scheduler.step(state.backend.as_mut()) {
+            Ok(outputs) => outputs,
+            Err(error) => {
+                // The device failed mid-step: no request's state can be trusted, so every request ends with the
+                // error and frees its blocks; new requests still get a try.
+                tracing::error!(%error, "engine step failed; failing every request");
+                for (request, entry) in state.live.drain() {
+                    state.scheduler.abort(request);
+                    let _ = entry
+                        .tx
+                        .send(Err(EngineError::Internal(format!("the device failed: {error}"))));
+                }
+                continue;
+            }
+        };
         for event in state.scheduler.drain_kv_events() {
             let record = state.kv_log.push(event);
             // No subscriber is fine: the log keeps the record for later resumption.

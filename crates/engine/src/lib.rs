@@ -5,6 +5,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod cpu;
+pub mod cuda;
 pub mod engine;
 pub mod error;
 pub mod kv;

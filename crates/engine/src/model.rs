@@ -57,6 +57,11 @@ impl LlamaModel {
         &self.config
     }
 
+    /// The configuration and weights, for a backend that moves the weights to another device.
+    pub fn into_parts(self) -> (ModelConfig, LlamaWeights) {
+        (self.config, self.weights)
+    }
+
     pub fn weights_bytes(&self) -> usize {
         self.weights.byte_len()
     }

@@ -86,6 +86,18 @@ pub struct RouterArgs {
     #[arg(long = "worker", required_unless_present = "etcd")]
     pub workers: Vec<String>,
 
+    /// A prefill-only worker's gRPC URL; repeat for each. Decode workers are sent long prompts' prefill here.
+    #[arg(long = "prefill-worker")]
+    pub prefill_workers: Vec<String>,
+
+    /// Prefill on a prefill worker only when the decode worker would compute at least this many prompt tokens.
+    #[arg(long, default_value_t = 256)]
+    pub remote_prefill_min_tokens: usize,
+
+    /// A prefill worker with this many prefill tokens queued (or more) is given no further prompts.
+    #[arg(long, default_value_t = 8192)]
+    pub prefill_max_queued_tokens: u64,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -126,6 +138,47 @@ pub struct WorkerArgs {
     /// Seconds the registration outlives this process if it dies without deregistering.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl_secs: u64,
+
+    #[command(flatten)]
+    pub disagg: DisaggArgs,
+}
+
+/// A worker's part in disaggregated serving.
+#[derive(Debug, Args)]
+pub struct DisaggArgs {
+    /// `prefill` computes prompts' KV for decode workers; `decode` owns sequences and receives prompt KV;
+    /// `both` serves requests end to end and can also receive prompt KV.
+    #[arg(long, value_enum, default_value_t = Role::Both)]
+    pub role: Role,
+
+    /// Where to accept KV-cache transfers (decode and both roles); default: the --listen host, a free port.
+    #[arg(long)]
+    pub kv_listen: Option<std::net::SocketAddr>,
+
+    /// The `host:port` prefill workers dial for KV transfers (default: the bound --kv-listen address).
+    #[arg(long)]
+    pub kv_advertise: Option<String>,
+
+    /// Seconds a decode worker waits for a prompt's KV from a prefill worker before prefilling it itself.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub remote_prefill_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Prefill,
+    Decode,
+    Both,
+}
+
+impl From<Role> for cleave_cluster::registry::WorkerRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Prefill => Self::Prefill,
+            Role::Decode => Self::Decode,
+            Role::Both => Self::Both,
+        }
+    }
 }
 
 /// Where the control plane is.

@@ -1,10 +1,11 @@
-//! `cleave router`: the public Generation API in front of workers given by `--worker` and/or found in etcd.
+//! `cleave router`: the public Generation API in front of workers given by `--worker` / `--prefill-worker` and/or
+//! found in etcd.
 
 use std::sync::Arc;
 
 use cleave_cluster::registry::{RegistryView, WorkerRole};
 use cleave_router::policy::PolicyConfig;
-use cleave_router::{RouterModel, RouterService, WorkerPool, grpc_url, serve};
+use cleave_router::{RouterModel, RouterService, WorkerEndpoint, WorkerPool, grpc_url, serve};
 
 use crate::args::RouterArgs;
 use crate::error::CliError;
@@ -18,7 +19,7 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
         ModelPath::Gguf(file) => RouterModel::from_gguf(&name, file)?,
         ModelPath::HfDir(dir) => RouterModel::from_hf_dir(&name, dir)?,
     };
-    for url in &args.workers {
+    for url in args.workers.iter().chain(&args.prefill_workers) {
         if let Err(source) = tonic::transport::Endpoint::from_shared(url.clone()) {
             return Err(CliError::WorkerUrl {
                 url: url.clone(),
@@ -31,7 +32,22 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
-        let pool = Arc::new(WorkerPool::start(&args.workers, PolicyConfig::default()));
+        let static_workers: Vec<WorkerEndpoint> = args
+            .workers
+            .iter()
+            .map(WorkerEndpoint::both)
+            .chain(
+                args.prefill_workers
+                    .iter()
+                    .map(|url| WorkerEndpoint::new(url, WorkerRole::Prefill)),
+            )
+            .collect();
+        let policy = PolicyConfig {
+            remote_prefill_min_tokens: args.remote_prefill_min_tokens,
+            prefill_max_queued_tokens: args.prefill_max_queued_tokens,
+            ..PolicyConfig::default()
+        };
+        let pool = Arc::new(WorkerPool::start(&static_workers, policy));
         // Kept alive for the router's lifetime: dropping the view stops following the registry.
         let _view = match registry::connect(&args.registry).await? {
             Some((registry, layout)) => {
@@ -39,7 +55,7 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
                 tokio::spawn(follow_registry(
                     view.subscribe(),
                     pool.clone(),
-                    args.workers.clone(),
+                    static_workers.clone(),
                     name.clone(),
                 ));
                 Some(view)
@@ -54,26 +70,27 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
     })
 }
 
-/// Keeps the pool equal to the static workers plus the registered workers serving this model end to end. While
-/// etcd is unreachable the view keeps its last snapshot, so the pool does not change.
+/// Keeps the pool equal to the static workers plus the registered workers serving this model, each with its
+/// registered role (a role change in the registry reaches the pool; a static worker's flag wins over its record).
+/// While etcd is unreachable the view keeps its last snapshot, so the pool does not change.
 pub async fn follow_registry(
     mut snapshots: tokio::sync::watch::Receiver<Arc<cleave_cluster::registry::WorkerSnapshot>>,
     pool: Arc<WorkerPool>,
-    static_workers: Vec<String>,
+    static_workers: Vec<WorkerEndpoint>,
     model: String,
 ) {
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         if snapshot.synced {
-            let mut addrs = static_workers.clone();
-            addrs.extend(
+            let mut workers = static_workers.clone();
+            workers.extend(
                 snapshot
                     .workers
                     .values()
-                    .filter(|w| w.model == model && matches!(w.role, WorkerRole::Both | WorkerRole::Decode))
-                    .map(|w| w.grpc_addr.clone()),
+                    .filter(|w| w.model == model)
+                    .map(|w| WorkerEndpoint::new(w.grpc_addr.clone(), w.role)),
             );
-            pool.set_workers(&addrs);
+            pool.set_workers(&workers);
         }
         if snapshots.changed().await.is_err() {
             return;

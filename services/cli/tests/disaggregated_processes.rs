@@ -66,7 +66,9 @@ async fn disaggregated_requests_give_the_golden_tokens_and_survive_a_killed_pref
     let long = golden_prompt("long");
     let mut client = None;
     until("the router", async || {
-        client = v1::generation_client::GenerationClient::connect(router_url.clone()).await.ok();
+        client = v1::generation_client::GenerationClient::connect(router_url.clone())
+            .await
+            .ok();
         client.is_some()
     })
     .await;
@@ -104,7 +106,10 @@ async fn disaggregated_requests_give_the_golden_tokens_and_survive_a_killed_pref
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     while load.message().await.unwrap().unwrap().running == 0 {
-        assert!(Instant::now() < deadline, "the prefill worker never took the long prompt");
+        assert!(
+            Instant::now() < deadline,
+            "the prefill worker never took the long prompt"
+        );
     }
     drop(prefill.take());
     let ids = tokio::time::timeout(Duration::from_secs(60), request)
@@ -114,7 +119,10 @@ async fn disaggregated_requests_give_the_golden_tokens_and_survive_a_killed_pref
     assert_eq!(ids.expect("the request failed"), long.output_ids[..8]);
 
     // With the prefill worker gone, requests are prefilled on the decode worker.
-    until("the prefill worker's lease expired", async || registered(&endpoint).await == 1).await;
+    until("the prefill worker's lease expired", async || {
+        registered(&endpoint).await == 1
+    })
+    .await;
     let ids = stream_ids(&client, greedy(&numbers.text, 8)).await;
     assert_eq!(ids.unwrap(), numbers.output_ids[..8]);
 }

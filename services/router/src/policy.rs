@@ -1,9 +1,17 @@
-//! The routing decision: `cost = load − overlap credit`, everything in prefill-token units.
+//! The routing decision: `cost = load − overlap credit`, everything in prefill-token units, then whether the prompt
+//! is prefilled where it decodes or on a separate prefill worker.
 //!
 //! A worker's cost for a request is the prefill work already queued on it, plus a per-sequence charge for the
 //! decodes it is running or holding, plus the prompt tokens it would still have to compute after its cached prefix.
 //! A cache-hot worker therefore wins only while its queue is short: the load terms grow as requests pile onto it,
-//! and the next request goes elsewhere (the failure mode of pure cache-affinity routers). O(candidates).
+//! and the next request goes elsewhere (the failure mode of pure cache-affinity routers).
+//!
+//! Disaggregation is conditional ([`plan_route`]): the decode worker D is chosen first; a prefill worker P is added
+//! only when D would still compute at least `remote_prefill_min_tokens` prompt tokens (shipping a short prompt's
+//! KV costs more than computing it) and some prefill worker has headroom, P chosen among those by the same cost.
+//! Invariant: a plan always names a decode-capable D; P is set exactly when the reason is `Remote`. O(candidates).
+
+use std::fmt;
 
 use crate::index::WorkerIdx;
 
@@ -22,6 +30,10 @@ pub struct PolicyConfig {
     pub block_size: usize,
     /// What one running or waiting sequence costs, in prefill tokens (a decode step slows every prefill a bit).
     pub sequence_cost_tokens: f64,
+    /// Prefill remotely only when the decode worker would compute at least this many prompt tokens itself.
+    pub remote_prefill_min_tokens: usize,
+    /// A prefill worker with this many prefill tokens queued (or more) takes no further remote prefills.
+    pub prefill_max_queued_tokens: u64,
 }
 
 impl Default for PolicyConfig {
@@ -29,6 +41,8 @@ impl Default for PolicyConfig {
         PolicyConfig {
             block_size: 16,
             sequence_cost_tokens: 64.0,
+            remote_prefill_min_tokens: 256,
+            prefill_max_queued_tokens: 8192,
         }
     }
 }
@@ -74,6 +88,87 @@ pub fn choose(prompt_tokens: usize, candidates: &[Candidate], config: &PolicyCon
                 .then(a.worker.cmp(&b.worker))
         })
         .map(|(d, _)| d)
+}
+
+/// Why a request is prefilled where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillReason {
+    /// The decode worker has fewer than `remote_prefill_min_tokens` prompt tokens left to compute.
+    ShortPrompt,
+    /// Enough to compute, but no reachable prefill worker is below its queue limit with free blocks.
+    NoPrefillHeadroom,
+    /// A prefill worker computes the prompt and ships its KV to the decode worker.
+    Remote,
+}
+
+impl PrefillReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrefillReason::ShortPrompt => "local: short prompt",
+            PrefillReason::NoPrefillHeadroom => "local: no prefill worker with headroom",
+            PrefillReason::Remote => "remote",
+        }
+    }
+}
+
+impl fmt::Display for PrefillReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a request runs: its decode worker, and its prefill worker when prefill is remote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutePlan {
+    pub decode: Decision,
+    /// Set exactly when `reason` is [`PrefillReason::Remote`].
+    pub prefill: Option<Decision>,
+    pub reason: PrefillReason,
+}
+
+impl RoutePlan {
+    /// Prompt tokens the decode worker still needs computed (by itself or by the prefill worker).
+    pub fn uncached_tokens(&self, prompt_tokens: usize) -> usize {
+        prompt_tokens - self.decode.cached_tokens
+    }
+}
+
+/// Whether a prefill worker may take another remote prefill.
+pub fn has_prefill_headroom(load: &WorkerLoad, config: &PolicyConfig) -> bool {
+    load.queued_prefill_tokens < config.prefill_max_queued_tokens && load.free_blocks > 0
+}
+
+/// Chooses D among `decode` (decode or both-role workers) by [`choose`], then P among the `prefill` workers with
+/// headroom, by the same cost over their own cached prefixes, when D's uncached prompt is long enough.
+/// `None` when there is no decode candidate.
+pub fn plan_route(
+    prompt_tokens: usize,
+    decode: &[Candidate],
+    prefill: &[Candidate],
+    config: &PolicyConfig,
+) -> Option<RoutePlan> {
+    let d = choose(prompt_tokens, decode, config)?;
+    let local = |reason| RoutePlan {
+        decode: d,
+        prefill: None,
+        reason,
+    };
+    if prompt_tokens - d.cached_tokens < config.remote_prefill_min_tokens {
+        return Some(local(PrefillReason::ShortPrompt));
+    }
+    let open: Vec<Candidate> = prefill
+        .iter()
+        .filter(|c| has_prefill_headroom(&c.load, config))
+        .copied()
+        .collect();
+    Some(match choose(prompt_tokens, &open, config) {
+        Some(p) => RoutePlan {
+            decode: d,
+            prefill: Some(p),
+            reason: PrefillReason::Remote,
+        },
+        None => local(PrefillReason::NoPrefillHeadroom),
+    })
 }
 
 #[cfg(test)]

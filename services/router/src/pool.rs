@@ -1,14 +1,16 @@
-//! The workers a router sends to: their clients, their latest load, and the prefix index their KV events feed.
+//! The workers a router sends to: their roles, clients, latest load, and the prefix index their KV events feed.
 //!
 //! Each worker has two background tasks. One follows its load reports. The other loads a `KvSnapshot`, then follows
 //! `SubscribeKvEvents` from the snapshot's sequence number; on a gap or a broken stream it starts over from a new
 //! snapshot, so a router restarted or reconnected rebuilds its index without a broker. While a worker is
-//! unreachable the router keeps its last known state but does not route to it.
+//! unreachable the router keeps its last known state but does not route to it. Prefill workers are followed the same
+//! way (their caches decide which of them prefills a prompt); only decode and both-role workers are sent requests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use cleave_cluster::registry::WorkerRole;
 use cleave_proto::v1;
 use cleave_proto::v1::worker_client::WorkerClient;
 use cleave_tokens::BlockHash;
@@ -16,7 +18,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::index::{PrefixIndex, WorkerIdx};
-use crate::policy::{Candidate, Decision, PolicyConfig, WorkerLoad, choose};
+use crate::policy::{Candidate, PolicyConfig, RoutePlan, WorkerLoad, plan_route};
 
 const RETRY_DELAY: Duration = Duration::from_millis(250);
 const LOAD_INTERVAL_MS: u32 = 50;
@@ -31,10 +33,33 @@ struct Slot {
     reachable: AtomicBool,
 }
 
+/// A worker's URL and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerEndpoint {
+    /// gRPC URL, e.g. `http://127.0.0.1:50061`.
+    pub addr: String,
+    pub role: WorkerRole,
+}
+
+impl WorkerEndpoint {
+    pub fn new(addr: impl Into<String>, role: WorkerRole) -> Self {
+        WorkerEndpoint {
+            addr: addr.into(),
+            role,
+        }
+    }
+
+    /// A worker that prefills and decodes (aggregated serving).
+    pub fn both(addr: impl Into<String>) -> Self {
+        WorkerEndpoint::new(addr, WorkerRole::Both)
+    }
+}
+
 /// A worker and the two tasks following it; dropping it stops them.
 #[derive(Debug)]
 struct Member {
     slot: Arc<Slot>,
+    role: WorkerRole,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -53,13 +78,17 @@ pub struct WorkerPool {
     policy: PolicyConfig,
 }
 
-/// Where a request goes.
+/// Where a request goes: its decode worker D (called by the router) and, when prefill is remote, the URL of its
+/// prefill worker P (called by D).
 #[derive(Debug, Clone)]
 pub struct Route {
     pub worker: WorkerIdx,
     pub addr: String,
     pub client: WorkerClient<Channel>,
-    pub decision: Decision,
+    /// D, optional P, their costs and cached tokens, and why prefill runs where it does.
+    pub plan: RoutePlan,
+    /// P's gRPC URL; set exactly when `plan.prefill` is.
+    pub prefill_addr: Option<String>,
 }
 
 impl WorkerPool {
@@ -71,51 +100,64 @@ impl WorkerPool {
         }
     }
 
-    /// A pool over a fixed list of worker URLs.
-    pub fn start(addrs: &[String], policy: PolicyConfig) -> WorkerPool {
+    /// A pool over a fixed list of workers.
+    pub fn start(workers: &[WorkerEndpoint], policy: PolicyConfig) -> WorkerPool {
         let pool = WorkerPool::new(policy);
-        pool.set_workers(addrs);
+        pool.set_workers(workers);
         pool
     }
 
-    /// Makes the pool follow exactly these worker URLs: new ones are connected (lazily) and followed, gone ones
-    /// are dropped from routing and from the prefix index. An address that is not a valid URL is skipped with a
-    /// warning (one bad registration must not freeze membership).
-    pub fn set_workers(&self, addrs: &[String]) {
+    /// Makes the pool follow exactly these workers: new ones are connected (lazily) and followed, gone ones are
+    /// dropped from routing and from the prefix index, and a known worker whose role changed keeps its state under
+    /// the new role. An address listed twice keeps its first role. An address that is not a valid URL is skipped
+    /// with a warning (one bad registration must not freeze membership).
+    pub fn set_workers(&self, workers: &[WorkerEndpoint]) {
+        let mut wanted: Vec<&WorkerEndpoint> = Vec::with_capacity(workers.len());
+        for w in workers {
+            if !wanted.iter().any(|k| k.addr == w.addr) {
+                wanted.push(w);
+            }
+        }
         let mut fresh = Vec::new();
-        for addr in addrs {
+        for w in &wanted {
             let known = self
                 .members
                 .read()
-                .map(|m| m.iter().any(|m| &m.slot.addr == addr))
+                .map(|m| m.iter().any(|m| m.slot.addr == w.addr))
                 .unwrap_or(false);
-            if !known && !fresh.iter().any(|(a, _): &(String, Channel)| a == addr) {
-                match Endpoint::from_shared(addr.clone()) {
+            if !known {
+                match Endpoint::from_shared(w.addr.clone()) {
                     Ok(endpoint) => {
                         fresh.push((
-                            addr.clone(),
+                            (*w).clone(),
                             endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy(),
                         ));
                     }
-                    Err(e) => tracing::warn!(worker = %addr, error = %e, "not a valid worker URL; skipped"),
+                    Err(e) => tracing::warn!(worker = %w.addr, error = %e, "not a valid worker URL; skipped"),
                 }
             }
         }
         let Ok(mut members) = self.members.write() else { return };
         let Ok(mut index) = self.index.lock() else { return };
-        members.retain(|m| {
-            let keep = addrs.contains(&m.slot.addr);
-            if !keep {
+        members.retain_mut(|m| match wanted.iter().find(|w| w.addr == m.slot.addr) {
+            Some(w) => {
+                if w.role != m.role {
+                    tracing::info!(worker = %w.addr, from = ?m.role, to = ?w.role, "worker changed role");
+                    m.role = w.role;
+                }
+                true
+            }
+            None => {
                 tracing::info!(worker = %m.slot.addr, "worker left the pool");
                 index.remove_worker(m.slot.idx);
+                false
             }
-            keep
         });
-        for (addr, channel) in fresh {
-            tracing::info!(worker = %addr, "worker joined the pool");
+        for (endpoint, channel) in fresh {
+            tracing::info!(worker = %endpoint.addr, role = ?endpoint.role, "worker joined the pool");
             let slot = Arc::new(Slot {
                 idx: index.add_worker(),
-                addr,
+                addr: endpoint.addr,
                 client: WorkerClient::new(channel),
                 load: Mutex::new(WorkerLoad::default()),
                 reachable: AtomicBool::new(false),
@@ -124,7 +166,11 @@ impl WorkerPool {
                 tokio::spawn(follow_load(slot.clone())),
                 tokio::spawn(follow_kv_events(slot.clone(), self.index.clone())),
             ];
-            members.push(Member { slot, tasks });
+            members.push(Member {
+                slot,
+                role: endpoint.role,
+                tasks,
+            });
         }
     }
 
@@ -134,40 +180,64 @@ impl WorkerPool {
 
     /// Workers currently reachable.
     pub fn reachable(&self) -> usize {
+        self.reachable_where(|_| true)
+    }
+
+    /// Workers currently reachable whose role passes `filter`.
+    pub fn reachable_where(&self, filter: impl Fn(WorkerRole) -> bool) -> usize {
         self.members.read().map_or(0, |m| {
-            m.iter().filter(|m| m.slot.reachable.load(Ordering::Relaxed)).count()
+            m.iter()
+                .filter(|m| filter(m.role) && m.slot.reachable.load(Ordering::Relaxed))
+                .count()
         })
     }
 
-    /// The cheapest reachable worker for a prompt with these block hashes, counting the request against its load
-    /// at once so a burst spreads before the next load report arrives.
+    /// The cheapest reachable decode (or both-role) worker for a prompt with these block hashes and, when remote
+    /// prefill pays, the cheapest prefill worker with headroom (see [`plan_route`]). The request is counted
+    /// against the chosen workers' load at once, so a burst spreads before the next load reports arrive: D gets a
+    /// waiting sequence (and the prefill tokens when it prefills itself), P the prefill tokens it will compute.
     pub fn route(&self, hashes: &[BlockHash], prompt_tokens: usize) -> Option<Route> {
         let mut matches = Vec::new();
         if let Ok(index) = self.index.lock() {
             index.match_prefix(hashes, &mut matches);
         }
         let members = self.members.read().ok()?;
-        let candidates: Vec<Candidate> = members
-            .iter()
-            .map(|m| &m.slot)
-            .filter(|s| s.reachable.load(Ordering::Relaxed))
-            .map(|s| Candidate {
-                worker: s.idx,
-                load: s.load.lock().map(|l| *l).unwrap_or_default(),
-                cached_blocks: matches.iter().find(|m| m.0 == s.idx).map_or(0, |m| m.1),
-            })
+        let candidate = |m: &Member| Candidate {
+            worker: m.slot.idx,
+            load: m.slot.load.lock().map(|l| *l).unwrap_or_default(),
+            cached_blocks: matches.iter().find(|c| c.0 == m.slot.idx).map_or(0, |c| c.1),
+        };
+        let reachable = || members.iter().filter(|m| m.slot.reachable.load(Ordering::Relaxed));
+        let decode: Vec<Candidate> = reachable()
+            .filter(|m| matches!(m.role, WorkerRole::Decode | WorkerRole::Both))
+            .map(candidate)
             .collect();
-        let decision = choose(prompt_tokens, &candidates, &self.policy)?;
-        let slot = &members.iter().find(|m| m.slot.idx == decision.worker)?.slot;
-        if let Ok(mut load) = slot.load.lock() {
+        let prefill: Vec<Candidate> = reachable()
+            .filter(|m| m.role == WorkerRole::Prefill)
+            .map(candidate)
+            .collect();
+        let plan = plan_route(prompt_tokens, &decode, &prefill, &self.policy)?;
+        let slot_of = |w: WorkerIdx| members.iter().find(|m| m.slot.idx == w).map(|m| &m.slot);
+        let d = slot_of(plan.decode.worker)?;
+        let p = plan.prefill.and_then(|p| slot_of(p.worker).map(|slot| (slot, p)));
+        if let Ok(mut load) = d.load.lock() {
+            load.waiting += 1;
+            if p.is_none() {
+                load.queued_prefill_tokens += plan.uncached_tokens(prompt_tokens) as u64;
+            }
+        }
+        if let Some((slot, decision)) = p
+            && let Ok(mut load) = slot.load.lock()
+        {
             load.waiting += 1;
             load.queued_prefill_tokens += (prompt_tokens - decision.cached_tokens) as u64;
         }
         Some(Route {
-            worker: slot.idx,
-            addr: slot.addr.clone(),
-            client: slot.client.clone(),
-            decision,
+            worker: d.idx,
+            addr: d.addr.clone(),
+            client: d.client.clone(),
+            plan,
+            prefill_addr: p.map(|(slot, _)| slot.addr.clone()),
         })
     }
 }

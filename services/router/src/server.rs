@@ -1,5 +1,8 @@
 //! The public `cleave.v1.Generation` service: validate, tokenize, route, forward, stream back.
 //!
+//! The request goes to the routed decode worker; with remote prefill it names the prefill worker in
+//! `remote_prefill`, and the decode worker calls it (the router never talks to a prefill worker on a request's path).
+//!
 //! Every check happens here, before a worker is involved: a bad request is `INVALID_ARGUMENT` naming the field and
 //! reaches no worker. The response stream is the worker's stream; a client that goes away drops it, which resets
 //! the call to the worker, which aborts the sequence and frees its KV blocks.
@@ -110,13 +113,25 @@ impl Generation for RouterService {
         let route = self
             .pool
             .route(&hashes, prompt_ids.len())
-            .ok_or_else(|| Status::unavailable("no worker is reachable; retry shortly"))?;
+            .ok_or_else(|| Status::unavailable("no decode worker is reachable; retry shortly"))?;
         let request_id = format!(
             "{}-{}",
             self.router_id,
             self.next_request.fetch_add(1, Ordering::Relaxed)
         );
-        tracing::debug!(%request_id, worker = %route.addr, cached_tokens = route.decision.cached_tokens, "routed");
+        let plan = &route.plan;
+        tracing::debug!(
+            %request_id,
+            decode = %route.addr,
+            prefill = route.prefill_addr.as_deref().unwrap_or("-"),
+            prompt_tokens = prompt_ids.len(),
+            cached_tokens = plan.decode.cached_tokens,
+            decode_cost = plan.decode.cost,
+            prefill_cached_tokens = plan.prefill.map(|p| p.cached_tokens),
+            prefill_cost = plan.prefill.map(|p| p.cost),
+            reason = %plan.reason,
+            "routed"
+        );
         let forward = v1::WorkerGenerateRequest {
             request_id,
             prompt_token_ids: prompt_ids,
@@ -125,7 +140,9 @@ impl Generation for RouterService {
                 messages: Vec::new(),
                 ..req
             }),
-            remote_prefill: None,
+            remote_prefill: route
+                .prefill_addr
+                .map(|prefill_addr| v1::RemotePrefill { prefill_addr }),
         };
         let mut client = route.client;
         let addr = route.addr;

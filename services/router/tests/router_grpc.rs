@@ -10,7 +10,7 @@ use cleave_engine::{Engine, EngineConfig, ModelFiles, load_model};
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_router::policy::PolicyConfig;
-use cleave_router::{RouterModel, RouterService, WorkerPool, serve};
+use cleave_router::{RouterModel, RouterService, WorkerEndpoint, WorkerPool, serve};
 use cleave_worker::WorkerService;
 use tonic::transport::Channel;
 
@@ -85,7 +85,8 @@ async fn start_cluster(n_workers: usize) -> Cluster {
 /// A router over these workers, once all of them report load; dropping the sender stops it.
 async fn start_router(addrs: &[String]) -> (GenerationClient<Channel>, Channel, tokio::sync::oneshot::Sender<()>) {
     let model = Arc::new(RouterModel::from_gguf("smollm2-135m", &cleave_testkit::default_model_path()).unwrap());
-    let pool = Arc::new(WorkerPool::start(addrs, PolicyConfig::default()));
+    let workers: Vec<WorkerEndpoint> = addrs.iter().map(WorkerEndpoint::both).collect();
+    let pool = Arc::new(WorkerPool::start(&workers, PolicyConfig::default()));
     let deadline = Instant::now() + Duration::from_secs(20);
     while pool.reachable() < addrs.len() {
         assert!(Instant::now() < deadline, "workers never became reachable");

@@ -31,10 +31,18 @@ struct Running {
 
 /// A worker serving `model`; with `kv_inbox`, it also receives remote KV (a decode worker).
 async fn start(model: &str, kv_inbox: bool) -> Running {
+    start_with_budget(model, kv_inbox, 512).await
+}
+
+/// `start` with `max_batch_tokens` tokens per engine step (the prefill chunk size).
+async fn start_with_budget(model: &str, kv_inbox: bool, max_batch_tokens: usize) -> Running {
     let (weights, tokenizer) = load_model(ModelFiles::Gguf(&cleave_testkit::default_model_path())).unwrap();
     let config = EngineConfig {
         kv_cache_bytes: 64 << 20,
-        ..EngineConfig::default()
+        scheduler: cleave_engine::scheduler::SchedulerConfig {
+            max_batch_tokens,
+            ..Default::default()
+        },
     };
     let engine = Arc::new(Engine::start(weights, Arc::new(tokenizer), config).unwrap());
     let mut service = WorkerService::new(engine.clone(), engine.block_size()).with_model(model);
@@ -156,7 +164,8 @@ async fn an_unreachable_or_mismatched_prefill_worker_means_local_prefill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_remote_request_aborts_the_prefill_and_frees_every_block() {
-    let prefill = start(MODEL, false).await;
+    // 128-token chunks: the engine answers between steps, so the prompt must take several.
+    let prefill = start_with_budget(MODEL, false, 128).await;
     let mut decode = start(MODEL, true).await;
     let (prompt, _) = golden_document();
     let stream = decode

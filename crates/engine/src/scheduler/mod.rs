@@ -174,10 +174,11 @@ impl Scheduler {
     }
 
     /// Runs one batch through the model and returns what each scheduled sequence produced.
-    pub fn step(&mut self, backend: &mut dyn Backend) -> Vec<SeqOutput> {
+    /// A backend error fails the step; the caller fails the requests it cannot continue.
+    pub fn step(&mut self, backend: &mut dyn Backend) -> Result<Vec<SeqOutput>, EngineError> {
         let plan = self.plan();
         if plan.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let chunks: Vec<SeqChunk<'_>> = plan
             .iter()
@@ -192,7 +193,7 @@ impl Scheduler {
             })
             .collect();
         let exports = self.export_plans(&plan);
-        let logits = backend.forward(&chunks, &mut |layer, kv| Self::export_layer(&exports, layer, kv));
+        let logits = backend.forward(&chunks, &mut |layer, kv| Self::export_layer(&exports, layer, kv))?;
         let vocab = backend.model_config().vocab_size;
         self.apply(&plan, &logits, vocab, backend)
     }
@@ -299,7 +300,7 @@ impl Scheduler {
         logits: &[f32],
         vocab: usize,
         backend: &mut dyn Backend,
-    ) -> Vec<SeqOutput> {
+    ) -> Result<Vec<SeqOutput>, EngineError> {
         let bs = self.config.block_size;
         let mut outputs = Vec::new();
         let mut rows = logits.chunks_exact(vocab);
@@ -331,7 +332,7 @@ impl Scheduler {
             let Some(row) = rows.next() else { break };
             for index in 1..=std::mem::take(&mut seq.forks_pending) {
                 let mut child = seq.fork(index, self.tokenizer.clone());
-                share_prefix(&mut self.blocks, backend, &mut child, &seq.blocks, seq.computed, bs);
+                share_prefix(&mut self.blocks, backend, &mut child, &seq.blocks, seq.computed, bs)?;
                 let out = sample_and_check(&mut child, row, &self.eos, self.max_context);
                 if out.finish.is_some() {
                     self.blocks.release_all(&child.blocks);
@@ -357,7 +358,7 @@ impl Scheduler {
                 self.running.push(child);
             }
         }
-        outputs
+        Ok(outputs)
     }
 }
 
@@ -371,22 +372,23 @@ fn share_prefix(
     parent_blocks: &[crate::kv::BlockId],
     computed: usize,
     block_size: usize,
-) {
+) -> Result<(), EngineError> {
     let full = computed / block_size;
     let partial = !computed.is_multiple_of(block_size);
     if partial && blocks.available() == 0 {
-        return;
+        return Ok(());
     }
     for &b in &parent_blocks[..full] {
         blocks.acquire(b);
         child.blocks.push(b);
     }
     if partial && let Some(copy) = blocks.allocate() {
-        backend.copy_block(parent_blocks[full], copy);
         child.blocks.push(copy);
+        backend.copy_block(parent_blocks[full], copy)?;
     }
     child.computed = computed;
     child.registered = full;
+    Ok(())
 }
 
 /// Samples the next token from `row`, appends it, and decides whether the sequence is finished.

@@ -78,6 +78,8 @@ pub enum RemoteWriteError {
     WrongBlocks { got: Vec<BlockId>, expected: Vec<BlockId> },
     #[error("layer {layer} is out of range (the model has {n_layers})")]
     LayerOutOfRange { layer: u32, n_layers: usize },
+    #[error("the device refused the write: {0}")]
+    Device(String),
     #[error("layer {layer}: {field} hold {got} floats, expected {expected}")]
     PayloadLength {
         layer: u32,
@@ -191,7 +193,9 @@ impl Scheduler {
             .zip(keys.chunks_exact(per_block))
             .zip(values.chunks_exact(per_block))
         {
-            backend.write_block_layer(layer as usize, block, k, v);
+            backend
+                .write_block_layer(layer as usize, block, k, v)
+                .map_err(|e| RemoteWriteError::Device(e.to_string()))?;
         }
         state.layers_written[layer as usize] = true;
         Ok(())

@@ -63,7 +63,7 @@ fn drain(backend: &mut CpuBackend, s: &mut Scheduler) -> (HashMap<RequestId, Vec
     let mut out: HashMap<RequestId, Vec<u32>> = HashMap::new();
     let mut steps = 0;
     while s.has_work() {
-        for o in s.step(backend) {
+        for o in s.step(backend).unwrap() {
             out.entry(o.request).or_default().extend(o.token_ids);
         }
         steps += 1;
@@ -85,7 +85,7 @@ fn token_budget_chunks_a_long_prompt() {
 fn decodes_go_first_then_prefill_fills_the_budget() {
     let (mut backend, mut s) = setup(config(4, 8), 64);
     s.add(request(1, 3, 10, 0)).unwrap();
-    s.step(&mut backend); // prefill of request 1, first token sampled
+    s.step(&mut backend).unwrap(); // prefill of request 1, first token sampled
     s.add(request(2, 20, 4, 0)).unwrap();
     let plan = s.plan();
     assert_eq!(plan, vec![(0, 1), (1, 7)]);
@@ -137,7 +137,7 @@ fn abort_frees_blocks_of_running_and_waiting_sequences() {
     );
     s.add(request(1, 10, 20, 0)).unwrap();
     s.add(request(2, 10, 20, 0)).unwrap();
-    s.step(&mut backend);
+    s.step(&mut backend).unwrap();
     assert!(s.stats().free_blocks < 16);
     assert!(s.abort(1));
     assert!(s.abort(2));

@@ -71,7 +71,7 @@ fn drain(side: &mut Side) -> Vec<SeqOutput> {
         if !side.scheduler.has_work() {
             return out;
         }
-        out.extend(side.scheduler.step(&mut side.backend));
+        out.extend(side.scheduler.step(&mut side.backend).unwrap());
     }
     panic!("the scheduler makes no progress");
 }

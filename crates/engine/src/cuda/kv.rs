@@ -1,0 +1,127 @@
+//! The paged KV pool on the device: per layer, one bf16 buffer of keys and one of values, each
+//! `[block][kv_head][slot][head_dim]` — the CPU pool's layout, so a block of one layer is one contiguous range and
+//! KV transfers read and write whole ranges. Blocks cross to the host as f32 (the transfer format).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::bf16;
+
+use super::CudaError;
+use crate::backend::KvBlockReader;
+use crate::config::ModelConfig;
+use crate::kv::{BlockId, KvShape};
+
+#[derive(Debug)]
+pub(super) struct DeviceKv {
+    shape: KvShape,
+    pub keys: Vec<CudaSlice<bf16>>,
+    pub values: Vec<CudaSlice<bf16>>,
+}
+
+impl DeviceKv {
+    /// As many blocks as fit in `bytes`.
+    pub fn allocate(
+        stream: &Arc<CudaStream>,
+        config: &ModelConfig,
+        bytes: usize,
+        block_size: usize,
+    ) -> Result<Self, CudaError> {
+        let per_block_layer = config.n_kv_heads * block_size * config.head_dim;
+        let per_block = 2 * config.n_layers * per_block_layer * std::mem::size_of::<bf16>();
+        let n_blocks = bytes / per_block.max(1);
+        if n_blocks == 0 || block_size == 0 {
+            return Err(CudaError::NoKvBlocks { bytes, block_size });
+        }
+        let shape = KvShape {
+            n_layers: config.n_layers,
+            n_blocks,
+            block_size,
+            n_kv_heads: config.n_kv_heads,
+            head_dim: config.head_dim,
+        };
+        let len = n_blocks * per_block_layer;
+        let mut keys = Vec::with_capacity(config.n_layers);
+        let mut values = Vec::with_capacity(config.n_layers);
+        for _ in 0..config.n_layers {
+            keys.push(stream.alloc_zeros::<bf16>(len)?);
+            values.push(stream.alloc_zeros::<bf16>(len)?);
+        }
+        Ok(DeviceKv { shape, keys, values })
+    }
+
+    pub fn shape(&self) -> KvShape {
+        self.shape
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.keys.iter().chain(&self.values).map(|s| s.len() * 2).sum()
+    }
+
+    fn range(&self, block: BlockId) -> std::ops::Range<usize> {
+        let len = self.shape.block_floats();
+        let at = block as usize * len;
+        at..at + len
+    }
+
+    /// Copies block `src` over block `dst` in every layer.
+    pub fn copy_block(&mut self, stream: &Arc<CudaStream>, src: BlockId, dst: BlockId) -> Result<(), CudaError> {
+        if src == dst {
+            return Ok(());
+        }
+        let (s, d) = (self.range(src), self.range(dst));
+        let len = s.len();
+        for pool in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            // Split the buffer so the source and destination ranges are disjoint borrows.
+            if s.start < d.start {
+                let (low, mut high) = pool.split_at_mut(d.start);
+                stream.memcpy_dtod(&low.slice(s.clone()), &mut high.slice_mut(..len))?;
+            } else {
+                let (mut low, high) = pool.split_at_mut(s.start);
+                stream.memcpy_dtod(&high.slice(..len), &mut low.slice_mut(d.clone()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites one block of one layer from host f32.
+    pub fn write_block_layer(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        layer: usize,
+        block: BlockId,
+        keys: &[f32],
+        values: &[f32],
+    ) -> Result<(), CudaError> {
+        let range = self.range(block);
+        let to_bf16 = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+        stream.memcpy_htod(&to_bf16(keys), &mut self.keys[layer].slice_mut(range.clone()))?;
+        stream.memcpy_htod(&to_bf16(values), &mut self.values[layer].slice_mut(range))?;
+        Ok(())
+    }
+
+    /// A reader for one forward pass (the stream orders the reads after the layer's writes).
+    pub fn reader<'a>(&'a self, stream: &'a Arc<CudaStream>) -> DeviceKvReader<'a> {
+        DeviceKvReader { kv: self, stream }
+    }
+}
+
+pub(super) struct DeviceKvReader<'a> {
+    kv: &'a DeviceKv,
+    stream: &'a Arc<CudaStream>,
+}
+
+impl KvBlockReader for DeviceKvReader<'_> {
+    fn read_block_layer(&self, layer: usize, block: BlockId, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
+        let range = self.kv.range(block);
+        for (pool, out) in [(&self.kv.keys[layer], keys), (&self.kv.values[layer], values)] {
+            match self.stream.clone_dtoh(&pool.slice(range.clone())) {
+                Ok(host) => out.extend(host.iter().map(|x| x.to_f32())),
+                Err(error) => {
+                    // The transfer then fails its length check and the decode worker prefills locally.
+                    tracing::error!(%error, layer, block, "reading a KV block from the device failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The CUDA backend: bf16 weights and a bf16 paged KV pool on one GPU, GEMMs through cuBLAS (bf16 inputs, f32
+//! accumulation), everything else through `cleave-kernels`. Chosen at run time: [`cuda_available`] is false on a
+//! machine without a driver, and nothing here is touched then (cudarc would panic).
+//!
+//! Numerics: the residual stream, q, RMSNorm and softmax stay in f32; matrices, the KV cache and the inputs of each
+//! GEMM are bf16. The o and down projections accumulate straight into the f32 residual (cuBLAS `beta = 1`), so the
+//! residual adds cost no extra pass and no extra rounding.
+
+#![allow(unsafe_code)] // cuBLAS calls on raw device pointers; each one carries a SAFETY note
+
+mod forward;
+mod kv;
+mod synthetic;
+mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use cleave_kernels::cuda_available;
+use cleave_kernels::{KernelError, Kernels, ModuleInfo};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+
+use crate::backend::{Backend, KvBlockReader};
+use crate::config::ModelConfig;
+use crate::error::EngineError;
+use crate::kv::{BlockId, KvShape};
+use crate::model::{LlamaModel, SeqChunk};
+use forward::Scratch;
+use kv::DeviceKv;
+pub use synthetic::{SYNTHETIC_SHAPES, synthetic_config};
+use weights::DeviceWeights;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("no CUDA device: the driver library is missing or sees no GPU")]
+    NoDevice,
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    #[error("cuBLAS: {0}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
+    #[error("the KV pool of {bytes} bytes holds no {block_size}-token block")]
+    NoKvBlocks { bytes: usize, block_size: usize },
+}
+
+impl From<CudaError> for EngineError {
+    fn from(e: CudaError) -> Self {
+        match e {
+            CudaError::NoDevice => EngineError::invalid("device", e.to_string()),
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Where the model goes and how big its KV pool is.
+#[derive(Debug, Clone)]
+pub struct CudaOptions<'a> {
+    pub ordinal: usize,
+    pub kv_cache_bytes: usize,
+    pub block_size: usize,
+    /// Keeps compiled kernels between runs.
+    pub kernel_cache: Option<&'a Path>,
+}
+
+/// The model, its KV pool and the per-step buffers on one GPU.
+#[derive(Debug)]
+pub struct CudaBackend {
+    config: ModelConfig,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    kernels: Kernels,
+    weights: DeviceWeights,
+    kv: DeviceKv,
+    inv_freq: CudaSlice<f32>,
+    scratch: Scratch,
+    device_name: String,
+}
+
+struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    kernels: Kernels,
+}
+
+fn open(options: &CudaOptions<'_>) -> Result<Device, CudaError> {
+    if !cuda_available() {
+        return Err(CudaError::NoDevice);
+    }
+    let ctx = CudaContext::new(options.ordinal)?;
+    let stream = ctx.default_stream();
+    let blas = CudaBlas::new(stream.clone())?;
+    let kernels = Kernels::load(&ctx, options.kernel_cache)?;
+    Ok(Device {
+        ctx,
+        stream,
+        blas,
+        kernels,
+    })
+}
+
+impl CudaBackend {
+    /// Uploads a loaded model (GGUF or safetensors) to the GPU in bf16.
+    pub fn from_model(model: LlamaModel, options: &CudaOptions<'_>) -> Result<Self, CudaError> {
+        let device = open(options)?;
+        let (config, host) = model.into_parts();
+        let weights = DeviceWeights::upload(&device.stream, &host)?;
+        drop(host);
+        Self::assemble(device, config, weights, options)
+    }
+
+    /// Random bf16 weights of `config`'s shape, built on the GPU from `seed`.
+    pub fn synthetic(config: ModelConfig, seed: u64, options: &CudaOptions<'_>) -> Result<Self, CudaError> {
+        let device = open(options)?;
+        let weights = DeviceWeights::synthetic(&device.stream, &device.kernels, &config, seed)?;
+        Self::assemble(device, config, weights, options)
+    }
+
+    fn assemble(
+        device: Device,
+        config: ModelConfig,
+        weights: DeviceWeights,
+        options: &CudaOptions<'_>,
+    ) -> Result<Self, CudaError> {
+        let Device {
+            ctx,
+            stream,
+            blas,
+            kernels,
+        } = device;
+        let kv = DeviceKv::allocate(&stream, &config, options.kv_cache_bytes, options.block_size)?;
+        let inv_freq = stream.clone_htod(&config.rope_inv_freq())?;
+        stream.synchronize()?;
+        Ok(CudaBackend {
+            device_name: ctx.name().unwrap_or_else(|_| "CUDA device".to_owned()),
+            config,
+            stream,
+            blas,
+            kernels,
+            weights,
+            kv,
+            inv_freq,
+            scratch: Scratch::default(),
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// How the kernels were obtained (compiled now or read from the cache), for startup reports.
+    pub fn kernel_info(&self) -> &ModuleInfo {
+        &self.kernels.info
+    }
+
+    /// Bytes of weights on the device.
+    pub fn weights_bytes(&self) -> usize {
+        self.weights.byte_len()
+    }
+
+    /// Bytes of the KV pool on the device.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.byte_len()
+    }
+
+    /// Device-to-device copy bandwidth in bytes/s over `bytes` (the memory roofline the benchmarks compare to).
+    pub fn copy_bandwidth(&self, bytes: usize, repeats: usize) -> Result<f64, CudaError> {
+        let src = self.stream.alloc_zeros::<u8>(bytes)?;
+        let mut dst = self.stream.alloc_zeros::<u8>(bytes)?;
+        self.stream.memcpy_dtod(&src, &mut dst)?;
+        self.stream.synchronize()?;
+        let started = std::time::Instant::now();
+        for _ in 0..repeats {
+            self.stream.memcpy_dtod(&src, &mut dst)?;
+        }
+        self.stream.synchronize()?;
+        // A copy reads and writes every byte.
+        Ok((2 * bytes * repeats) as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Waits until every queued kernel finished (benchmarks time whole steps).
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(CudaError::from)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn model_config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn kv_shape(&self) -> KvShape {
+        self.kv.shape()
+    }
+
+    fn forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
+    ) -> Result<Vec<f32>, EngineError> {
+        self.try_forward(chunks, layer_done).map_err(EngineError::from)
+    }
+
+    fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError> {
+        self.kv.copy_block(&self.stream, src, dst).map_err(EngineError::from)
+    }
+
+    fn write_block_layer(
+        &mut self,
+        layer: usize,
+        block: BlockId,
+        keys: &[f32],
+        values: &[f32],
+    ) -> Result<(), EngineError> {
+        self.kv
+            .write_block_layer(&self.stream, layer, block, keys, values)
+            .map_err(EngineError::from)
+    }
+}

@@ -1,0 +1,86 @@
+// Row-wise and element-wise kernels of the Llama forward pass. One block per token row unless noted.
+
+// x[row] = embedding[ids[row]] (bf16 table → f32 residual stream).
+extern "C" __global__ void embed_rows(const bf16* table, const unsigned int* ids, float* x, int hidden) {
+    const bf16* src = table + (size_t)ids[blockIdx.x] * hidden;
+    float* dst = x + (size_t)blockIdx.x * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = bf2f(src[i]);
+}
+
+// out[row] = bf16(w ⊙ x[row] / sqrt(mean(x[row]²) + eps)), reading row `rows[row]` of x when `rows` is set.
+extern "C" __global__ void rms_norm(const float* x, const int* rows, const float* w, bf16* out, int dim, float eps) {
+    __shared__ float scratch[32];
+    int src = rows ? rows[blockIdx.x] : blockIdx.x;
+    const float* xr = x + (size_t)src * dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, scratch);
+    float inv = rsqrtf(ss / dim + eps);
+    bf16* o = out + (size_t)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = f2bf(w[i] * (xr[i] * inv));
+}
+
+// SwiGLU over a fused [tokens, 2·inter] gate|up buffer: out[t, i] = silu(gate[t, i]) · up[t, i].
+extern "C" __global__ void silu_mul(const bf16* gate_up, bf16* out, int inter) {
+    const bf16* g = gate_up + (size_t)blockIdx.x * 2 * inter;
+    bf16* o = out + (size_t)blockIdx.x * inter;
+    for (int i = threadIdx.x; i < inter; i += blockDim.x) {
+        float gv = bf2f(g[i]);
+        o[i] = f2bf(gv / (1.0f + __expf(-gv)) * bf2f(g[inter + i]));
+    }
+}
+
+// Uniform random values in [-scale, scale) from a counter-based hash (splitmix64): the same seed gives the same
+// weights on any device and launch shape. Grid-stride over n elements.
+extern "C" __global__ void fill_uniform_bf16(bf16* out, unsigned long long n, unsigned long long seed, float scale) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x) {
+        unsigned long long z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        float u = (float)(z >> 40) * (1.0f / 16777216.0f);
+        out[i] = f2bf((2.0f * u - 1.0f) * scale);
+    }
+}
+
+// bf16 → f32, grid-stride (reading KV blocks back for transfers and tests).
+extern "C" __global__ void bf16_to_f32(const bf16* in, float* out, unsigned long long n) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x)
+        out[i] = bf2f(in[i]);
+}
+
+// f32 → bf16, grid-stride (writing remote KV into the pool).
+extern "C" __global__ void f32_to_bf16(const float* in, bf16* out, unsigned long long n) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x)
+        out[i] = f2bf(in[i]);
+}
+
+// Greedy sampling: out[row] = argmax over `vocab` logits (first index on ties). One block per row.
+extern "C" __global__ void argmax_rows(const float* logits, unsigned int* out, int vocab) {
+    __shared__ float best_v[1024];
+    __shared__ int best_i[1024];
+    const float* l = logits + (size_t)blockIdx.x * vocab;
+    float bv = NEG_INF;
+    int bi = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        if (l[i] > bv) { bv = l[i]; bi = i; }
+    }
+    best_v[threadIdx.x] = bv;
+    best_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = best_v[threadIdx.x + s];
+            int oi = best_i[threadIdx.x + s];
+            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
+                best_v[threadIdx.x] = ov;
+                best_i[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = (unsigned int)best_i[0];
+}
