@@ -51,9 +51,13 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: std::net::SocketAddr,
 
-    /// Worker replicas to start (each loads the model).
+    /// Decode worker replicas to start (each loads the model).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub workers: u16,
+
+    /// Prefill worker replicas to start; 0 serves every request aggregated on the decode workers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=16))]
+    pub prefill_workers: u16,
 
     /// Memory for each worker's KV cache, in MiB.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
@@ -66,6 +70,9 @@ pub struct UpArgs {
     /// Tokens for the --prompt sample.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: u32,
+
+    #[command(flatten)]
+    pub routing: RoutingArgs,
 
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -90,6 +97,16 @@ pub struct RouterArgs {
     #[arg(long = "prefill-worker")]
     pub prefill_workers: Vec<String>,
 
+    #[command(flatten)]
+    pub routing: RoutingArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// When the router sends a prompt's prefill to a prefill worker.
+#[derive(Debug, Args)]
+pub struct RoutingArgs {
     /// Prefill on a prefill worker only when the decode worker would compute at least this many prompt tokens.
     #[arg(long, default_value_t = 256)]
     pub remote_prefill_min_tokens: usize,
@@ -97,9 +114,16 @@ pub struct RouterArgs {
     /// A prefill worker with this many prefill tokens queued (or more) is given no further prompts.
     #[arg(long, default_value_t = 8192)]
     pub prefill_max_queued_tokens: u64,
+}
 
-    #[command(flatten)]
-    pub registry: RegistryArgs,
+impl RoutingArgs {
+    pub fn policy(&self) -> cleave_router::policy::PolicyConfig {
+        cleave_router::policy::PolicyConfig {
+            remote_prefill_min_tokens: self.remote_prefill_min_tokens,
+            prefill_max_queued_tokens: self.prefill_max_queued_tokens,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use cleave_cluster::registry::{RegistryView, WorkerRole};
-use cleave_router::policy::PolicyConfig;
 use cleave_router::{RouterModel, RouterService, WorkerEndpoint, WorkerPool, grpc_url, serve};
 
 use crate::args::RouterArgs;
@@ -42,11 +41,7 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
                     .map(|url| WorkerEndpoint::new(url, WorkerRole::Prefill)),
             )
             .collect();
-        let policy = PolicyConfig {
-            remote_prefill_min_tokens: args.remote_prefill_min_tokens,
-            prefill_max_queued_tokens: args.prefill_max_queued_tokens,
-            ..PolicyConfig::default()
-        };
+        let policy = args.routing.policy();
         let pool = Arc::new(WorkerPool::start(&static_workers, policy));
         // Kept alive for the router's lifetime: dropping the view stops following the registry.
         let _view = match registry::connect(&args.registry).await? {

@@ -1,26 +1,22 @@
-//! `cleave up`: the whole cluster in one process — workers and a router talking gRPC on loopback, discovering each
-//! other through an embedded registry (the same leases and watches as etcd), or through etcd with `--etcd`.
+//! `cleave up`: the whole cluster in one process — a router, a prefill worker and a decode worker (by default)
+//! talking gRPC on loopback, prompt KV moving between the workers over the TCP KV transport, discovering each other
+//! through an embedded registry (the same leases and watches as etcd), or through etcd with `--etcd`.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cleave_cluster::registry::{
-    EmbeddedRegistry, KeyLayout, LeaseGuard, ParallelLayout, Registry, RegistryView, WorkerRecord, WorkerRole,
-    register_worker,
-};
+use cleave_cluster::registry::{EmbeddedRegistry, KeyLayout, LeaseGuard, Registry, RegistryView, register_worker};
 use cleave_engine::{Engine, EngineConfig, load_model};
 use cleave_proto::v1;
-use cleave_router::policy::PolicyConfig;
-use cleave_router::{RouterModel, RouterService, WorkerPool, grpc_url, serve};
-use cleave_worker::WorkerService;
+use cleave_router::{RouterModel, RouterService, WorkerPool, WorkerRole, grpc_url, serve};
 
-use crate::args::UpArgs;
+use crate::args::{DisaggArgs, Role, UpArgs};
 use crate::error::CliError;
 use crate::model::{self, ModelPath};
 use crate::registry;
 use crate::router::follow_registry;
-use crate::worker::{bind, shutdown_signal};
+use crate::worker::{bind, prepare_worker, shutdown_signal};
 
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
@@ -43,10 +39,12 @@ pub fn run_up(args: &UpArgs) -> Result<(), CliError> {
             ),
         };
         let mut leases = Vec::new();
-        for i in 0..args.workers {
-            leases.push(start_worker(args, &path, &name, i, registry.as_ref(), &layout).await?);
+        let roles = std::iter::repeat_n(Role::Prefill, args.prefill_workers as usize)
+            .chain(std::iter::repeat_n(Role::Decode, args.workers as usize));
+        for (i, role) in roles.enumerate() {
+            leases.push(start_worker(args, &path, &name, i, role, registry.as_ref(), &layout).await?);
         }
-        let pool = Arc::new(WorkerPool::new(PolicyConfig::default()));
+        let pool = Arc::new(WorkerPool::new(args.routing.policy()));
         let view = RegistryView::start(registry.clone(), &layout);
         tokio::spawn(follow_registry(
             view.subscribe(),
@@ -57,7 +55,8 @@ pub fn run_up(args: &UpArgs) -> Result<(), CliError> {
 
         let (listener, addr) = bind(args.listen).await?;
         eprintln!(
-            "cleave up: {name}, {} worker(s), router on {}",
+            "cleave up: {name}, {} prefill + {} decode worker(s), router on {}",
+            args.prefill_workers,
             args.workers,
             grpc_url(addr)
         );
@@ -78,12 +77,13 @@ pub fn run_up(args: &UpArgs) -> Result<(), CliError> {
     })
 }
 
-/// Loads one engine, serves it on an ephemeral loopback port, and registers it.
+/// Loads one engine, serves it in `role` on an ephemeral loopback port, and registers it.
 async fn start_worker(
     args: &UpArgs,
     path: &ModelPath,
     name: &str,
-    i: u16,
+    i: usize,
+    role: Role,
     registry: &dyn Registry,
     layout: &KeyLayout,
 ) -> Result<LeaseGuard, CliError> {
@@ -92,29 +92,18 @@ async fn start_worker(
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
         ..EngineConfig::default()
     };
-    let block_size = config.scheduler.block_size;
     let engine = Arc::new(Engine::start(weights, Arc::new(tokenizer), config)?);
-    let probe = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let listener = tokio::net::TcpListener::bind(probe)
-        .await
-        .map_err(|source| CliError::Listen { addr: probe, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| CliError::Listen { addr: probe, source })?;
-    let record = WorkerRecord {
-        id: format!("up-worker-{i}"),
-        role: WorkerRole::Both,
-        model: name.to_string(),
-        grpc_addr: format!("http://{addr}"),
-        kv_addr: String::new(),
-        kv_transports: Vec::new(),
-        block_size: block_size as u32,
-        capacity_blocks: engine.kv_blocks() as u64,
-        parallel: ParallelLayout::default(),
+    let (listener, addr) = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let disagg = DisaggArgs {
+        role,
+        kv_listen: None,
+        kv_advertise: None,
+        remote_prefill_timeout_secs: 30,
     };
+    let id = format!("up-{}-{i}", format!("{role:?}").to_lowercase());
+    let (service, record) = prepare_worker(engine, name, id, format!("http://{addr}"), addr, &disagg).await?;
     tokio::spawn(async move {
-        if let Err(e) = cleave_worker::serve(WorkerService::new(engine, block_size), listener, shutdown_signal()).await
-        {
+        if let Err(e) = cleave_worker::serve(service, listener, shutdown_signal()).await {
             tracing::error!(error = %e, "worker {i} stopped");
         }
     });
@@ -124,7 +113,7 @@ async fn start_worker(
 /// Streams one greedy completion through the router to stdout, once a worker is reachable.
 async fn sample(url: String, prompt: String, max_tokens: u32, pool: Arc<WorkerPool>) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while pool.reachable() == 0 && Instant::now() < deadline {
+    while pool.reachable_where(|role| role != WorkerRole::Prefill) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let request = v1::GenerateRequest {

@@ -145,7 +145,14 @@ async fn cleave_up_streams_the_sample_and_serves_requests_until_sigterm() {
                 "--prompt",
                 "The capital of France is",
             ])
-            .args(["--max-tokens", "4", "--kv-cache-mib", "64"])
+            .args([
+                "--max-tokens",
+                "4",
+                "--kv-cache-mib",
+                "64",
+                "--remote-prefill-min-tokens",
+                "64",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );
@@ -177,6 +184,15 @@ async fn cleave_up_streams_the_sample_and_serves_requests_until_sigterm() {
         ids.extend(msg.token_ids);
     }
     assert_eq!(ids, vec![7042, 30]);
+
+    // A long prompt takes the disaggregated path (prefill worker → KV transfer → decode worker): same tokens.
+    let long = cleave_testkit::golden_prompt("long");
+    let mut stream = client.generate(greedy(&long.text, 4)).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        ids.extend(msg.token_ids);
+    }
+    assert_eq!(ids, long.output_ids[..4]);
 
     child.sigterm();
     let exit = child.wait_exit(Duration::from_secs(10));
