@@ -1,6 +1,7 @@
 //! The `cleave.v1.Worker` gRPC service over the simulator, with the real worker's semantics
 //! (services/worker/src/service.rs): validation errors, duplicate request ids, abort, resumable KV events with
-//! OUT_OF_RANGE on a gap, snapshots, periodic load reports.
+//! OUT_OF_RANGE on a gap, snapshots, periodic load reports. `Prefill` is UNIMPLEMENTED and a `Generate` naming a
+//! remote prefill worker is prefilled locally: KV transfer is not modelled.
 //!
 //! Cost per `Generate`: one validation, a few short state locks per token, no task and no channel.
 
@@ -71,11 +72,8 @@ impl SimWorker {
 
     /// Checks a request the way the engine does and turns it into the simulator's terms.
     fn validate(&self, req: v1::WorkerGenerateRequest) -> Result<SimRequest, Status> {
-        if req.remote_prefill.is_some() {
-            return Err(Status::unimplemented(
-                "remote_prefill: the simulated worker does not model KV transfer",
-            ));
-        }
+        // `remote_prefill` is ignored: the simulator prefills locally, as a real worker does when remote prefill
+        // fails, so a router that chose a prefill worker still gets its tokens.
         let config = &self.shared.config;
         let sampling = req.sampling.unwrap_or_default();
         let limits = ModelLimits {

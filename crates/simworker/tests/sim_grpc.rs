@@ -376,3 +376,14 @@ async fn each_sample_of_n_gets_its_own_responses() {
         assert_eq!(mine[2].1.finish_reason, v1::FinishReason::Length as i32);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_a_prefill_worker_is_prefilled_locally() {
+    let mut sim = start(SimConfig::instant()).await;
+    let mut req = request("remote", prompt(8, 12), 2);
+    req.remote_prefill = Some(v1::RemotePrefill {
+        prefill_addr: "http://127.0.0.1:9".into(),
+    });
+    let out = collect(&mut sim.client, req).await;
+    assert_eq!(out.len(), 2);
+}

@@ -2,14 +2,18 @@
 //! math) behind a real in-process router, driven through the public `Generation/Generate` streaming RPC by many
 //! client tasks over a few HTTP/2 connections.
 //!
-//! Per scenario (worker timing model), four phases of `PHASE` each, after a short warm-up:
-//! - throughput, through the router and directly against the workers (same client count, same connections count):
-//!   completed streamed requests per second;
-//! - latency at light load (`LATENCY_CLIENTS` clients), through the router and directly: p50/p99 of end-to-end
-//!   request time (call → last message); the router's added latency is the difference.
+//! Per scenario (worker timing model), each phase `PHASE` long after a short warm-up:
+//! - directly against the workers: throughput (`THROUGHPUT_CLIENTS` clients) and latency at light load
+//!   (`LATENCY_CLIENTS` clients);
+//! - the same two through the router, once via `cleave_router::serve` and once via the same `RouterService` on a
+//!   server that sets TCP_NODELAY on accepted sockets (the only difference).
+//!
+//! Reported: completed streamed requests per second; p50/p99 of end-to-end request time (call → last message) and
+//! the router's added latency (router minus direct, same run); process CPU per request through the router minus
+//! directly, i.e. what the router itself costs; how evenly the router spread requests over the workers.
 //!
 //! Run: `cargo bench -p cleave-router --bench throughput`. Everything shares one 2-thread runtime, like a 2-core
-//! box: the numbers include the client's and the workers' CPU, so they bound the router from below.
+//! box: the request rates include the clients' and the workers' CPU, so they bound the router from below.
 
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)] // a benchmark binary
 

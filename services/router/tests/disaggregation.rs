@@ -132,7 +132,7 @@ async fn start_fake(cached: Vec<u64>) -> (FakeWorker, String) {
     let server = tonic::transport::Server::builder()
         .add_service(WorkerServer::new(fake.clone()))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             fake.stop.clone().cancelled_owned(),
         );
     tokio::spawn(server);
