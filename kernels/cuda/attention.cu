@@ -51,19 +51,25 @@ extern "C" __global__ void rope_write_kv(const float* qkv, const float* bias, co
 // Causal attention for one query token and one query head per block (ATTN_WARPS warps). The token at absolute
 // position pos[t] attends to positions 0..=pos[t] of its sequence, whose blocks are block_tables[table_off[t]..].
 // Warps take keys round-robin, each with an online softmax over its keys; the warps' partial results merge at the
-// end. q is f32 [T, n_heads·hd]; out is bf16 [T, n_heads·hd]. head_dim must be a multiple of 32, at most 256.
+// end. Lane l of a warp holds dimensions l, l + 32, ... of the head. With `rows`, block x serves token row rows[x]
+// (the decode rows of a mixed batch); without, row x. q is f32 [T, n_heads·hd]; out is bf16
+// [T, n_heads·hd]. head_dim is at most 32 · MAX_HD_PER_LANE.
 extern "C" __global__ void paged_attention(const float* q, const bf16* k_cache, const bf16* v_cache,
                                            const int* block_tables, const int* table_off, const int* pos,
-                                           bf16* out, int n_heads, int n_kv, int hd, int block_size, float scale) {
+                                           const int* rows, bf16* out, int n_heads, int n_kv, int hd,
+                                           int block_size, float scale) {
     __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
     __shared__ float s_acc[ATTN_WARPS][32 * MAX_HD_PER_LANE];
-    int t = blockIdx.x, h = blockIdx.y;
+    int t = rows ? rows[blockIdx.x] : blockIdx.x, h = blockIdx.y;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int per_lane = hd / 32;
+    int per_lane = (hd + 31) / 32;
     int kh = h / (n_heads / n_kv);
     const float* qh = q + ((size_t)t * n_heads + h) * hd;
     float qr[MAX_HD_PER_LANE];
-    for (int c = 0; c < per_lane; c++) qr[c] = qh[c * 32 + lane] * scale;
+    for (int c = 0; c < per_lane; c++) {
+        int d = c * 32 + lane;
+        qr[c] = d < hd ? qh[d] * scale : 0.0f;
+    }
     float m = NEG_INF, l = 0.0f;
     float acc[MAX_HD_PER_LANE];
     for (int c = 0; c < MAX_HD_PER_LANE; c++) acc[c] = 0.0f;
@@ -73,13 +79,19 @@ extern "C" __global__ void paged_attention(const float* q, const bf16* k_cache, 
         int block = table[j / block_size], off = j % block_size;
         size_t at = (((size_t)block * n_kv + kh) * block_size + off) * hd;
         float dot = 0.0f;
-        for (int c = 0; c < per_lane; c++) dot += qr[c] * bf2f(k_cache[at + c * 32 + lane]);
+        for (int c = 0; c < per_lane; c++) {
+            int d = c * 32 + lane;
+            if (d < hd) dot += qr[c] * bf2f(k_cache[at + d]);
+        }
         dot = warp_sum(dot);
         float m_new = fmaxf(m, dot);
         float correction = __expf(m - m_new);
         float p = __expf(dot - m_new);
         l = l * correction + p;
-        for (int c = 0; c < per_lane; c++) acc[c] = acc[c] * correction + p * bf2f(v_cache[at + c * 32 + lane]);
+        for (int c = 0; c < per_lane; c++) {
+            int d = c * 32 + lane;
+            acc[c] = acc[c] * correction + (d < hd ? p * bf2f(v_cache[at + d]) : 0.0f);
+        }
         m = m_new;
     }
     if (lane == 0) { s_m[warp] = m; s_l[warp] = l; }
@@ -98,6 +110,92 @@ extern "C" __global__ void paged_attention(const float* q, const bf16* k_cache, 
             for (int c = 0; c < per_lane; c++) o[c] += s_acc[w][c * 32 + lane] * f;
         }
         bf16* oh = out + ((size_t)t * n_heads + h) * hd;
-        for (int c = 0; c < per_lane; c++) oh[c * 32 + lane] = f2bf(o[c] / gl);
+        for (int c = 0; c < per_lane; c++) {
+            int d = c * 32 + lane;
+            if (d < hd) oh[d] = f2bf(o[c] / gl);
+        }
+    }
+}
+
+#define TQ 32
+#define TK 32
+#define TILE_MAX_HD 128
+
+// Causal attention for a tile of up to TQ consecutive query rows of one sequence and one query head per block
+// (256 threads): prefill chunks. tiles[4·b ..] = (first row, rows, block-table offset, position of the first row).
+// Key tiles of TK positions stream through shared memory with an online softmax; thread i owns query row i / 8 of
+// the tile, its scores for keys (i % 8) + 8·j and its output dimensions (i % 8) + 8·j. head_dim ≤ TILE_MAX_HD and a
+// multiple of 8.
+extern "C" __global__ void __launch_bounds__(256) prefill_attention(
+    const float* q, const bf16* k_cache, const bf16* v_cache, const int* block_tables, const int* tiles, bf16* out,
+    int n_heads, int n_kv, int hd, int block_size, float scale) {
+    __shared__ float s_q[TQ][TILE_MAX_HD];
+    __shared__ bf16 s_k[TK][TILE_MAX_HD + 2];
+    __shared__ bf16 s_v[TK][TILE_MAX_HD];
+    __shared__ float s_p[TQ][TK + 1];
+    const int* tile = tiles + 4 * blockIdx.x;
+    int row0 = tile[0], n_rows = tile[1], pos0 = tile[3];
+    const int* table = block_tables + tile[2];
+    int h = blockIdx.y, kh = h / (n_heads / n_kv);
+    int tid = threadIdx.x, r = tid >> 3, sub = tid & 7;
+    int dims_per_thread = hd / 8;
+
+    for (int i = tid; i < TQ * hd; i += 256) {
+        int rr = i / hd, d = i % hd;
+        s_q[rr][d] = rr < n_rows ? q[((size_t)(row0 + rr) * n_heads + h) * hd + d] * scale : 0.0f;
+    }
+    float m = NEG_INF, l = 0.0f;
+    float acc[TILE_MAX_HD / 8];
+    for (int i = 0; i < TILE_MAX_HD / 8; i++) acc[i] = 0.0f;
+    int q_pos = pos0 + r;
+    int last_pos = pos0 + n_rows - 1;
+    for (int k0 = 0; k0 <= last_pos; k0 += TK) {
+        __syncthreads();
+        for (int i = tid; i < TK * hd; i += 256) {
+            int kk = i / hd, d = i % hd, kp = k0 + kk;
+            bf16 kv = 0, vv = 0;
+            if (kp <= last_pos) {
+                size_t at = (((size_t)table[kp / block_size] * n_kv + kh) * block_size + kp % block_size) * hd + d;
+                kv = k_cache[at];
+                vv = v_cache[at];
+            }
+            s_k[kk][d] = kv;
+            s_v[kk][d] = vv;
+        }
+        __syncthreads();
+        // Scores for this thread's 4 keys of its row.
+        float sc[TK / 8];
+        float tile_max = NEG_INF;
+        for (int j = 0; j < TK / 8; j++) {
+            int kk = sub + 8 * j, kp = k0 + kk;
+            float dot = 0.0f;
+            for (int d = 0; d < hd; d++) dot += s_q[r][d] * bf2f(s_k[kk][d]);
+            bool visible = r < n_rows && kp <= q_pos;
+            sc[j] = visible ? dot : NEG_INF;
+            tile_max = fmaxf(tile_max, sc[j]);
+        }
+        for (int o = 1; o < 8; o <<= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o));
+        float m_new = fmaxf(m, tile_max);
+        float correction = (m == NEG_INF) ? 0.0f : __expf(m - m_new);
+        float row_sum = 0.0f;
+        for (int j = 0; j < TK / 8; j++) {
+            float p = (sc[j] == NEG_INF) ? 0.0f : __expf(sc[j] - m_new);
+            s_p[r][sub + 8 * j] = p;
+            row_sum += p;
+        }
+        for (int o = 1; o < 8; o <<= 1) row_sum += __shfl_xor_sync(0xffffffffu, row_sum, o);
+        l = l * correction + row_sum;
+        m = m_new;
+        __syncwarp();
+        for (int i = 0; i < dims_per_thread; i++) {
+            int d = sub + 8 * i;
+            float a = acc[i] * correction;
+            for (int kk = 0; kk < TK; kk++) a += s_p[r][kk] * bf2f(s_v[kk][d]);
+            acc[i] = a;
+        }
+    }
+    if (r < n_rows) {
+        bf16* o = out + ((size_t)(row0 + r) * n_heads + h) * hd;
+        for (int i = 0; i < dims_per_thread; i++) o[sub + 8 * i] = f2bf(acc[i] / l);
     }
 }

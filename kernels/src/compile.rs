@@ -78,7 +78,32 @@ pub(crate) fn load_module(
         ));
     }
 
-    let arch_static: &'static str = match arch.as_str() {
+    let ptx = compile_ptx(&arch)?;
+    if let Some(file) = &cache_file {
+        // A cache that cannot be written only costs the next start a compile.
+        let written = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(file, &ptx));
+        if let Err(error) = written {
+            tracing::warn!(file = %file.display(), %error, "cannot cache the compiled kernels");
+        }
+    }
+    let module = ctx.load_module(Ptx::from_src(ptx))?;
+    Ok((
+        module,
+        ModuleInfo {
+            arch,
+            compiled: true,
+            elapsed: started.elapsed(),
+            cache_file,
+        },
+    ))
+}
+
+/// Compiles every kernel source for `arch` (e.g. `sm_90a`) to PTX with NVRTC. Needs the NVRTC library, not a GPU.
+pub fn compile_ptx(arch: &str) -> Result<String, KernelError> {
+    let arch_static: &'static str = match arch {
         "sm_90a" => "sm_90a",
         "sm_90" => "sm_90",
         "sm_80" => "sm_80",
@@ -96,31 +121,12 @@ pub(crate) fn load_module(
         name: Some("cleave_kernels.cu".to_owned()),
         ..CompileOptions::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| KernelError::Compile {
-        arch: arch.clone(),
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source(), opts).map_err(|e| KernelError::Compile {
+        arch: arch.to_owned(),
         log: match e {
             cudarc::nvrtc::CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
             other => other.to_string(),
         },
     })?;
-    if let Some(file) = &cache_file {
-        // A cache that cannot be written only costs the next start a compile.
-        let written = file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(file, ptx.to_src()));
-        if let Err(error) = written {
-            tracing::warn!(file = %file.display(), %error, "cannot cache the compiled kernels");
-        }
-    }
-    let module = ctx.load_module(ptx)?;
-    Ok((
-        module,
-        ModuleInfo {
-            arch,
-            compiled: true,
-            elapsed: started.elapsed(),
-            cache_file,
-        },
-    ))
+    Ok(ptx.to_src())
 }

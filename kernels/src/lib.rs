@@ -20,7 +20,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-pub use compile::{ModuleInfo, arch_for};
+pub use compile::{ModuleInfo, arch_for, compile_ptx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -58,11 +58,12 @@ pub struct Kernels {
     argmax_rows: CudaFunction,
     rope_write_kv: CudaFunction,
     paged_attention: CudaFunction,
+    prefill_attention: CudaFunction,
     pub info: ModuleInfo,
 }
 
 /// Where `rope_write_kv` and `paged_attention` find the batch's layout on the device.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct AttnMeta<'a> {
     /// Absolute position of each token row, `[T]`.
     pub pos: &'a CudaSlice<i32>,
@@ -73,7 +74,20 @@ pub struct AttnMeta<'a> {
     /// Where each token row's sequence table starts in `block_tables`, `[T]`.
     pub table_off: &'a CudaSlice<i32>,
     pub n_tokens: usize,
+    /// Query tiles of prefill chunks for `prefill_attention`: `(first row, rows ≤ 32, table offset, first position)`
+    /// each, `[4 · n_tiles]`.
+    pub tiles: &'a CudaSlice<i32>,
+    pub n_tiles: usize,
+    /// Rows served one token per block by `paged_attention` (decode steps, short chunks), `[n_single_rows]`; all
+    /// rows when `n_tiles` is 0.
+    pub single_rows: &'a CudaSlice<i32>,
+    pub n_single_rows: usize,
 }
+
+/// Longest head `prefill_attention` handles (larger heads go through `paged_attention` row by row).
+pub const PREFILL_TILE_MAX_HEAD_DIM: usize = 128;
+/// Query rows per `prefill_attention` tile.
+pub const PREFILL_TILE_ROWS: usize = 32;
 
 /// Head counts and sizes, and the pool's block size.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +150,7 @@ impl Kernels {
             argmax_rows: f("argmax_rows")?,
             rope_write_kv: f("rope_write_kv")?,
             paged_attention: f("paged_attention")?,
+            prefill_attention: f("prefill_attention")?,
             info,
         })
     }
@@ -342,8 +357,9 @@ impl Kernels {
         Ok(())
     }
 
-    /// Causal paged attention for every token row: `out` (bf16, `[T, nh·hd]`) from `q` and this layer's cache.
-    pub fn paged_attention(
+    /// Causal paged attention: `out` (bf16, `[T, nh·hd]`) from `q` and this layer's cache, prefill chunks by tiles
+    /// of query rows (`meta.tiles`), the other rows one per block (`meta.single_rows`, or every row without tiles).
+    pub fn attention(
         &self,
         stream: &CudaStream,
         q: &CudaSlice<f32>,
@@ -360,41 +376,78 @@ impl Kernels {
             block_size,
         } = dims;
         let t = meta.n_tokens;
-        check("paged_attention", "q", q.len(), t * n_heads * head_dim)?;
-        check("paged_attention", "out", out.len(), t * n_heads * head_dim)?;
-        check("paged_attention", "table_off", meta.table_off.len(), t)?;
-        if head_dim % 32 != 0 || head_dim > 256 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        check("attention", "q", q.len(), t * n_heads * head_dim)?;
+        check("attention", "out", out.len(), t * n_heads * head_dim)?;
+        check("attention", "table_off", meta.table_off.len(), t)?;
+        check("attention", "tiles", meta.tiles.len(), 4 * meta.n_tiles)?;
+        check("attention", "single_rows", meta.single_rows.len(), meta.n_single_rows)?;
+        if head_dim == 0 || head_dim > 256 || head_dim % 2 != 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(KernelError::Shape {
-                kernel: "paged_attention",
-                what: "head_dim (a multiple of 32 up to 256, with heads a multiple of KV heads)",
+                kernel: "attention",
+                what: "head_dim (even, at most 256, with query heads a multiple of KV heads)",
                 got: head_dim,
                 needed: 256,
             });
         }
+        if meta.n_tiles > 0 && (head_dim > PREFILL_TILE_MAX_HEAD_DIM || head_dim % 8 != 0) {
+            return Err(KernelError::Shape {
+                kernel: "prefill_attention",
+                what: "head_dim (a multiple of 8, at most 128)",
+                got: head_dim,
+                needed: PREFILL_TILE_MAX_HEAD_DIM,
+            });
+        }
         let scale = 1.0 / (head_dim as f32).sqrt();
         let (nh, nkv, hd, bs) = (int(n_heads), int(n_kv_heads), int(head_dim), int(block_size));
-        let mut launch = stream.launch_builder(&self.paged_attention);
-        launch
-            .arg(q)
-            .arg(k_cache)
-            .arg(v_cache)
-            .arg(meta.block_tables)
-            .arg(meta.table_off)
-            .arg(meta.pos)
-            .arg(out)
-            .arg(&nh)
-            .arg(&nkv)
-            .arg(&hd)
-            .arg(&bs)
-            .arg(&scale);
-        let cfg = LaunchConfig {
-            grid_dim: (t as u32, n_heads as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: block (t, h) reads q row t head h and writes out row t head h (checked); it reads keys 0..=pos[t]
-        // through the sequence's block table, whose blocks the scheduler allocated to cover pos[t].
-        unsafe { launch.launch(cfg) }?;
+        if meta.n_tiles > 0 {
+            let mut launch = stream.launch_builder(&self.prefill_attention);
+            launch
+                .arg(q)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(meta.block_tables)
+                .arg(meta.tiles)
+                .arg(&mut *out)
+                .arg(&nh)
+                .arg(&nkv)
+                .arg(&hd)
+                .arg(&bs)
+                .arg(&scale);
+            let cfg = LaunchConfig {
+                grid_dim: (meta.n_tiles as u32, n_heads as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: tile b covers rows tiles[4b]..+tiles[4b+1] (≤ 32, inside q and out by construction on the
+            // host) of one sequence, reading keys up to its last row's position through that sequence's block
+            // table, which covers it; head_dim ≤ 128 fits the kernel's shared tiles.
+            unsafe { launch.launch(cfg) }?;
+        }
+        let singles = if meta.n_tiles > 0 { meta.n_single_rows } else { t };
+        if singles > 0 {
+            let mut launch = stream.launch_builder(&self.paged_attention);
+            launch
+                .arg(q)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(meta.block_tables)
+                .arg(meta.table_off)
+                .arg(meta.pos);
+            if meta.n_tiles > 0 {
+                launch.arg(meta.single_rows);
+            } else {
+                launch.arg(&NULL);
+            }
+            launch.arg(&mut *out).arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&scale);
+            let cfg = LaunchConfig {
+                grid_dim: (singles as u32, n_heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: block (x, h) serves row single_rows[x] (or x), inside q and out (checked); it reads keys
+            // 0..=pos[row] through the row's block table, which the scheduler allocated to cover pos[row].
+            unsafe { launch.launch(cfg) }?;
+        }
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod kv;
@@ -17,6 +18,7 @@ pub mod weights;
 
 pub use backend::{Backend, CpuBackend, KvBlockReader};
 pub use config::ModelConfig;
+pub use device::{Device, start_engine};
 pub use engine::{Engine, EngineConfig, GenerationStream, KvSnapshot};
 pub use error::{EngineError, ErrorCategory};
 pub use loader::{ModelFiles, load_model};

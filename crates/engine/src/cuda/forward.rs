@@ -20,7 +20,7 @@ use super::{CudaBackend, CudaError};
 use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;
 use crate::model::SeqChunk;
-use cleave_kernels::{AttnDims, AttnMeta};
+use cleave_kernels::{AttnDims, AttnMeta, PREFILL_TILE_MAX_HEAD_DIM, PREFILL_TILE_ROWS};
 
 /// The per-step activations, sized for `tokens` rows (and `logit_rows` rows of logits).
 #[derive(Debug)]
@@ -87,9 +87,17 @@ struct Layout {
     table_off: Vec<i32>,
     tables: Vec<i32>,
     logit_rows: Vec<i32>,
+    /// Prefill query tiles: (first row, rows, table offset, first position) each.
+    tiles: Vec<i32>,
+    n_tiles: usize,
+    single_rows: Vec<i32>,
+    n_single_rows: usize,
 }
 
-fn layout(chunks: &[SeqChunk<'_>], block_size: usize) -> Layout {
+/// Chunks at least this long go through the tiled prefill attention; shorter ones (decodes) one row per block.
+const TILED_MIN_ROWS: usize = 8;
+
+fn layout(chunks: &[SeqChunk<'_>], block_size: usize, tiled: bool) -> Layout {
     let mut l = Layout::default();
     let mut row = 0usize;
     for c in chunks {
@@ -103,13 +111,28 @@ fn layout(chunks: &[SeqChunk<'_>], block_size: usize) -> Layout {
                 .push((c.blocks[p / block_size] as usize * block_size + p % block_size) as i32);
             l.table_off.push(off);
         }
-        row += c.tokens.len();
-        if c.want_logits && !c.tokens.is_empty() {
+        let len = c.tokens.len();
+        if tiled && len >= TILED_MIN_ROWS {
+            for first in (0..len).step_by(PREFILL_TILE_ROWS) {
+                let rows = PREFILL_TILE_ROWS.min(len - first);
+                l.tiles
+                    .extend([(row + first) as i32, rows as i32, off, (c.start_pos + first) as i32]);
+                l.n_tiles += 1;
+            }
+        } else {
+            l.single_rows.extend((row..row + len).map(|r| r as i32));
+            l.n_single_rows += len;
+        }
+        row += len;
+        if c.want_logits && len > 0 {
             l.logit_rows.push(row as i32 - 1);
         }
     }
-    if l.tables.is_empty() {
-        l.tables.push(0);
+    // Device buffers are never empty; the counts say what is used.
+    for v in [&mut l.tables, &mut l.tiles, &mut l.single_rows] {
+        if v.is_empty() {
+            v.push(0);
+        }
     }
     l
 }
@@ -186,7 +209,8 @@ impl CudaBackend {
             ..
         } = self;
         let block_size = kv.shape().block_size;
-        let l = layout(chunks, block_size);
+        let tiled = cfg.head_dim <= PREFILL_TILE_MAX_HEAD_DIM && cfg.head_dim % 8 == 0;
+        let l = layout(chunks, block_size, tiled);
         let t = l.ids.len();
         if t == 0 {
             return Ok(Vec::new());
@@ -197,12 +221,18 @@ impl CudaBackend {
         let slots = stream.clone_htod(&l.slots)?;
         let table_off = stream.clone_htod(&l.table_off)?;
         let tables = stream.clone_htod(&l.tables)?;
+        let tiles = stream.clone_htod(&l.tiles)?;
+        let single_rows = stream.clone_htod(&l.single_rows)?;
         let meta = AttnMeta {
             pos: &pos,
             slots: &slots,
             block_tables: &tables,
             table_off: &table_off,
             n_tokens: t,
+            tiles: &tiles,
+            n_tiles: l.n_tiles,
+            single_rows: &single_rows,
+            n_single_rows: l.n_single_rows,
         };
         let dims = AttnDims {
             n_heads: cfg.n_heads,
@@ -229,7 +259,7 @@ impl CudaBackend {
                 dims,
             )?;
             layer_done(layer, &kv.reader(stream));
-            kernels.paged_attention(
+            kernels.attention(
                 stream,
                 &b.q,
                 &kv.keys[layer],

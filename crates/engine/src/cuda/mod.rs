@@ -8,6 +8,7 @@
 
 #![allow(unsafe_code)] // cuBLAS calls on raw device pointers; each one carries a SAFETY note
 
+pub mod bench;
 mod forward;
 mod kv;
 mod synthetic;

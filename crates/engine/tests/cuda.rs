@@ -1,0 +1,509 @@
+//! The CUDA backend against the CPU backend, on the same inputs. Every test skips (passing, with a message) on a
+//! machine without a CUDA driver, as in CI; `scripts/gpu-check` runs them on a GPU machine.
+//!
+//! Kernels get fresh random inputs and outputs poisoned with NaN first, so an element a kernel forgets to write
+//! fails the comparison. Tolerances are those of bf16 storage (8 bits of mantissa): relative 2⁻⁷ on activations.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cleave_engine::backend::{Backend, CpuBackend};
+use cleave_engine::cpu::attention::{AttnChunk, AttnDims as CpuDims, paged_attention};
+use cleave_engine::cpu::ops::{apply_rope, rms_norm, rope_tables, silu_mul};
+use cleave_engine::cuda::{CudaBackend, CudaOptions, cuda_available};
+use cleave_engine::kv::{KvCache, KvShape};
+use cleave_engine::{Engine, EngineConfig, ModelFiles, SeqChunk, load_model};
+use cleave_kernels::{AttnDims, AttnMeta, Kernels};
+use cudarc::driver::CudaContext;
+use half::bf16;
+use rand::{Rng, SeedableRng};
+
+fn skip() -> bool {
+    if !cuda_available() {
+        eprintln!("skipped: no CUDA driver or device on this machine");
+        return true;
+    }
+    false
+}
+
+/// The engine's test fixtures, from the crate directory or (on a GPU machine running a carried binary) from the
+/// repository root.
+fn fixture(rel: &str) -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(rel);
+    if here.exists() {
+        here
+    } else {
+        PathBuf::from("crates/engine/tests").join(rel)
+    }
+}
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Rounds through bf16, as the device stores it.
+fn bf(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}[{i}] = {g} (unwritten or overflowed)");
+        let err = (g - w).abs() / (abs + rel * w.abs());
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    let (err, i) = worst;
+    assert!(
+        err <= 1.0,
+        "{what}[{i}]: got {} want {} (error {err:.2} × tolerance)",
+        got[i],
+        want[i]
+    );
+}
+
+fn device() -> (Arc<CudaContext>, Arc<cudarc::driver::CudaStream>, Kernels) {
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.default_stream();
+    let kernels = Kernels::load(&ctx, None).unwrap();
+    (ctx, stream, kernels)
+}
+
+#[test]
+fn rms_norm_and_swiglu_match_the_cpu() {
+    if skip() {
+        return;
+    }
+    let (_ctx, stream, k) = device();
+    let (rows, dim, inter) = (7, 576, 1536);
+    let x = random(rows * dim, 1, 3.0);
+    let w = random(dim, 2, 1.0);
+    let mut want = vec![0.0; rows * dim];
+    rms_norm(&x, &w, 1e-5, &mut want);
+    let xd = stream.clone_htod(&x).unwrap();
+    let wd = stream.clone_htod(&w).unwrap();
+    let mut out = stream.clone_htod(&vec![bf16::NAN; rows * dim]).unwrap();
+    k.rms_norm(&stream, &xd, None, &wd, &mut out, rows, dim, 1e-5).unwrap();
+    let got: Vec<f32> = stream.clone_dtoh(&out).unwrap().iter().map(|v| v.to_f32()).collect();
+    assert_close("rms_norm", &got, &want, 1.0 / 128.0, 1e-3);
+
+    let gu = bf(&random(rows * 2 * inter, 3, 4.0));
+    let mut want = vec![0.0; rows * inter];
+    silu_mul(&gu, inter, &mut want);
+    let gud = stream
+        .clone_htod(&gu.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>())
+        .unwrap();
+    let mut out = stream.clone_htod(&vec![bf16::NAN; rows * inter]).unwrap();
+    k.silu_mul(&stream, &gud, &mut out, rows, inter).unwrap();
+    let got: Vec<f32> = stream.clone_dtoh(&out).unwrap().iter().map(|v| v.to_f32()).collect();
+    assert_close("silu_mul", &got, &want, 1.0 / 128.0, 1e-3);
+}
+
+#[test]
+fn rope_cache_write_and_paged_attention_match_the_cpu() {
+    if skip() {
+        return;
+    }
+    // Llama-like heads, and the tiny fixture's (head_dim 16, 4-token blocks).
+    check_attention(8, 2, 64, 16);
+    check_attention(4, 2, 16, 4);
+}
+
+fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize) {
+    let (_ctx, stream, k) = device();
+    let n_blocks = 32;
+    // Two sequences: a 37-token prefill chunk after 5 cached tokens, and one decode token at position 20, their
+    // blocks scattered over the pool.
+    let (n0, n1) = (42usize.div_ceil(bs), 21usize.div_ceil(bs));
+    let tables: [Vec<u32>; 2] = [
+        (0..n0).map(|i| (i * 5 % n_blocks) as u32).collect(),
+        (n0..n0 + n1).map(|i| (i * 5 % n_blocks) as u32).collect(),
+    ];
+    let chunks = [(5usize, 37usize, 0usize), (20, 1, 1)];
+    let width = (nh + 2 * nkv) * hd;
+    // Every position of each sequence gets keys/values, so write the cached prefix too: run the whole history.
+    let mut pos = Vec::new();
+    let mut seq_of = Vec::new();
+    for (s, &(start, len, _)) in chunks.iter().enumerate() {
+        for p in 0..start + len {
+            pos.push(p);
+            seq_of.push(s);
+        }
+    }
+    let t = pos.len();
+    let qkv = random(t * width, 7, 2.0);
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
+        .collect();
+
+    // CPU: rope, write every token's k/v (rounded to bf16 like the device), attention for the chunks' rows only.
+    let (mut q, mut kk) = (Vec::new(), Vec::new());
+    let mut v = Vec::new();
+    for row in qkv.chunks_exact(width) {
+        q.extend_from_slice(&row[..nh * hd]);
+        kk.extend_from_slice(&row[nh * hd..(nh + nkv) * hd]);
+        v.extend_from_slice(&row[(nh + nkv) * hd..]);
+    }
+    let (cos, sin) = rope_tables(&pos, &inv_freq);
+    apply_rope(&mut q, nh, hd, &cos, &sin);
+    apply_rope(&mut kk, nkv, hd, &cos, &sin);
+    let (kk, v) = (bf(&kk), bf(&v));
+    let mut cache = KvCache::new(KvShape {
+        n_layers: 1,
+        n_blocks,
+        block_size: bs,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    });
+    for (r, (&p, &s)) in pos.iter().zip(&seq_of).enumerate() {
+        let block = tables[s][p / bs];
+        cache.write(
+            0,
+            block,
+            p % bs,
+            &kk[r * nkv * hd..(r + 1) * nkv * hd],
+            &v[r * nkv * hd..(r + 1) * nkv * hd],
+        );
+    }
+    let mut attn_chunks = Vec::new();
+    let mut row = 0;
+    for (s, &(start, len, _)) in chunks.iter().enumerate() {
+        attn_chunks.push(AttnChunk {
+            row: row + start,
+            len,
+            start_pos: start,
+            blocks: &tables[s],
+        });
+        row += start + len;
+    }
+    let mut want = vec![0.0; t * nh * hd];
+    let dims = CpuDims {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    };
+    paged_attention(&q, &attn_chunks, &cache, 0, dims, &mut want);
+
+    // GPU: the same rows through rope_write_kv and paged_attention.
+    let flat: Vec<i32> = tables.iter().flatten().map(|&b| b as i32).collect();
+    let offs = [0i32, tables[0].len() as i32];
+    let slots: Vec<i32> = pos
+        .iter()
+        .zip(&seq_of)
+        .map(|(&p, &s)| (tables[s][p / bs] as usize * bs + p % bs) as i32)
+        .collect();
+    let table_off: Vec<i32> = seq_of.iter().map(|&s| offs[s]).collect();
+    let pos_i: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
+    let (pos_d, slots_d, tables_d, off_d) = (
+        stream.clone_htod(&pos_i).unwrap(),
+        stream.clone_htod(&slots).unwrap(),
+        stream.clone_htod(&flat).unwrap(),
+        stream.clone_htod(&table_off).unwrap(),
+    );
+    // Tiled mode for the 37-row chunk (rows 5..42, two tiles), one row per block for the decode row (62).
+    let decode_row: i32 = 5 + 37 + 20;
+    let tiles = [5, 32, 0, 5, 37, 5, 0, 37];
+    let (tiles_d, singles_d) = (
+        stream.clone_htod(&tiles).unwrap(),
+        stream.clone_htod(&[decode_row]).unwrap(),
+    );
+    let meta = AttnMeta {
+        pos: &pos_d,
+        slots: &slots_d,
+        block_tables: &tables_d,
+        table_off: &off_d,
+        n_tokens: t,
+        tiles: &tiles_d,
+        n_tiles: 0,
+        single_rows: &singles_d,
+        n_single_rows: 0,
+    };
+    let gdims = AttnDims {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        block_size: bs,
+    };
+    let qkv_d = stream.clone_htod(&qkv).unwrap();
+    let inv_d = stream.clone_htod(&inv_freq).unwrap();
+    let mut q_d = stream.clone_htod(&vec![f32::NAN; t * nh * hd]).unwrap();
+    let cache_len = n_blocks * nkv * bs * hd;
+    let mut k_cache = stream.alloc_zeros::<bf16>(cache_len).unwrap();
+    let mut v_cache = stream.alloc_zeros::<bf16>(cache_len).unwrap();
+    k.rope_write_kv(
+        &stream,
+        &qkv_d,
+        None,
+        &meta,
+        &inv_d,
+        &mut q_d,
+        &mut k_cache,
+        &mut v_cache,
+        gdims,
+    )
+    .unwrap();
+    let got_q = stream.clone_dtoh(&q_d).unwrap();
+    assert_close("rope q", &got_q, &q, 1e-5, 1e-5);
+    let tiled = AttnMeta {
+        n_tiles: 2,
+        n_single_rows: 1,
+        ..meta
+    };
+    for (mode, meta) in [("row per block", &meta), ("tiled", &tiled)] {
+        let mut out = stream.clone_htod(&vec![bf16::NAN; t * nh * hd]).unwrap();
+        k.attention(&stream, &q_d, &k_cache, &v_cache, meta, &mut out, gdims)
+            .unwrap();
+        let got: Vec<f32> = stream.clone_dtoh(&out).unwrap().iter().map(|v| v.to_f32()).collect();
+        // Compare the chunks' rows (the CPU computed only those).
+        for c in &attn_chunks {
+            let rows = c.row * nh * hd..(c.row + c.len) * nh * hd;
+            assert_close(
+                &format!("attention ({mode})"),
+                &got[rows.clone()],
+                &want[rows],
+                1.0 / 64.0,
+                2e-3,
+            );
+        }
+    }
+}
+
+/// The model with every matrix rounded to bf16, as the GPU holds it: what is left between the backends is the
+/// kernels' own error (bf16 activations into GEMMs and the KV cache), not the weights'.
+fn rounded_to_bf16(model: cleave_engine::LlamaModel) -> cleave_engine::LlamaModel {
+    use cleave_engine::weights::Matrix;
+    let round = |m: &Matrix| {
+        let mut v = vec![0.0; m.rows * m.cols];
+        m.dequantize_rows(0, &mut v);
+        Matrix::f32(m.rows, m.cols, bf(&v))
+    };
+    let (config, mut w) = model.into_parts();
+    w.embed = round(&w.embed);
+    w.lm_head = w.lm_head.as_ref().map(round);
+    for l in &mut w.layers {
+        l.qkv = round(&l.qkv);
+        l.o = round(&l.o);
+        l.gate_up = round(&l.gate_up);
+        l.down = round(&l.down);
+    }
+    cleave_engine::LlamaModel::new(config, w)
+}
+
+fn tiny_backends() -> (CpuBackend, CudaBackend) {
+    let dir = fixture("fixtures/tiny-llama");
+    let (cpu_model, _) = load_model(ModelFiles::HfDir(&dir)).unwrap();
+    let cpu_model = rounded_to_bf16(cpu_model);
+    let (gpu_model, _) = load_model(ModelFiles::HfDir(&dir)).unwrap();
+    let options = CudaOptions {
+        ordinal: 0,
+        kv_cache_bytes: 16 << 20,
+        block_size: 4,
+        kernel_cache: None,
+    };
+    (
+        CpuBackend::new(cpu_model, 64, 4),
+        CudaBackend::from_model(gpu_model, &options).unwrap(),
+    )
+}
+
+#[test]
+fn tiny_llama_logits_match_the_cpu_backend_through_prefill_and_decode() {
+    if skip() {
+        return;
+    }
+    let (mut cpu, mut gpu) = tiny_backends();
+    let a: Vec<u32> = (0..23).map(|i| 3 + (i * 11) % 250).collect();
+    let b: Vec<u32> = (0..9).map(|i| 7 + (i * 5) % 250).collect();
+    let (ta, tb): (Vec<u32>, Vec<u32>) = ((0..8).collect(), (20..24).collect());
+    let chunks = [
+        SeqChunk {
+            tokens: &a,
+            start_pos: 0,
+            blocks: &ta,
+            want_logits: true,
+        },
+        SeqChunk {
+            tokens: &b,
+            start_pos: 0,
+            blocks: &tb,
+            want_logits: true,
+        },
+    ];
+    let want = cpu.forward(&chunks, &mut |_, _| {}).unwrap();
+    let got = gpu.forward(&chunks, &mut |_, _| {}).unwrap();
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_close("prefill logits", &got, &want, 0.0, 0.05 * scale.max(1.0));
+    // Decode steps on both sequences, then compare again.
+    for step in 0..4u32 {
+        let (na, nb) = ([10 + step], [20 + step]);
+        let chunks = [
+            SeqChunk {
+                tokens: &na,
+                start_pos: 23 + step as usize,
+                blocks: &ta,
+                want_logits: true,
+            },
+            SeqChunk {
+                tokens: &nb,
+                start_pos: 9 + step as usize,
+                blocks: &tb,
+                want_logits: true,
+            },
+        ];
+        let want = cpu.forward(&chunks, &mut |_, _| {}).unwrap();
+        let got = gpu.forward(&chunks, &mut |_, _| {}).unwrap();
+        assert_close("decode logits", &got, &want, 0.0, 0.05 * scale.max(1.0));
+    }
+    // KV blocks read back through the transfer interface agree with the CPU pool.
+    let (mut gk, mut gv) = (Vec::new(), Vec::new());
+    let mut reader_checked = false;
+    gpu.forward(
+        &[SeqChunk {
+            tokens: &[5],
+            start_pos: 27,
+            blocks: &ta,
+            want_logits: false,
+        }],
+        &mut |layer, reader| {
+            // Layer 0's keys depend only on the (equal) weights and the tokens, so they agree to bf16 rounding.
+            if layer == 0 {
+                reader.read_block_layer(0, 2, &mut gk, &mut gv);
+                reader_checked = true;
+            }
+        },
+    )
+    .unwrap();
+    assert!(reader_checked);
+    let (ck, cv) = cpu.kv().block_layer(0, 2);
+    // bf16 inputs to the qkv GEMM: errors scale with the row's magnitude, not each element's.
+    let magnitude = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert_close("kv keys", &gk, ck, 1.0 / 64.0, magnitude(ck) / 64.0);
+    assert_close("kv values", &gv, cv, 1.0 / 64.0, magnitude(cv) / 64.0);
+}
+
+#[test]
+fn the_engine_serves_requests_on_cuda() {
+    if skip() {
+        return;
+    }
+    let dir = fixture("fixtures/tiny-llama");
+    let (model, tokenizer) = load_model(ModelFiles::HfDir(&dir)).unwrap();
+    let options = CudaOptions {
+        ordinal: 0,
+        kv_cache_bytes: 16 << 20,
+        block_size: 16,
+        kernel_cache: None,
+    };
+    let backend = CudaBackend::from_model(model, &options).unwrap();
+    let engine = Engine::start_backend(
+        Box::new(backend),
+        Arc::new(tokenizer),
+        EngineConfig::default().scheduler,
+    )
+    .unwrap();
+    let spec = cleave_engine::sampling::SamplingSpec {
+        max_tokens: Some(12),
+        temperature: Some(0.0),
+        ignore_eos: true,
+        n: Some(2),
+        ..Default::default()
+    };
+    let prompts: Vec<Vec<u32>> = (0..4)
+        .map(|s| (0..30 + s * 7).map(|i| 3 + (i * 13 + s) as u32 % 250).collect())
+        .collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(p.clone(), &spec, 0).unwrap())
+        .collect();
+    for mut stream in streams {
+        let mut per_choice = [0usize; 2];
+        while let Some(out) = stream.blocking_next() {
+            let out = out.unwrap();
+            per_choice[out.index as usize] += out.token_ids.len();
+        }
+        assert_eq!(per_choice, [12, 12]);
+    }
+    let stats = engine.blocking_stats().unwrap();
+    assert_eq!(stats.free_blocks, stats.total_blocks, "every block is back");
+}
+
+/// The default model (SmolLM2-135M), when its file is present (`CLEAVE_MODEL_PATH` or the model cache): greedy
+/// tokens on the GPU equal transformers' golden tokens, as on the CPU.
+#[test]
+fn default_model_greedy_tokens_match_the_golden_data() {
+    if skip() {
+        return;
+    }
+    let path = std::env::var_os("CLEAVE_MODEL_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            home.join(".cache/cleave/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if !path.exists() {
+        eprintln!("skipped: the default model is not at {}", path.display());
+        return;
+    }
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("golden/golden.json")).unwrap()).unwrap();
+    let (model, tokenizer) = load_model(ModelFiles::Gguf(&path)).unwrap();
+    let options = CudaOptions {
+        ordinal: 0,
+        kv_cache_bytes: 256 << 20,
+        block_size: 16,
+        kernel_cache: None,
+    };
+    let backend = CudaBackend::from_model(model, &options).unwrap();
+    let engine = Engine::start_backend(
+        Box::new(backend),
+        Arc::new(tokenizer),
+        EngineConfig::default().scheduler,
+    )
+    .unwrap();
+    let mut report = Vec::new();
+    for p in golden["prompts"].as_array().unwrap() {
+        let ids = |k: &str| -> Vec<u32> {
+            p[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let (prompt, want) = (ids("prompt_ids"), ids("output_ids"));
+        let spec = cleave_engine::sampling::SamplingSpec {
+            max_tokens: Some(want.len() as u32),
+            temperature: Some(0.0),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut stream = engine.submit(prompt, &spec, 0).unwrap();
+        let mut got = Vec::new();
+        while let Some(out) = stream.blocking_next() {
+            got.extend(out.unwrap().token_ids);
+        }
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        report.push(format!("{}: {same}/{} tokens equal", p["name"], want.len()));
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(
+        report.iter().all(|r| {
+            let (a, b) = r
+                .rsplit_once(": ")
+                .unwrap()
+                .1
+                .split_once(' ')
+                .unwrap()
+                .0
+                .split_once('/')
+                .unwrap();
+            a == b
+        }),
+        "{report:#?}"
+    );
+}
