@@ -45,7 +45,7 @@ extern "C" __global__ void rope_write_kv(const float* qkv, const float* bias, co
     }
 }
 
-#define ATTN_WARPS 4
+#define ATTN_WARPS 16
 #define MAX_HD_PER_LANE 8
 
 // Causal attention for one query token and one query head per block (ATTN_WARPS warps). The token at absolute

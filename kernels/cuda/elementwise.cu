@@ -20,11 +20,12 @@ extern "C" __global__ void rms_norm(const float* x, const int* rows, const float
     for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = f2bf(w[i] * (xr[i] * inv));
 }
 
-// SwiGLU over a fused [tokens, 2·inter] gate|up buffer: out[t, i] = silu(gate[t, i]) · up[t, i].
+// SwiGLU over a fused [tokens, 2·inter] gate|up buffer: out[t, i] = silu(gate[t, i]) · up[t, i]. Grid (tokens,
+// column slabs): each block takes blockDim.x columns of one row, so a single decode row still spreads over the GPU.
 extern "C" __global__ void silu_mul(const bf16* gate_up, bf16* out, int inter) {
     const bf16* g = gate_up + (size_t)blockIdx.x * 2 * inter;
     bf16* o = out + (size_t)blockIdx.x * inter;
-    for (int i = threadIdx.x; i < inter; i += blockDim.x) {
+    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < inter; i += gridDim.y * blockDim.x) {
         float gv = bf2f(g[i]);
         o[i] = f2bf(gv / (1.0f + __expf(-gv)) * bf2f(g[inter + i]));
     }

@@ -226,8 +226,14 @@ impl Kernels {
         let inter_i = int(inter);
         let mut launch = stream.launch_builder(&self.silu_mul);
         launch.arg(gate_up).arg(out).arg(&inter_i);
-        // SAFETY: block r reads row r of gate_up (2·inter) and writes row r of out (inter); sizes checked.
-        unsafe { launch.launch(rows(n)) }?;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, inter.div_ceil(THREADS as usize).clamp(1, 64) as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: block (r, c) reads row r of gate_up (2·inter) and writes row r of out (inter), columns strided
+        // inside 0..inter; sizes checked.
+        unsafe { launch.launch(cfg) }?;
         Ok(())
     }
 
@@ -441,7 +447,7 @@ impl Kernels {
             launch.arg(&mut *out).arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&scale);
             let cfg = LaunchConfig {
                 grid_dim: (singles as u32, n_heads as u32, 1),
-                block_dim: (128, 1, 1),
+                block_dim: (512, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: block (x, h) serves row single_rows[x] (or x), inside q and out (checked); it reads keys

@@ -32,6 +32,11 @@ pub trait Backend: Send {
         layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
     ) -> Result<Vec<f32>, EngineError>;
 
+    /// `forward` without a per-layer callback, which lets a backend replay a recorded step (CUDA graphs).
+    fn forward_plain(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<f32>, EngineError> {
+        self.forward(chunks, &mut |_, _| {})
+    }
+
     /// Copies a whole block, every layer (copy-on-write when forked samples diverge).
     fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError>;
 

@@ -65,6 +65,8 @@ pub struct CudaBenchReport {
     pub prefill_ms: f64,
     pub prefill_tokens_per_s: f64,
     pub decode: Vec<DecodeResult>,
+    /// One-row GEMMs over a 28672 × 4096 bf16 matrix: (output dtype, GB/s of weights read).
+    pub gemv_gb_s: Vec<(String, f64)>,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -104,7 +106,7 @@ pub fn run_cuda_bench(
             want_logits: true,
         };
         let t0 = Instant::now();
-        backend.forward(&[chunk], &mut |_, _| {})?;
+        backend.forward_plain(&[chunk])?;
         backend.synchronize()?;
         times.push(t0.elapsed());
     }
@@ -137,7 +139,7 @@ pub fn run_cuda_bench(
                 want_logits: false,
             })
             .collect();
-        backend.forward(&fill, &mut |_, _| {})?;
+        backend.forward_plain(&fill)?;
         let step_tokens: Vec<[u32; 1]> = (0..batch).map(|s| [(s as u32 * 31) % vocab as u32]).collect();
         let mut steps = Vec::new();
         for i in 0..config.decode_steps + 2 {
@@ -150,7 +152,7 @@ pub fn run_cuda_bench(
                 })
                 .collect();
             let t0 = Instant::now();
-            backend.forward(&chunks, &mut |_, _| {})?;
+            backend.forward_plain(&chunks)?;
             steps.push(t0.elapsed());
         }
         steps.drain(..2); // warm-up steps
@@ -162,8 +164,10 @@ pub fn run_cuda_bench(
         });
     }
 
+    let gemv = backend.gemv_probe()?;
     let weights_bytes = backend.weights_bytes();
     Ok(CudaBenchReport {
+        gemv_gb_s: gemv,
         device: backend.device_name().to_owned(),
         model: name.to_owned(),
         params: model.n_params(),
@@ -213,6 +217,9 @@ impl std::fmt::Display for CudaBenchReport {
             "prefill           {} tokens in {:.1} ms → {:.0} tokens/s",
             self.prefill_tokens, self.prefill_ms, self.prefill_tokens_per_s
         )?;
+        for (what, gb_s) in &self.gemv_gb_s {
+            writeln!(f, "one-row GEMM      {what}: {gb_s:.0} GB/s of weights")?;
+        }
         for d in &self.decode {
             writeln!(
                 f,

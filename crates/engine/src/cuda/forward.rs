@@ -15,12 +15,13 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 
-use super::weights::DeviceMatrix;
+use super::kv::DeviceKv;
+use super::weights::{DeviceMatrix, DeviceWeights};
 use super::{CudaBackend, CudaError};
 use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;
 use crate::model::SeqChunk;
-use cleave_kernels::{AttnDims, AttnMeta, PREFILL_TILE_MAX_HEAD_DIM, PREFILL_TILE_ROWS};
+use cleave_kernels::{AttnDims, AttnMeta, Kernels, PREFILL_TILE_MAX_HEAD_DIM, PREFILL_TILE_ROWS};
 
 /// The per-step activations, sized for `tokens` rows (and `logit_rows` rows of logits).
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub(super) struct Scratch {
     logit_rows: usize,
     final_normed: Option<CudaSlice<bf16>>,
     logits: Option<CudaSlice<f32>>,
+    /// Bumped whenever a buffer is reallocated: CUDA graphs captured before hold stale pointers.
+    pub generation: u64,
 }
 
 fn zeros<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<T>, CudaError> {
@@ -48,8 +51,21 @@ fn zeros<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, n: usize) ->
 }
 
 impl Scratch {
+    /// Makes every buffer hold at least `t` token rows and `n_logits` logit rows.
+    pub fn ensure(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        cfg: &ModelConfig,
+        t: usize,
+        n_logits: usize,
+    ) -> Result<(), CudaError> {
+        self.buffers(stream, cfg, t)?;
+        self.ensure_logits(stream, cfg, n_logits.max(1))
+    }
+
     fn buffers(&mut self, stream: &Arc<CudaStream>, cfg: &ModelConfig, t: usize) -> Result<&mut Buffers, CudaError> {
         if self.buffers.as_ref().is_none_or(|b| b.tokens < t) {
+            self.generation += 1;
             // Grow geometrically so a slowly growing batch does not reallocate every step.
             let tokens = t.next_power_of_two();
             let width = cfg.q_dim() + 2 * cfg.kv_dim();
@@ -67,8 +83,9 @@ impl Scratch {
         self.buffers.as_mut().ok_or(CudaError::NoDevice)
     }
 
-    fn ensure_logits(&mut self, stream: &Arc<CudaStream>, cfg: &ModelConfig, n: usize) -> Result<(), CudaError> {
+    pub fn ensure_logits(&mut self, stream: &Arc<CudaStream>, cfg: &ModelConfig, n: usize) -> Result<(), CudaError> {
         if self.logit_rows < n || self.logits.is_none() {
+            self.generation += 1;
             let rows = n.next_power_of_two();
             self.final_normed = Some(zeros(stream, rows * cfg.hidden)?);
             self.logits = Some(zeros(stream, rows * cfg.vocab_size)?);
@@ -138,7 +155,7 @@ fn layout(chunks: &[SeqChunk<'_>], block_size: usize, tiled: bool) -> Layout {
 }
 
 /// `y[t, out] = x[t, in] · wᵀ + beta · y[t, out]` with bf16 inputs and f32 accumulation; `y` is bf16 or f32.
-fn gemm<Y: DeviceRepr>(
+pub(super) fn gemm<Y: DeviceRepr>(
     (blas, stream): (&CudaBlas, &CudaStream),
     x: &CudaSlice<bf16>,
     t: usize,
@@ -191,114 +208,117 @@ fn gemm<Y: DeviceRepr>(
     Ok(())
 }
 
-impl CudaBackend {
-    pub(super) fn try_forward(
-        &mut self,
-        chunks: &[SeqChunk<'_>],
-        layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
-    ) -> Result<Vec<f32>, CudaError> {
-        let CudaBackend {
-            config: cfg,
+/// The per-layer callback of a pass that ships KV while it computes.
+pub(super) type LayerDone<'a> = &'a mut dyn FnMut(usize, &dyn KvBlockReader);
+
+/// The model on the device, as one pass reads it.
+pub(super) struct Model<'a> {
+    pub cfg: &'a ModelConfig,
+    pub stream: &'a Arc<CudaStream>,
+    pub blas: &'a CudaBlas,
+    pub kernels: &'a Kernels,
+    pub weights: &'a DeviceWeights,
+    pub inv_freq: &'a CudaSlice<f32>,
+}
+
+/// One batch on the device: its token ids, attention layout and the rows that want logits.
+pub(super) struct Batch<'a> {
+    pub ids: &'a CudaSlice<u32>,
+    pub meta: AttnMeta<'a>,
+    pub logit_rows: &'a CudaSlice<i32>,
+    pub n_logits: usize,
+}
+
+/// The whole forward pass as a sequence of launches on the stream (so a CUDA graph can capture it): embedding,
+/// every layer, then the final norm and head for the logit rows into `scratch`'s logits buffer.
+pub(super) fn run_pass(
+    m: &Model<'_>,
+    kv: &mut DeviceKv,
+    scratch: &mut Scratch,
+    batch: &Batch<'_>,
+    mut layer_done: Option<LayerDone<'_>>,
+) -> Result<(), CudaError> {
+    let (cfg, stream, kernels, weights) = (m.cfg, m.stream, m.kernels, m.weights);
+    let t = batch.meta.n_tokens;
+    let meta = &batch.meta;
+    let dims = AttnDims {
+        n_heads: cfg.n_heads,
+        n_kv_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        block_size: kv.shape().block_size,
+    };
+    let (hidden, eps) = (cfg.hidden, cfg.rms_eps);
+    let on = (m.blas, &**stream);
+    let Scratch {
+        buffers: Some(b),
+        final_normed: Some(final_normed),
+        logits: Some(logits),
+        ..
+    } = scratch
+    else {
+        return Err(CudaError::NoDevice);
+    };
+    kernels.embed_rows(
+        stream,
+        &weights.embed.data,
+        cfg.vocab_size,
+        batch.ids,
+        t,
+        &mut b.x,
+        hidden,
+    )?;
+    for (layer, w) in weights.layers.iter().enumerate() {
+        kernels.rms_norm(stream, &b.x, None, &w.attn_norm, &mut b.normed, t, hidden, eps)?;
+        gemm(on, &b.normed, t, &w.qkv, &mut b.qkv, cudaDataType_t::CUDA_R_32F, 0.0)?;
+        kernels.rope_write_kv(
             stream,
-            blas,
-            kernels,
-            weights,
-            kv,
-            inv_freq,
-            scratch,
-            ..
-        } = self;
-        let block_size = kv.shape().block_size;
-        let tiled = cfg.head_dim <= PREFILL_TILE_MAX_HEAD_DIM && cfg.head_dim % 8 == 0;
-        let l = layout(chunks, block_size, tiled);
-        let t = l.ids.len();
-        if t == 0 {
-            return Ok(Vec::new());
+            &b.qkv,
+            w.qkv_bias.as_ref(),
+            meta,
+            m.inv_freq,
+            &mut b.q,
+            &mut kv.keys[layer],
+            &mut kv.values[layer],
+            dims,
+        )?;
+        if let Some(done) = layer_done.as_mut() {
+            done(layer, &kv.reader(stream));
         }
-        stream.context().bind_to_thread()?;
-        let ids = stream.clone_htod(&l.ids)?;
-        let pos = stream.clone_htod(&l.pos)?;
-        let slots = stream.clone_htod(&l.slots)?;
-        let table_off = stream.clone_htod(&l.table_off)?;
-        let tables = stream.clone_htod(&l.tables)?;
-        let tiles = stream.clone_htod(&l.tiles)?;
-        let single_rows = stream.clone_htod(&l.single_rows)?;
-        let meta = AttnMeta {
-            pos: &pos,
-            slots: &slots,
-            block_tables: &tables,
-            table_off: &table_off,
-            n_tokens: t,
-            tiles: &tiles,
-            n_tiles: l.n_tiles,
-            single_rows: &single_rows,
-            n_single_rows: l.n_single_rows,
-        };
-        let dims = AttnDims {
-            n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
-            head_dim: cfg.head_dim,
-            block_size,
-        };
-        let (hidden, eps) = (cfg.hidden, cfg.rms_eps);
-        let on = (&*blas, &**stream);
-        let b = scratch.buffers(stream, cfg, t)?;
-        kernels.embed_rows(stream, &weights.embed.data, cfg.vocab_size, &ids, t, &mut b.x, hidden)?;
-        for (layer, w) in weights.layers.iter().enumerate() {
-            kernels.rms_norm(stream, &b.x, None, &w.attn_norm, &mut b.normed, t, hidden, eps)?;
-            gemm(on, &b.normed, t, &w.qkv, &mut b.qkv, cudaDataType_t::CUDA_R_32F, 0.0)?;
-            kernels.rope_write_kv(
-                stream,
-                &b.qkv,
-                w.qkv_bias.as_ref(),
-                &meta,
-                inv_freq,
-                &mut b.q,
-                &mut kv.keys[layer],
-                &mut kv.values[layer],
-                dims,
-            )?;
-            layer_done(layer, &kv.reader(stream));
-            kernels.attention(
-                stream,
-                &b.q,
-                &kv.keys[layer],
-                &kv.values[layer],
-                &meta,
-                &mut b.attn,
-                dims,
-            )?;
-            gemm(on, &b.attn, t, &w.o, &mut b.x, cudaDataType_t::CUDA_R_32F, 1.0)?;
-            kernels.rms_norm(stream, &b.x, None, &w.mlp_norm, &mut b.normed, t, hidden, eps)?;
-            gemm(
-                on,
-                &b.normed,
-                t,
-                &w.gate_up,
-                &mut b.gate_up,
-                cudaDataType_t::CUDA_R_16BF,
-                0.0,
-            )?;
-            kernels.silu_mul(stream, &b.gate_up, &mut b.act, t, cfg.intermediate)?;
-            gemm(on, &b.act, t, &w.down, &mut b.x, cudaDataType_t::CUDA_R_32F, 1.0)?;
-        }
-        let n = l.logit_rows.len();
-        if n == 0 {
-            stream.synchronize()?;
-            return Ok(Vec::new());
-        }
-        let rows = stream.clone_htod(&l.logit_rows)?;
-        scratch.ensure_logits(stream, cfg, n)?;
-        let Scratch {
-            buffers: Some(b),
-            final_normed: Some(final_normed),
-            logits: Some(logits),
-            ..
-        } = scratch
-        else {
-            return Err(CudaError::NoDevice);
-        };
-        kernels.rms_norm(stream, &b.x, Some(&rows), &weights.norm, final_normed, n, hidden, eps)?;
+        kernels.attention(
+            stream,
+            &b.q,
+            &kv.keys[layer],
+            &kv.values[layer],
+            meta,
+            &mut b.attn,
+            dims,
+        )?;
+        gemm(on, &b.attn, t, &w.o, &mut b.x, cudaDataType_t::CUDA_R_32F, 1.0)?;
+        kernels.rms_norm(stream, &b.x, None, &w.mlp_norm, &mut b.normed, t, hidden, eps)?;
+        gemm(
+            on,
+            &b.normed,
+            t,
+            &w.gate_up,
+            &mut b.gate_up,
+            cudaDataType_t::CUDA_R_16BF,
+            0.0,
+        )?;
+        kernels.silu_mul(stream, &b.gate_up, &mut b.act, t, cfg.intermediate)?;
+        gemm(on, &b.act, t, &w.down, &mut b.x, cudaDataType_t::CUDA_R_32F, 1.0)?;
+    }
+    let n = batch.n_logits;
+    if n > 0 {
+        kernels.rms_norm(
+            stream,
+            &b.x,
+            Some(batch.logit_rows),
+            &weights.norm,
+            final_normed,
+            n,
+            hidden,
+            eps,
+        )?;
         gemm(
             on,
             final_normed,
@@ -308,6 +328,73 @@ impl CudaBackend {
             cudaDataType_t::CUDA_R_32F,
             0.0,
         )?;
-        Ok(stream.clone_dtoh(&logits.slice(..n * cfg.vocab_size))?)
     }
+    Ok(())
+}
+
+impl CudaBackend {
+    /// A forward pass with the batch layout uploaded for this step (any batch shape, any callback).
+    pub(super) fn try_forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        layer_done: Option<LayerDone<'_>>,
+    ) -> Result<Vec<f32>, CudaError> {
+        let cfg = self.config.clone();
+        let block_size = self.kv.shape().block_size;
+        let tiled = cfg.head_dim <= PREFILL_TILE_MAX_HEAD_DIM && cfg.head_dim.is_multiple_of(8);
+        let l = layout(chunks, block_size, tiled);
+        let t = l.ids.len();
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+        let stream = self.stream.clone();
+        stream.context().bind_to_thread()?;
+        self.scratch.ensure(&stream, &cfg, t, l.logit_rows.len())?;
+        let up = |v: &[i32]| stream.clone_htod(v).map_err(CudaError::from);
+        let ids = stream.clone_htod(&l.ids)?;
+        let (pos, slots, table_off, tables) = (up(&l.pos)?, up(&l.slots)?, up(&l.table_off)?, up(&l.tables)?);
+        let (tiles, single_rows) = (up(&l.tiles)?, up(&l.single_rows)?);
+        let mut rows = l.logit_rows.clone();
+        if rows.is_empty() {
+            rows.push(0);
+        }
+        let logit_rows = up(&rows)?;
+        let batch = Batch {
+            ids: &ids,
+            meta: AttnMeta {
+                pos: &pos,
+                slots: &slots,
+                block_tables: &tables,
+                table_off: &table_off,
+                n_tokens: t,
+                tiles: &tiles,
+                n_tiles: l.n_tiles,
+                single_rows: &single_rows,
+                n_single_rows: l.n_single_rows,
+            },
+            logit_rows: &logit_rows,
+            n_logits: l.logit_rows.len(),
+        };
+        let CudaBackend { kv, scratch, .. } = self;
+        let model = Model {
+            cfg: &cfg,
+            stream: &stream,
+            blas: &self.blas,
+            kernels: &self.kernels,
+            weights: &self.weights,
+            inv_freq: &self.inv_freq,
+        };
+        run_pass(&model, kv, scratch, &batch, layer_done)?;
+        read_logits(&stream, scratch, batch.n_logits * cfg.vocab_size)
+    }
+}
+
+/// Copies the first `n` logits back to the host (waits for the pass).
+pub(super) fn read_logits(stream: &Arc<CudaStream>, scratch: &Scratch, n: usize) -> Result<Vec<f32>, CudaError> {
+    if n == 0 {
+        stream.synchronize()?;
+        return Ok(Vec::new());
+    }
+    let logits = scratch.logits.as_ref().ok_or(CudaError::NoDevice)?;
+    Ok(stream.clone_dtoh(&logits.slice(..n))?)
 }

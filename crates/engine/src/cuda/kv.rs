@@ -29,7 +29,8 @@ impl DeviceKv {
     ) -> Result<Self, CudaError> {
         let per_block_layer = config.n_kv_heads * block_size * config.head_dim;
         let per_block = 2 * config.n_layers * per_block_layer * std::mem::size_of::<bf16>();
-        let n_blocks = bytes / per_block.max(1);
+        // One block more than the scheduler sees: the padding rows of decode graphs write there.
+        let n_blocks = (bytes / per_block.max(1)).saturating_sub(1);
         if n_blocks == 0 || block_size == 0 {
             return Err(CudaError::NoKvBlocks { bytes, block_size });
         }
@@ -40,7 +41,7 @@ impl DeviceKv {
             n_kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
         };
-        let len = n_blocks * per_block_layer;
+        let len = (n_blocks + 1) * per_block_layer;
         let mut keys = Vec::with_capacity(config.n_layers);
         let mut values = Vec::with_capacity(config.n_layers);
         for _ in 0..config.n_layers {
@@ -52,6 +53,11 @@ impl DeviceKv {
 
     pub fn shape(&self) -> KvShape {
         self.shape
+    }
+
+    /// A block outside the scheduler's pool, for rows that pad a batch.
+    pub fn dummy_block(&self) -> BlockId {
+        self.shape.n_blocks as BlockId
     }
 
     pub fn byte_len(&self) -> usize {

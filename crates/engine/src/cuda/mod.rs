@@ -10,6 +10,7 @@
 
 pub mod bench;
 mod forward;
+mod graphs;
 mod kv;
 mod synthetic;
 mod weights;
@@ -28,6 +29,10 @@ use crate::error::EngineError;
 use crate::kv::{BlockId, KvShape};
 use crate::model::{LlamaModel, SeqChunk};
 use forward::Scratch;
+use graphs::DecodeGraphs;
+
+/// cuBLAS workspace; 32 MiB covers its Hopper GEMM kernels.
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 use kv::DeviceKv;
 pub use synthetic::{SYNTHETIC_SHAPES, synthetic_config};
 use weights::DeviceWeights;
@@ -76,6 +81,9 @@ pub struct CudaBackend {
     kv: DeviceKv,
     inv_freq: CudaSlice<f32>,
     scratch: Scratch,
+    graphs: DecodeGraphs,
+    /// cuBLAS's workspace, set once so no GEMM allocates inside a graph capture.
+    _blas_workspace: CudaSlice<u8>,
     device_name: String,
 }
 
@@ -91,7 +99,11 @@ fn open(options: &CudaOptions<'_>) -> Result<Device, CudaError> {
         return Err(CudaError::NoDevice);
     }
     let ctx = CudaContext::new(options.ordinal)?;
-    let stream = ctx.default_stream();
+    // SAFETY: the backend uses one stream for everything, so cudarc's per-buffer events (which order work across
+    // streams) would only cost time on every launch.
+    unsafe { ctx.disable_event_tracking() };
+    // A stream of its own: the legacy default stream cannot be captured into a graph.
+    let stream = ctx.new_stream()?;
     let blas = CudaBlas::new(stream.clone())?;
     let kernels = Kernels::load(&ctx, options.kernel_cache)?;
     Ok(Device {
@@ -132,6 +144,19 @@ impl CudaBackend {
             kernels,
         } = device;
         let kv = DeviceKv::allocate(&stream, &config, options.kv_cache_bytes, options.block_size)?;
+        let blas_workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)?;
+        {
+            let (ptr, _guard) = cudarc::driver::DevicePtr::device_ptr(&blas_workspace, &stream);
+            // SAFETY: the workspace lives as long as the backend that owns both it and the handle.
+            let status = unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    BLAS_WORKSPACE_BYTES,
+                )
+            };
+            status.result()?;
+        }
         let inv_freq = stream.clone_htod(&config.rope_inv_freq())?;
         stream.synchronize()?;
         Ok(CudaBackend {
@@ -144,6 +169,8 @@ impl CudaBackend {
             kv,
             inv_freq,
             scratch: Scratch::default(),
+            graphs: DecodeGraphs::default(),
+            _blas_workspace: blas_workspace,
         })
     }
 
@@ -181,6 +208,44 @@ impl CudaBackend {
         Ok((2 * bytes * repeats) as f64 / started.elapsed().as_secs_f64())
     }
 
+    /// Weight-read bandwidth of one-row GEMMs (the decode shape) on a 28672 × 4096 bf16 matrix, with bf16 and f32
+    /// outputs: what batch-1 decode can reach through cuBLAS.
+    pub fn gemv_probe(&self) -> Result<Vec<(String, f64)>, CudaError> {
+        use cudarc::cublas::sys::cudaDataType_t;
+        let (rows, cols, reps) = (28_672usize, 4096usize, 50usize);
+        let mut w = weights::DeviceMatrix {
+            rows,
+            cols,
+            data: self.stream.alloc_zeros::<half::bf16>(rows * cols)?,
+        };
+        self.kernels.fill_uniform(&self.stream, &mut w.data, 7, 0.01)?;
+        let x = self.stream.alloc_zeros::<half::bf16>(cols)?;
+        let mut y16 = self.stream.alloc_zeros::<half::bf16>(rows)?;
+        let mut y32 = self.stream.alloc_zeros::<f32>(rows)?;
+        let on = (&self.blas, &*self.stream);
+        let mut out = Vec::new();
+        for (name, f32_out) in [("bf16 out", false), ("f32 out", true), ("f32 out, beta 1", true)] {
+            let beta = if name.ends_with("beta 1") { 1.0 } else { 0.0 };
+            let run = |y16: &mut CudaSlice<half::bf16>, y32: &mut CudaSlice<f32>| {
+                if f32_out {
+                    forward::gemm(on, &x, 1, &w, y32, cudaDataType_t::CUDA_R_32F, beta)
+                } else {
+                    forward::gemm(on, &x, 1, &w, y16, cudaDataType_t::CUDA_R_16BF, beta)
+                }
+            };
+            run(&mut y16, &mut y32)?;
+            self.stream.synchronize()?;
+            let started = std::time::Instant::now();
+            for _ in 0..reps {
+                run(&mut y16, &mut y32)?;
+            }
+            self.stream.synchronize()?;
+            let bytes = (rows * cols * 2 * reps) as f64;
+            out.push((name.to_owned(), bytes / started.elapsed().as_secs_f64() / 1e9));
+        }
+        Ok(out)
+    }
+
     /// Waits until every queued kernel finished (benchmarks time whole steps).
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.stream.synchronize().map_err(CudaError::from)
@@ -201,7 +266,24 @@ impl Backend for CudaBackend {
         chunks: &[SeqChunk<'_>],
         layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
     ) -> Result<Vec<f32>, EngineError> {
-        self.try_forward(chunks, layer_done).map_err(EngineError::from)
+        self.try_forward(chunks, Some(layer_done)).map_err(EngineError::from)
+    }
+
+    fn forward_plain(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<f32>, EngineError> {
+        if graphs::graphable(chunks) {
+            let model = forward::Model {
+                cfg: &self.config,
+                stream: &self.stream,
+                blas: &self.blas,
+                kernels: &self.kernels,
+                weights: &self.weights,
+                inv_freq: &self.inv_freq,
+            };
+            if let Some(logits) = self.graphs.run(&model, &mut self.kv, &mut self.scratch, chunks)? {
+                return Ok(logits);
+            }
+        }
+        self.try_forward(chunks, None).map_err(EngineError::from)
     }
 
     fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError> {

@@ -193,7 +193,11 @@ impl Scheduler {
             })
             .collect();
         let exports = self.export_plans(&plan);
-        let logits = backend.forward(&chunks, &mut |layer, kv| Self::export_layer(&exports, layer, kv))?;
+        let logits = if exports.is_empty() {
+            backend.forward_plain(&chunks)?
+        } else {
+            backend.forward(&chunks, &mut |layer, kv| Self::export_layer(&exports, layer, kv))?
+        };
         let vocab = backend.model_config().vocab_size;
         self.apply(&plan, &logits, vocab, backend)
     }
