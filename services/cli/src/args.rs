@@ -15,7 +15,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// Compute device: `cpu`, or `auto` (picks the best available; the CPU in this build).
+    /// Compute device: `cpu`, `cuda` (GPU 0), `cuda:N`, or `auto` (the first GPU when there is one, else the CPU).
     #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
     pub device: Device,
 
@@ -39,6 +39,8 @@ pub enum Command {
     Router(RouterArgs),
     /// One process, the whole cluster: a router and workers on loopback, with an embedded registry (or --etcd).
     Up(UpArgs),
+    /// Load-test a router: a quick run from flags or a campaign file; writes run.json, report.md and plots.
+    Load(LoadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +77,9 @@ pub struct UpArgs {
     pub routing: RoutingArgs,
 
     #[command(flatten)]
+    pub http: HttpArgs,
+
+    #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
@@ -101,6 +106,9 @@ pub struct RouterArgs {
     pub routing: RoutingArgs,
 
     #[command(flatten)]
+    pub http: HttpArgs,
+
+    #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
@@ -114,6 +122,15 @@ pub struct RoutingArgs {
     /// A prefill worker with this many prefill tokens queued (or more) is given no further prompts.
     #[arg(long, default_value_t = 8192)]
     pub prefill_max_queued_tokens: u64,
+
+    /// Admission: requests waiting for their first token across this router; past it, RESOURCE_EXHAUSTED / 429.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_requests: u64,
+
+    /// Admission: a decode worker with this many requests waiting for their first token takes no new request (nor
+    /// one without free KV blocks for its prompt); when no decode worker is left, RESOURCE_EXHAUSTED / 429.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waiting_per_worker: u32,
 }
 
 impl RoutingArgs {
@@ -121,7 +138,36 @@ impl RoutingArgs {
         cleave_router::policy::PolicyConfig {
             remote_prefill_min_tokens: self.remote_prefill_min_tokens,
             prefill_max_queued_tokens: self.prefill_max_queued_tokens,
+            max_waiting_per_worker: self.max_waiting_per_worker,
             ..Default::default()
+        }
+    }
+
+    pub fn admission(&self) -> cleave_router::AdmissionConfig {
+        cleave_router::AdmissionConfig {
+            max_queued_requests: usize::try_from(self.max_queued_requests).unwrap_or(usize::MAX),
+            ..Default::default()
+        }
+    }
+}
+
+/// The OpenAI-compatible HTTP API.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Address to serve the OpenAI-compatible HTTP API on (/v1/completions, /v1/chat/completions, /v1/models,
+    /// /health, /ready); off unless given.
+    #[arg(long)]
+    pub http_listen: Option<std::net::SocketAddr>,
+
+    /// Require `Authorization: Bearer KEY` on the HTTP API's /v1 routes.
+    #[arg(long, env = "CLEAVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl HttpArgs {
+    pub fn config(&self) -> cleave_router::http::HttpConfig {
+        cleave_router::http::HttpConfig {
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
         }
     }
 }
@@ -309,21 +355,93 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// GPU memory for the KV pool of the CUDA benchmark, in GiB.
+    #[arg(long, default_value_t = 8)]
+    pub kv_cache_gib: u32,
 }
 
-/// Where the kernels run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    /// The best device available; only the CPU backend is built so far.
-    Auto,
-}
+pub use cleave_engine::Device;
 
 fn parse_device(value: &str) -> Result<Device, String> {
     match value {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(Device::Auto),
-        "cuda" | "gpu" => Err("the CUDA backend is not built yet; use cpu or auto".to_string()),
-        _ => Err("expected cpu or auto".to_string()),
+        "cuda" | "gpu" => Ok(Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(ordinal)) => Ok(Device::Cuda(ordinal)),
+            _ => Err("expected cpu, cuda, cuda:N or auto".to_string()),
+        },
     }
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LoadArgs {
+    #[command(subcommand)]
+    pub command: Option<LoadCommand>,
+
+    /// A campaign file (TOML, see docs/loadtest.md); without it, one stage built from the flags below.
+    #[arg(long)]
+    pub campaign: Option<std::path::PathBuf>,
+
+    /// The router's public gRPC API, e.g. grpc://127.0.0.1:50051 (required without --campaign).
+    #[arg(long, required_unless_present = "campaign")]
+    pub target: Option<String>,
+
+    /// Poisson arrivals at this many requests/s (with --concurrency: at most that many in flight).
+    #[arg(long, conflicts_with = "campaign")]
+    pub rate: Option<f64>,
+
+    /// Closed loop: this many clients, each sending its next request when the last one ends (default 1).
+    #[arg(long, conflicts_with = "campaign", value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: Option<u32>,
+
+    /// Requests to send.
+    #[arg(long, default_value_t = 100, conflicts_with = "campaign")]
+    pub requests: usize,
+
+    /// Stop sending after this many seconds.
+    #[arg(long, default_value_t = 600.0, conflicts_with = "campaign")]
+    pub duration_s: f64,
+
+    /// Prompt length in tokens (words from a one-token-per-word list; the report shows the router's count).
+    #[arg(long, default_value_t = 128, conflicts_with = "campaign")]
+    pub input_len: u32,
+
+    /// Tokens to generate per request (sent as max_tokens with ignore_eos).
+    #[arg(long, default_value_t = 64, conflicts_with = "campaign")]
+    pub output_len: u32,
+
+    /// TTFT target for goodput, in ms (overrides the campaign's).
+    #[arg(long)]
+    pub slo_ttft_ms: Option<f64>,
+
+    /// Time-per-output-token target for goodput, in ms (overrides the campaign's).
+    #[arg(long)]
+    pub slo_tpot_ms: Option<f64>,
+
+    /// Seed for prompts, lengths and arrival times.
+    #[arg(long, default_value_t = 0, conflicts_with = "campaign")]
+    pub seed: u64,
+
+    /// Output directory: run.json, report.md, plots/.
+    #[arg(long, default_value = "loadtest-out")]
+    pub out: std::path::PathBuf,
+
+    /// No live progress bar (it is only drawn when stderr is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LoadCommand {
+    /// Put two runs side by side (each a run.json or the directory holding it); Markdown to stdout.
+    Compare {
+        a: std::path::PathBuf,
+        b: std::path::PathBuf,
+        /// Also write the comparison to this file.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }

@@ -23,12 +23,12 @@ const ANY_MODEL: ModelLimits = ModelLimits {
     vocab_size: usize::MAX,
 };
 
-pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
+pub fn generate(args: &GenerateArgs, device: cleave_engine::Device) -> Result<(), CliError> {
     let spec = sampling_spec(args);
     spec.validate(1, ANY_MODEL).map_err(EngineError::from)?;
     let (_, path) = locate(&args.model)?;
     let loading = Instant::now();
-    let engine = start_engine(&path)?;
+    let engine = start_engine(&path, device)?;
     let load = loading.elapsed();
     let prompt_ids = prompt_ids(&engine, args)?;
     let mut out = std::io::stdout().lock();

@@ -8,6 +8,7 @@
 mod args;
 mod error;
 mod generate;
+mod load;
 mod model;
 mod progress;
 mod registry;
@@ -53,23 +54,24 @@ fn run(cli: Cli) -> Result<(), CliError> {
             .build_global()
             .map_err(|source| CliError::ThreadPool { threads, source })?;
     }
-    match cli.device {
-        Device::Cpu | Device::Auto => {
-            tracing::debug!(device = ?cli.device, "running on the CPU backend")
-        }
-    }
+    let device = cli.device;
+    tracing::debug!(requested = ?device, resolved = ?device.resolve(), "compute device");
     match cli.command {
         Command::Model(ModelCommand::Pull { name }) => model::pull_model(&name),
         Command::Model(ModelCommand::List) => model::list_models(),
-        Command::Generate(args) => generate::generate(&args),
-        Command::Bench(args) => bench(&args),
-        Command::Worker(args) => worker::run_worker(&args),
+        Command::Generate(args) => generate::generate(&args, device),
+        Command::Bench(args) => bench(&args, device),
+        Command::Worker(args) => worker::run_worker(&args, device),
         Command::Router(args) => router::run_router(&args),
-        Command::Up(args) => up::run_up(&args),
+        Command::Load(args) => load::run_load(&args),
+        Command::Up(args) => up::run_up(&args, device),
     }
 }
 
-fn bench(args: &BenchArgs) -> Result<(), CliError> {
+fn bench(args: &BenchArgs, device: Device) -> Result<(), CliError> {
+    if let Some(shape) = args.model.strip_prefix(cleave_modelstore::SYNTHETIC_PREFIX) {
+        return cuda_bench(args, device, shape);
+    }
     let config = BenchConfig {
         prompt_tokens: args.prompt_tokens,
         decode_tokens: args.decode_tokens,
@@ -84,6 +86,41 @@ fn bench(args: &BenchArgs) -> Result<(), CliError> {
         eprintln!("benchmarking {name} on {} threads...", rayon::current_num_threads());
     }
     let report = run_bench(path.files(), &config)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out).map_err(CliError::Stdout)
+    } else {
+        writeln!(out, "{report}").map_err(CliError::Stdout)
+    }
+}
+
+/// `cleave bench --device cuda --model synthetic:<shape>`: the GPU benchmark on random weights of a named shape.
+fn cuda_bench(args: &BenchArgs, device: Device, shape: &str) -> Result<(), CliError> {
+    use cleave_engine::cuda::bench::{CudaBenchConfig, run_cuda_bench};
+    use cleave_engine::cuda::{CudaOptions, synthetic_config};
+    let Device::Cuda(ordinal) = device.resolve() else {
+        return Err(CliError::SyntheticModel {
+            spec: args.model.clone(),
+        });
+    };
+    let config = synthetic_config(shape)?;
+    let cache = model::kernel_cache_dir();
+    let options = CudaOptions {
+        ordinal,
+        kv_cache_bytes: (args.kv_cache_gib as usize) << 30,
+        block_size: 16,
+        kernel_cache: cache.as_deref(),
+    };
+    let bench = CudaBenchConfig {
+        prompt_tokens: args.prompt_tokens,
+        batches: args.batches.clone(),
+        decode_steps: args.decode_tokens,
+        runs: args.runs,
+        kv_cache_bytes: options.kv_cache_bytes,
+        ..CudaBenchConfig::default()
+    };
+    let report = run_cuda_bench(&args.model, config, &options, &bench)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;

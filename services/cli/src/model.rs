@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cleave_engine::Device;
 use cleave_engine::{Engine, EngineConfig, LlamaModel, ModelFiles, load_model};
 use cleave_modelstore::{CacheDir, ModelSource, find_cached, list, pull, resolve};
 use cleave_tokens::Tokenizer;
@@ -45,10 +46,32 @@ pub fn locate(spec: &str) -> Result<(String, ModelPath), CliError> {
     Ok((resolved.name, path))
 }
 
-/// Loads the model at `path` and starts an engine on it with the default configuration.
-pub fn start_engine(path: &ModelPath) -> Result<Engine, CliError> {
+/// Loads the model at `path` and starts an engine on `device` with the default configuration.
+pub fn start_engine(path: &ModelPath, device: Device) -> Result<Engine, CliError> {
     let (model, tokenizer): (LlamaModel, Tokenizer) = load_model(path.files())?;
-    Ok(Engine::start(model, Arc::new(tokenizer), EngineConfig::default())?)
+    start_engine_with(model, tokenizer, EngineConfig::default(), device)
+}
+
+/// Starts an engine on `device` (compiled GPU kernels are cached next to the models).
+pub fn start_engine_with(
+    model: LlamaModel,
+    tokenizer: Tokenizer,
+    config: EngineConfig,
+    device: Device,
+) -> Result<Engine, CliError> {
+    let cache = kernel_cache_dir();
+    Ok(cleave_engine::start_engine(
+        model,
+        Arc::new(tokenizer),
+        config,
+        device,
+        cache.as_deref(),
+    )?)
+}
+
+/// Where compiled CUDA kernels are kept ($CLEAVE_HOME/kernels, else ~/.cache/cleave/kernels).
+pub fn kernel_cache_dir() -> Option<std::path::PathBuf> {
+    CacheDir::from_env().ok().map(|c| c.root().join("kernels"))
 }
 
 pub fn pull_model(name: &str) -> Result<(), CliError> {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use cleave_cluster::registry::{RegistryView, WorkerRole};
-use cleave_router::{RouterModel, RouterService, WorkerEndpoint, WorkerPool, grpc_url, serve};
+use cleave_router::{Frontend, RouterModel, RouterService, WorkerEndpoint, WorkerPool, grpc_url, serve};
 
-use crate::args::RouterArgs;
+use crate::args::{HttpArgs, RouterArgs};
 use crate::error::CliError;
 use crate::model::{self, ModelPath};
 use crate::registry;
@@ -59,10 +59,36 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
         };
         let (listener, addr) = bind(args.listen).await?;
         eprintln!("cleave router: {name} on {}", grpc_url(addr));
-        let service = RouterService::new(Arc::new(router_model), pool, format!("router-{}", std::process::id()));
+        let frontend = Frontend::new(Arc::new(router_model), pool, format!("router-{}", std::process::id()))
+            .with_admission(args.routing.admission());
+        let service = RouterService::from_frontend(Arc::new(frontend));
+        start_http(&args.http, &service).await?;
         serve(service, listener, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// With `--http-listen`, serves the OpenAI-compatible HTTP API on the gRPC service's request path until
+/// SIGINT/SIGTERM. Binding fails here, before anything serves; a failure while serving is logged.
+pub async fn start_http(args: &HttpArgs, service: &RouterService) -> Result<(), CliError> {
+    let Some(addr) = args.http_listen else { return Ok(()) };
+    let (listener, local) = bind(addr).await?;
+    let auth = if args.api_key.is_some() {
+        " (API key required)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "cleave router: OpenAI-compatible HTTP on {}{auth}",
+        cleave_router::http::http_url(local)
+    );
+    let (frontend, config) = (service.frontend(), args.config());
+    tokio::spawn(async move {
+        if let Err(e) = cleave_router::http::serve_http(frontend, config, listener, shutdown_signal()).await {
+            eprintln!("cleave router: the HTTP server failed: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// Keeps the pool equal to the static workers plus the registered workers serving this model, each with its

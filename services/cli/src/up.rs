@@ -7,20 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cleave_cluster::registry::{EmbeddedRegistry, KeyLayout, LeaseGuard, Registry, RegistryView, register_worker};
-use cleave_engine::{Engine, EngineConfig, load_model};
+use cleave_engine::{EngineConfig, load_model};
 use cleave_proto::v1;
-use cleave_router::{RouterModel, RouterService, WorkerPool, WorkerRole, grpc_url, serve};
+use cleave_router::{Frontend, RouterModel, RouterService, WorkerPool, WorkerRole, grpc_url, serve};
 
 use crate::args::{DisaggArgs, Role, UpArgs};
 use crate::error::CliError;
 use crate::model::{self, ModelPath};
 use crate::registry;
-use crate::router::follow_registry;
+use crate::router::{follow_registry, start_http};
 use crate::worker::{bind, prepare_worker, shutdown_signal};
 
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
-pub fn run_up(args: &UpArgs) -> Result<(), CliError> {
+pub fn run_up(args: &UpArgs, device: cleave_engine::Device) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
     let router_model = match &path {
         ModelPath::Gguf(file) => RouterModel::from_gguf(&name, file)?,
@@ -42,7 +42,7 @@ pub fn run_up(args: &UpArgs) -> Result<(), CliError> {
         let roles = std::iter::repeat_n(Role::Prefill, args.prefill_workers as usize)
             .chain(std::iter::repeat_n(Role::Decode, args.workers as usize));
         for (i, role) in roles.enumerate() {
-            leases.push(start_worker(args, &path, &name, i, role, registry.as_ref(), &layout).await?);
+            leases.push(start_worker(args, &path, &name, (i, role, device), registry.as_ref(), &layout).await?);
         }
         let pool = Arc::new(WorkerPool::new(args.routing.policy()));
         let view = RegistryView::start(registry.clone(), &layout);
@@ -67,7 +67,10 @@ pub fn run_up(args: &UpArgs) -> Result<(), CliError> {
         if let Some(prompt) = args.prompt.clone() {
             tokio::spawn(sample(format!("http://{addr}"), prompt, args.max_tokens, pool.clone()));
         }
-        let service = RouterService::new(Arc::new(router_model), pool, "up".to_string());
+        let frontend =
+            Frontend::new(Arc::new(router_model), pool, "up".to_string()).with_admission(args.routing.admission());
+        let service = RouterService::from_frontend(Arc::new(frontend));
+        start_http(&args.http, &service).await?;
         let served = serve(service, listener, shutdown_signal()).await;
         for lease in leases {
             lease.revoke().await;
@@ -82,8 +85,7 @@ async fn start_worker(
     args: &UpArgs,
     path: &ModelPath,
     name: &str,
-    i: usize,
-    role: Role,
+    (i, role, device): (usize, Role, cleave_engine::Device),
     registry: &dyn Registry,
     layout: &KeyLayout,
 ) -> Result<LeaseGuard, CliError> {
@@ -92,7 +94,7 @@ async fn start_worker(
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
         ..EngineConfig::default()
     };
-    let engine = Arc::new(Engine::start(weights, Arc::new(tokenizer), config)?);
+    let engine = Arc::new(model::start_engine_with(weights, tokenizer, config, device)?);
     let (listener, addr) = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let disagg = DisaggArgs {
         role,

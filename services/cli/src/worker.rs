@@ -12,7 +12,7 @@ use crate::args::{DisaggArgs, WorkerArgs};
 use crate::error::CliError;
 use crate::{model, registry};
 
-pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
+pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
     let (weights, tokenizer) = load_model(path.files())?;
     let scheduler = SchedulerConfig {
@@ -23,7 +23,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<(), CliError> {
         scheduler,
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
     };
-    let engine = Arc::new(Engine::start(weights, Arc::new(tokenizer), config)?);
+    let engine = Arc::new(model::start_engine_with(weights, tokenizer, config, device)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

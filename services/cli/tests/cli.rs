@@ -256,8 +256,15 @@ fn path_str(path: &Path) -> &str {
 
 #[test]
 fn flags_clap_rejects_exit_2() {
-    let err = cleave_fails(&["generate", "--prompt", "Hi", "--device", "cuda"], 2);
-    assert!(err.contains("CUDA backend is not built yet"), "{err}");
+    let err = cleave_fails(&["generate", "--prompt", "Hi", "--device", "tpu"], 2);
+    assert!(err.contains("expected cpu, cuda, cuda:N or auto"), "{err}");
+    // Without a GPU, asking for one is a clear usage error, never a panic (with one, it simply runs).
+    let out = cleave(&["generate", "--prompt", "Hi", "--max-tokens", "1", "--device", "cuda"]);
+    if !out.status.success() {
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("no CUDA device"), "{err}");
+    }
     cleave_fails(&["generate", "--prompt", "Hi", "--threads", "0"], 2);
     cleave_fails(&["generate", "--prompt", "Hi", "--system", "no --chat"], 2);
     cleave_fails(&["generate"], 2);

@@ -10,6 +10,10 @@
 //! only when D would still compute at least `remote_prefill_min_tokens` prompt tokens (shipping a short prompt's
 //! KV costs more than computing it) and some prefill worker has headroom, P chosen among those by the same cost.
 //! Invariant: a plan always names a decode-capable D; P is set exactly when the reason is `Remote`. O(candidates).
+//!
+//! Admission ([`has_decode_headroom`]) runs before the choice: a decode worker whose queue is at its bound or whose
+//! free KV blocks cannot hold the prompt is not a candidate, and when no candidate is left the router refuses the
+//! request at once (`RESOURCE_EXHAUSTED`) instead of queueing it without bound.
 
 use std::fmt;
 
@@ -34,6 +38,11 @@ pub struct PolicyConfig {
     pub remote_prefill_min_tokens: usize,
     /// A prefill worker with this many prefill tokens queued (or more) takes no further remote prefills.
     pub prefill_max_queued_tokens: u64,
+    /// A decode worker with this many requests waiting for their first token (or more) takes no new request
+    /// (admission control).
+    pub max_waiting_per_worker: u32,
+    /// Admission also requires free KV blocks for the prompt on the decode worker.
+    pub kv_headroom: bool,
 }
 
 impl Default for PolicyConfig {
@@ -43,6 +52,8 @@ impl Default for PolicyConfig {
             sequence_cost_tokens: 64.0,
             remote_prefill_min_tokens: 256,
             prefill_max_queued_tokens: 8192,
+            max_waiting_per_worker: 64,
+            kv_headroom: true,
         }
     }
 }
@@ -136,6 +147,25 @@ impl RoutePlan {
 /// Whether a prefill worker may take another remote prefill.
 pub fn has_prefill_headroom(load: &WorkerLoad, config: &PolicyConfig) -> bool {
     load.queued_prefill_tokens < config.prefill_max_queued_tokens && load.free_blocks > 0
+}
+
+/// KV blocks a prompt of `prompt_tokens` tokens occupies on its decode worker. Cached prefix blocks count too: a
+/// reused block stops being evictable, so it leaves the worker's reported `free_blocks` all the same.
+pub fn prompt_blocks(prompt_tokens: usize, config: &PolicyConfig) -> u32 {
+    u32::try_from(prompt_tokens.div_ceil(config.block_size.max(1))).unwrap_or(u32::MAX)
+}
+
+/// Whether a decode worker may be sent another request now (admission control): fewer than
+/// `max_waiting_per_worker` requests are `queued` on it (waiting for their first token), and, with
+/// `kv_headroom`, its free-or-evictable KV blocks hold the whole prompt (a worker that has not reported a capacity,
+/// `total_blocks == 0`, is judged by its queue alone). A prompt larger than the worker's whole cache is let through
+/// so the worker refuses it with its own error rather than 429 forever.
+pub fn has_decode_headroom(load: &WorkerLoad, queued: u32, prompt_tokens: usize, config: &PolicyConfig) -> bool {
+    if queued >= config.max_waiting_per_worker {
+        return false;
+    }
+    let needed = prompt_blocks(prompt_tokens, config);
+    !config.kv_headroom || load.total_blocks == 0 || needed > load.total_blocks || load.free_blocks >= needed
 }
 
 /// Chooses D among `decode` (decode or both-role workers) by [`choose`], then P among the `prefill` workers with

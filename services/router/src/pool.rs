@@ -6,7 +6,7 @@
 //! unreachable the router keeps its last known state but does not route to it. Prefill workers are followed the same
 //! way (their caches decide which of them prefills a prompt); only decode and both-role workers are sent requests.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::index::{PrefixIndex, WorkerIdx};
-use crate::policy::{Candidate, PolicyConfig, RoutePlan, WorkerLoad, plan_route};
+use crate::policy::{Candidate, PolicyConfig, RoutePlan, WorkerLoad, has_decode_headroom, plan_route, prompt_blocks};
 
 const RETRY_DELAY: Duration = Duration::from_millis(250);
 const LOAD_INTERVAL_MS: u32 = 50;
@@ -29,8 +29,25 @@ struct Slot {
     addr: String,
     client: WorkerClient<Channel>,
     load: Mutex<WorkerLoad>,
+    /// `waiting` as last reported (`load.waiting` also counts what was routed here since).
+    reported_waiting: AtomicU32,
+    /// Requests this router sent here that have not had their first token yet (exact, never stale).
+    pending: Arc<AtomicU32>,
     /// Set while the load stream is up.
     reachable: AtomicBool,
+}
+
+/// One request routed to a worker and still waiting for its first token; dropping it (at the first token, or when
+/// the request ends) takes it off the worker's pending count.
+#[derive(Debug)]
+pub struct PendingFirstToken {
+    pending: Arc<AtomicU32>,
+}
+
+impl Drop for PendingFirstToken {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A worker's URL and what it does.
@@ -78,9 +95,19 @@ pub struct WorkerPool {
     policy: PolicyConfig,
 }
 
+/// Why a request has no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no decode worker is reachable")]
+    NoWorker,
+    /// Every reachable decode worker is at its waiting-queue bound or lacks free KV blocks for the prompt.
+    #[error("all {workers} reachable decode worker(s) are at their queue bound or out of KV blocks")]
+    Saturated { workers: usize },
+}
+
 /// Where a request goes: its decode worker D (called by the router) and, when prefill is remote, the URL of its
 /// prefill worker P (called by D).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Route {
     pub worker: WorkerIdx,
     pub addr: String,
@@ -89,6 +116,8 @@ pub struct Route {
     pub plan: RoutePlan,
     /// P's gRPC URL; set exactly when `plan.prefill` is.
     pub prefill_addr: Option<String>,
+    /// Counts the request against D until its first token: hold it until then.
+    pub pending: PendingFirstToken,
 }
 
 impl WorkerPool {
@@ -160,6 +189,8 @@ impl WorkerPool {
                 addr: endpoint.addr,
                 client: WorkerClient::new(channel),
                 load: Mutex::new(WorkerLoad::default()),
+                reported_waiting: AtomicU32::new(0),
+                pending: Arc::default(),
                 reachable: AtomicBool::new(false),
             });
             let tasks = [
@@ -192,36 +223,61 @@ impl WorkerPool {
         })
     }
 
-    /// The cheapest reachable decode (or both-role) worker for a prompt with these block hashes and, when remote
-    /// prefill pays, the cheapest prefill worker with headroom (see [`plan_route`]). The request is counted
-    /// against the chosen workers' load at once, so a burst spreads before the next load reports arrive: D gets a
-    /// waiting sequence (and the prefill tokens when it prefills itself), P the prefill tokens it will compute.
-    pub fn route(&self, hashes: &[BlockHash], prompt_tokens: usize) -> Option<Route> {
+    /// The cheapest reachable decode (or both-role) worker with headroom for a prompt with these block hashes and,
+    /// when remote prefill pays, the cheapest prefill worker with headroom (see [`plan_route`]). Decode workers whose
+    /// queue is at its bound or whose free KV blocks cannot hold the prompt are left out ([`has_decode_headroom`]);
+    /// when that leaves none, the answer is [`RouteError::Saturated`]. The request is counted against the chosen
+    /// workers' load at once, so a burst spreads (and meets the bounds) before the next load reports arrive: D gets
+    /// a waiting sequence, the prompt's blocks off its free blocks (and the prefill tokens when it prefills itself),
+    /// P the prefill tokens it will compute.
+    pub fn route(&self, hashes: &[BlockHash], prompt_tokens: usize) -> Result<Route, RouteError> {
         let mut matches = Vec::new();
         if let Ok(index) = self.index.lock() {
             index.match_prefix(hashes, &mut matches);
         }
-        let members = self.members.read().ok()?;
+        let members = self.members.read().map_err(|_| RouteError::NoWorker)?;
         let candidate = |m: &Member| Candidate {
             worker: m.slot.idx,
             load: m.slot.load.lock().map(|l| *l).unwrap_or_default(),
             cached_blocks: matches.iter().find(|c| c.0 == m.slot.idx).map_or(0, |c| c.1),
         };
         let reachable = || members.iter().filter(|m| m.slot.reachable.load(Ordering::Relaxed));
-        let decode: Vec<Candidate> = reachable()
+        let reachable_decode: Vec<Candidate> = reachable()
             .filter(|m| matches!(m.role, WorkerRole::Decode | WorkerRole::Both))
             .map(candidate)
+            .collect();
+        if reachable_decode.is_empty() {
+            return Err(RouteError::NoWorker);
+        }
+        // The queue a new request would join: what the worker last reported waiting, or what this router has sent
+        // it that has no first token yet, whichever is more (the report sees other routers; the count is current).
+        let queued = |w: WorkerIdx| {
+            members.iter().find(|m| m.slot.idx == w).map_or(0, |m| {
+                let pending = m.slot.pending.load(Ordering::Acquire);
+                m.slot.reported_waiting.load(Ordering::Relaxed).max(pending)
+            })
+        };
+        let decode: Vec<Candidate> = reachable_decode
+            .iter()
+            .filter(|c| has_decode_headroom(&c.load, queued(c.worker), prompt_tokens, &self.policy))
+            .copied()
             .collect();
         let prefill: Vec<Candidate> = reachable()
             .filter(|m| m.role == WorkerRole::Prefill)
             .map(candidate)
             .collect();
-        let plan = plan_route(prompt_tokens, &decode, &prefill, &self.policy)?;
+        let saturated = RouteError::Saturated {
+            workers: reachable_decode.len(),
+        };
+        let plan = plan_route(prompt_tokens, &decode, &prefill, &self.policy).ok_or(saturated)?;
         let slot_of = |w: WorkerIdx| members.iter().find(|m| m.slot.idx == w).map(|m| &m.slot);
-        let d = slot_of(plan.decode.worker)?;
+        let d = slot_of(plan.decode.worker).ok_or(RouteError::NoWorker)?;
         let p = plan.prefill.and_then(|p| slot_of(p.worker).map(|slot| (slot, p)));
         if let Ok(mut load) = d.load.lock() {
             load.waiting += 1;
+            load.free_blocks = load
+                .free_blocks
+                .saturating_sub(prompt_blocks(prompt_tokens, &self.policy));
             if p.is_none() {
                 load.queued_prefill_tokens += plan.uncached_tokens(prompt_tokens) as u64;
             }
@@ -232,7 +288,11 @@ impl WorkerPool {
             load.waiting += 1;
             load.queued_prefill_tokens += (prompt_tokens - decision.cached_tokens) as u64;
         }
-        Some(Route {
+        d.pending.fetch_add(1, Ordering::AcqRel);
+        Ok(Route {
+            pending: PendingFirstToken {
+                pending: d.pending.clone(),
+            },
             worker: d.idx,
             addr: d.addr.clone(),
             client: d.client.clone(),
@@ -254,6 +314,7 @@ async fn follow_load(slot: Arc<Slot>) {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 while let Ok(Some(report)) = stream.message().await {
+                    slot.reported_waiting.store(report.waiting, Ordering::Relaxed);
                     if let Ok(mut load) = slot.load.lock() {
                         *load = WorkerLoad {
                             running: report.running,

@@ -1,101 +1,66 @@
-//! The public `cleave.v1.Generation` service: validate, tokenize, route, forward, stream back.
+//! The public `cleave.v1.Generation` service: a gRPC face on the shared request path ([`Frontend`]).
 //!
 //! The request goes to the routed decode worker; with remote prefill it names the prefill worker in
 //! `remote_prefill`, and the decode worker calls it (the router never talks to a prefill worker on a request's path).
 //!
-//! Every check happens here, before a worker is involved: a bad request is `INVALID_ARGUMENT` naming the field and
-//! reaches no worker. The response stream is the worker's stream; a client that goes away drops it, which resets
-//! the call to the worker, which aborts the sequence and frees its KV blocks.
+//! Every check happens in the frontend, before a worker is involved: a bad request is `INVALID_ARGUMENT` naming the
+//! field and reaches no worker; an overloaded cluster is `RESOURCE_EXHAUSTED` with `retry-after` metadata, at once.
+//! The client's `grpc-timeout` is the request's deadline end to end. The response stream is the worker's stream; a
+//! client that goes away drops it, which resets the call to the worker, which aborts the sequence and frees its KV.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use cleave_proto::sampling_spec;
 use cleave_proto::v1;
 use cleave_proto::v1::generation_server::{Generation, GenerationServer};
-use cleave_tokens::{ChatMessage, block_hashes};
 use futures_util::Stream;
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use crate::frontend::Frontend;
 use crate::model::RouterModel;
 use crate::pool::WorkerPool;
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouterService {
-    model: Arc<RouterModel>,
-    pool: Arc<WorkerPool>,
-    /// Distinguishes this router's request ids from other replicas'.
-    router_id: String,
-    next_request: AtomicU64,
+    frontend: Arc<Frontend>,
 }
 
 impl RouterService {
     pub fn new(model: Arc<RouterModel>, pool: Arc<WorkerPool>, router_id: String) -> Self {
-        RouterService {
-            model,
-            pool,
-            router_id,
-            next_request: AtomicU64::new(1),
-        }
+        RouterService::from_frontend(Arc::new(Frontend::new(model, pool, router_id)))
     }
 
-    fn check_model(&self, model: &str) -> Result<(), Status> {
-        if model.is_empty() || model == self.model.name {
-            Ok(())
-        } else {
-            Err(invalid(
-                "model",
-                format!("unknown model '{model}'; this router serves '{}'", self.model.name),
-            ))
-        }
+    /// A gRPC face on a request path shared with other APIs (the HTTP API takes the same `Frontend`).
+    pub fn from_frontend(frontend: Arc<Frontend>) -> Self {
+        RouterService { frontend }
     }
 
-    /// The prompt's token ids and text: a raw prompt, or chat messages rendered with the model's template.
-    fn prompt(&self, prompt: &str, messages: &[v1::ChatMessage]) -> Result<(Vec<u32>, String), Status> {
-        let text = match (prompt.is_empty(), messages.is_empty()) {
-            (false, true) => prompt.to_string(),
-            (true, false) => {
-                if let Some(i) = messages.iter().position(|m| m.role.is_empty()) {
-                    return Err(invalid("messages", format!("message {i} has no role")));
-                }
-                let chat: Vec<ChatMessage> = messages
-                    .iter()
-                    .map(|m| ChatMessage::new(m.role.clone(), m.content.clone()))
-                    .collect();
-                self.model
-                    .tokenizer
-                    .apply_chat_template(&chat, true)
-                    .map_err(|e| invalid("messages", e.to_string()))?
-            }
-            (true, true) => return Err(invalid("prompt", "give either prompt or messages")),
-            (false, false) => return Err(invalid("prompt", "give either prompt or messages, not both")),
-        };
-        let ids = self
-            .model
-            .tokenizer
-            .encode(&text, true)
-            .map_err(|e| invalid("prompt", e.to_string()))?;
-        Ok((ids, text))
+    pub fn frontend(&self) -> Arc<Frontend> {
+        self.frontend.clone()
     }
 }
 
-/// A worker's own refusals pass through; a worker that broke (connection reset, process gone) becomes `UNAVAILABLE`
-/// naming it, so clients can tell "retry elsewhere" from "fix the request".
-fn worker_failure(addr: &str, status: Status) -> Status {
-    match status.code() {
-        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable => {
-            Status::unavailable(format!("worker {addr} failed: {}", status.message()))
-        }
-        _ => status,
-    }
-}
-
-fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("invalid argument '{field}': {message}"))
+/// The client's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+pub fn grpc_deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
 }
 
 #[tonic::async_trait]
@@ -103,73 +68,29 @@ impl Generation for RouterService {
     type GenerateStream = RpcStream<v1::GenerateResponse>;
 
     async fn generate(&self, request: Request<v1::GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
-        let req = request.into_inner();
-        self.check_model(&req.model)?;
-        let (prompt_ids, _) = self.prompt(&req.prompt, &req.messages)?;
-        sampling_spec(&req)
-            .validate(prompt_ids.len(), self.model.limits)
-            .map_err(|e| invalid(e.field, e.message))?;
-        let hashes = block_hashes(&prompt_ids, self.pool.block_size(), 0);
-        let route = self
-            .pool
-            .route(&hashes, prompt_ids.len())
-            .ok_or_else(|| Status::unavailable("no decode worker is reachable; retry shortly"))?;
-        let request_id = format!(
-            "{}-{}",
-            self.router_id,
-            self.next_request.fetch_add(1, Ordering::Relaxed)
-        );
-        let plan = &route.plan;
-        tracing::debug!(
-            %request_id,
-            decode = %route.addr,
-            prefill = route.prefill_addr.as_deref().unwrap_or("-"),
-            prompt_tokens = prompt_ids.len(),
-            cached_tokens = plan.decode.cached_tokens,
-            decode_cost = plan.decode.cost,
-            prefill_cached_tokens = plan.prefill.map(|p| p.cached_tokens),
-            prefill_cost = plan.prefill.map(|p| p.cost),
-            reason = %plan.reason,
-            "routed"
-        );
-        let forward = v1::WorkerGenerateRequest {
-            request_id,
-            prompt_token_ids: prompt_ids,
-            sampling: Some(v1::GenerateRequest {
-                prompt: String::new(),
-                messages: Vec::new(),
-                ..req
-            }),
-            remote_prefill: route
-                .prefill_addr
-                .map(|prefill_addr| v1::RemotePrefill { prefill_addr }),
-        };
-        let mut client = route.client;
-        let addr = route.addr;
-        let stream = client
-            .generate(forward)
+        let deadline = grpc_deadline(request.metadata());
+        let started = self
+            .frontend
+            .generate(request.into_inner(), deadline)
             .await
-            .map_err(|s| worker_failure(&addr, s))?
-            .into_inner();
-        Ok(Response::new(Box::pin(futures_util::StreamExt::map(
-            stream,
-            move |item| item.map_err(|s| worker_failure(&addr, s)),
-        ))))
+            .map_err(|e| e.into_status())?;
+        Ok(Response::new(started.stream))
     }
 
     async fn tokenize(&self, request: Request<v1::TokenizeRequest>) -> Result<Response<v1::TokenizeResponse>, Status> {
         let req = request.into_inner();
-        self.check_model(&req.model)?;
-        let (token_ids, text) = self.prompt(&req.prompt, &req.messages)?;
+        let tokenized = self
+            .frontend
+            .check_model(&req.model)
+            .and_then(|()| self.frontend.prompt(&req.prompt, &req.messages));
+        let (token_ids, text) = tokenized.map_err(|e| e.into_status())?;
         Ok(Response::new(v1::TokenizeResponse { token_ids, text }))
     }
 
     async fn list_models(&self, _: Request<v1::ListModelsRequest>) -> Result<Response<v1::ListModelsResponse>, Status> {
-        let info = v1::ModelInfo {
-            id: self.model.name.clone(),
-            max_context: self.model.limits.max_context as u32,
-        };
-        Ok(Response::new(v1::ListModelsResponse { models: vec![info] }))
+        Ok(Response::new(v1::ListModelsResponse {
+            models: self.frontend.models(),
+        }))
     }
 }
 
@@ -193,7 +114,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY a streamed message can wait ~40 ms for the peer's delayed ACK (Nagle).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -206,4 +128,30 @@ pub async fn serve(
 /// How the router is reached, for logs.
 pub fn grpc_url(addr: SocketAddr) -> String {
     format!("grpc://{addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline_in(value: &str) -> Option<Duration> {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", value.parse().ok()?);
+        grpc_deadline(&metadata).map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    #[test]
+    fn grpc_timeout_units_parse_and_junk_is_no_deadline() {
+        let near = |got: Option<Duration>, want: Duration| {
+            got.is_some_and(|g| g <= want && g + Duration::from_millis(50) >= want)
+        };
+        assert!(near(deadline_in("1500m"), Duration::from_millis(1500)));
+        assert!(near(deadline_in("2S"), Duration::from_secs(2)));
+        assert!(near(deadline_in("1M"), Duration::from_secs(60)));
+        assert!(near(deadline_in("1H"), Duration::from_secs(3600)));
+        assert!(near(deadline_in("250000u"), Duration::from_millis(250)));
+        assert!(deadline_in("").is_none());
+        assert!(deadline_in("15").is_none());
+        assert!(deadline_in("xS").is_none());
+    }
 }

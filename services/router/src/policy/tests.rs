@@ -170,3 +170,39 @@ fn the_decode_worker_is_chosen_by_the_same_cost_and_none_without_one() {
     assert_eq!(plan.reason, PrefillReason::Remote);
     assert!(plan_route(1000, &[], &[prefill_cand(2, 0, 10, 0)], &config).is_none());
 }
+
+#[test]
+fn decode_headroom_needs_a_short_queue_and_room_for_the_prompt() {
+    let config = PolicyConfig {
+        max_waiting_per_worker: 2,
+        ..PolicyConfig::default()
+    };
+    let load = |free_blocks, total_blocks| WorkerLoad {
+        free_blocks,
+        total_blocks,
+        ..WorkerLoad::default()
+    };
+    assert_eq!(prompt_blocks(33, &config), 3);
+    assert!(has_decode_headroom(&load(3, 100), 1, 33, &config));
+    assert!(
+        !has_decode_headroom(&load(100, 100), 2, 33, &config),
+        "queue at its bound"
+    );
+    assert!(
+        !has_decode_headroom(&load(2, 100), 0, 33, &config),
+        "prompt does not fit"
+    );
+    assert!(
+        has_decode_headroom(&load(0, 0), 0, 33, &config),
+        "capacity not reported yet"
+    );
+    assert!(
+        has_decode_headroom(&load(1, 2), 0, 33, &config),
+        "larger than the whole cache: the worker decides"
+    );
+    let queue_only = PolicyConfig {
+        kv_headroom: false,
+        ..config
+    };
+    assert!(has_decode_headroom(&load(2, 100), 0, 33, &queue_only));
+}

@@ -1,0 +1,174 @@
+//! The OpenAI-compatible HTTP API, on the same request path as the gRPC API ([`Frontend`]).
+//!
+//! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (JSON, or server-sent events with `"stream": true`),
+//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (the process answers), `GET /ready` (a decode-capable
+//! worker is reachable; 503 otherwise). Errors use OpenAI's JSON shape ([`errors`]). With an API key configured,
+//! `/v1/*` requires `Authorization: Bearer <key>` (compared in constant time); `/health` and `/ready` stay open for
+//! probes. A request's deadline is the `X-Request-Timeout` header, in seconds ([`request::TIMEOUT_HEADER`]).
+//!
+//! Invariant: validation, admission and routing happen only in the frontend, so HTTP and gRPC accept, refuse and
+//! route the same requests the same way. Cost: JSON (de)serialization per request and per streamed chunk.
+
+mod chat;
+mod completions;
+pub mod errors;
+pub mod request;
+mod sse;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tonic::Code;
+
+use crate::frontend::Frontend;
+use errors::ApiError;
+
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// When set, `/v1/*` requires `Authorization: Bearer <api_key>`.
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct HttpState {
+    pub frontend: Arc<Frontend>,
+    pub config: HttpConfig,
+}
+
+/// The HTTP API's routes over `frontend`.
+pub fn app(frontend: Arc<Frontend>, config: HttpConfig) -> Router {
+    let state = Arc::new(HttpState { frontend, config });
+    let v1 = Router::new()
+        .route("/v1/completions", post(completions::handle))
+        .route("/v1/chat/completions", post(chat::handle))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves the HTTP API on `listener` until `shutdown`.
+pub async fn serve_http(
+    frontend: Arc<Frontend>,
+    config: HttpConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(frontend, config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// How the HTTP API is reached, for logs.
+pub fn http_url(addr: std::net::SocketAddr) -> String {
+    format!("http://{addr}/v1")
+}
+
+/// Equal without revealing, through timing, how long a common prefix is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+async fn authorize(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            None => {
+                return ApiError::unauthorized("missing API key: send 'Authorization: Bearer <key>'").into_response();
+            }
+            Some(given) if !constant_time_eq(given.as_bytes(), key.as_bytes()) => {
+                return ApiError::unauthorized("incorrect API key provided").into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(request).await
+}
+
+fn model_json(info: &cleave_proto::v1::ModelInfo) -> serde_json::Value {
+    json!({
+        "id": info.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "cleave",
+        "max_model_len": info.max_context,
+    })
+}
+
+async fn list_models(State(state): State<Arc<HttpState>>) -> Response {
+    let data: Vec<_> = state.frontend.models().iter().map(model_json).collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn get_model(State(state): State<Arc<HttpState>>, Path(id): Path<String>) -> Response {
+    match state.frontend.models().iter().find(|m| m.id == id) {
+        Some(info) => axum::Json(model_json(info)).into_response(),
+        None => {
+            let mut e = ApiError::not_found(format!("The model '{id}' does not exist"));
+            e.code = Some("model_not_found");
+            e.param = Some("model".into());
+            e.into_response()
+        }
+    }
+}
+
+async fn health() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn ready(State(state): State<Arc<HttpState>>) -> Response {
+    if state.frontend.ready() {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(Code::Unavailable, "no decode worker is reachable").into_response()
+    }
+}
+
+async fn not_found(request: Request) -> Response {
+    ApiError::not_found(format!("unknown route: {} {}", request.method(), request.uri().path())).into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let mut e = ApiError::new(
+        Code::InvalidArgument,
+        format!("method {} is not allowed on {}", request.method(), request.uri().path()),
+    );
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
+    e.code = Some("method_not_allowed");
+    e.into_response()
+}
+
+/// Seconds since the Unix epoch, for `created`.
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A token's text for log-probability listings (a byte-level token that splits a character decodes lossily).
+fn token_text(frontend: &Frontend, id: u32) -> String {
+    frontend.model().tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
