@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arrival::Arrival;
 use crate::error::LoadError;
-use crate::workload::WorkloadSpec;
+use crate::workload::{WorkloadKind, WorkloadSpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +238,19 @@ impl Campaign {
                 ));
             }
             s.arrival.validate(&field("arrival"))?;
+            let is_trace = |w: &&WorkloadSpec| matches!(w.kind, WorkloadKind::Trace { .. });
+            if matches!(s.arrival, Arrival::Trace { .. })
+                && !self
+                    .workloads
+                    .iter()
+                    .filter(|w| w.name == s.workload)
+                    .any(|w| is_trace(&w))
+            {
+                return Err(LoadError::invalid(
+                    field("arrival"),
+                    "kind = \"trace\" needs a trace workload",
+                ));
+            }
         }
         for p in &self.processes {
             if p.command.is_empty() == p.pid_file.is_none() {

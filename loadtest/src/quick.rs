@@ -104,5 +104,10 @@ mod tests {
         q.rate = None;
         q.input_len = 0;
         assert!(quick_campaign(&q).is_err());
+        q.input_len = 1;
+        let mut c = quick_campaign(&q).unwrap();
+        c.stages[0].arrival = Arrival::Trace { speedup: 1.0 };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("needs a trace workload"), "{err}");
     }
 }
