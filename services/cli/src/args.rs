@@ -359,6 +359,11 @@ pub struct BenchArgs {
     /// GPU memory for the KV pool of the CUDA benchmark, in GiB.
     #[arg(long, default_value_t = 8)]
     pub kv_cache_gib: u32,
+
+    /// Instead of benchmarking a synthetic model on CUDA, write its weights as a Hugging Face checkpoint and its
+    /// logits for a fixed prompt into this directory (scripts/gpu_reference_check.py compares with transformers).
+    #[arg(long)]
+    pub reference_dir: Option<std::path::PathBuf>,
 }
 
 pub use cleave_engine::Device;

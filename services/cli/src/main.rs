@@ -120,6 +120,13 @@ fn cuda_bench(args: &BenchArgs, device: Device, shape: &str) -> Result<(), CliEr
         kv_cache_bytes: options.kv_cache_bytes,
         ..CudaBenchConfig::default()
     };
+    if let Some(dir) = &args.reference_dir {
+        let mut backend = cleave_engine::cuda::CudaBackend::synthetic(config, 0x5eed, &options)
+            .map_err(cleave_engine::EngineError::from)?;
+        backend.write_reference(dir, 64)?;
+        eprintln!("wrote {} (weights, config, prompt, logits)", dir.display());
+        return Ok(());
+    }
     let report = run_cuda_bench(&args.model, config, &options, &bench)?;
     let mut out = std::io::stdout().lock();
     if args.json {

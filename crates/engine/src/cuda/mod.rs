@@ -12,6 +12,7 @@ pub mod bench;
 mod forward;
 mod graphs;
 mod kv;
+pub mod reference;
 mod synthetic;
 mod weights;
 
