@@ -1,4 +1,5 @@
-//! One streamed request against the router's public API (`cleave.v1.Generation/Generate`), timed: when it was sent,
+//! One streamed request against the router's public API (`cleave.v1.Generation/Generate`, or the OpenAI-compatible
+//! HTTP API for `openai://` and `http://…/v1` targets — see `openai.rs`), timed: when it was sent,
 //! when each token-carrying message arrived, what `usage` said, and how it failed.
 //!
 //! Invariant: times are taken with `Instant::now()` right after each message is decoded, relative to the run's
@@ -13,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::LoadError;
 use crate::metrics::RequestRecord;
+use crate::openai::OpenAiClient;
 use crate::workload::RequestSpec;
 
 /// Connections to one target, used round-robin.
@@ -21,6 +23,13 @@ pub struct TargetClient {
     pub url: String,
     pub model: String,
     clients: Vec<GenerationClient<Channel>>,
+    /// Set for OpenAI-compatible HTTP targets; `clients` is empty then.
+    openai: Option<OpenAiClient>,
+}
+
+/// Whether `url` names an OpenAI-compatible HTTP endpoint rather than the gRPC API.
+pub fn is_openai_url(url: &str) -> bool {
+    url.starts_with("openai://") || url.trim_end_matches('/').ends_with("/v1")
 }
 
 /// `grpc://host:port` → `http://host:port` (tonic's scheme); `http(s)://` passes through.
@@ -36,6 +45,14 @@ impl TargetClient {
     /// Opens `connections` lazily-connected HTTP/2 channels (TCP_NODELAY: the latencies measured are the
     /// server's, not Nagle's).
     pub fn new(url: &str, model: &str, connections: usize) -> Result<TargetClient, LoadError> {
+        if is_openai_url(url) {
+            return Ok(TargetClient {
+                url: url.into(),
+                model: model.into(),
+                clients: Vec::new(),
+                openai: Some(OpenAiClient::new(url)?),
+            });
+        }
         let endpoint = Endpoint::from_shared(http_url(url))
             .map_err(|e| LoadError::Target {
                 url: url.into(),
@@ -50,12 +67,16 @@ impl TargetClient {
             url: url.into(),
             model: model.into(),
             clients,
+            openai: None,
         })
     }
 
     /// Waits until the target generates: `ListModels` answers and a one-token request succeeds (a router
     /// answers the first before it reaches any worker), up to `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), LoadError> {
+        if let Some(openai) = &self.openai {
+            return openai.wait_ready(&self.url, timeout).await;
+        }
         let deadline = Instant::now() + timeout;
         let mut client = self.clients[0].clone();
         loop {
@@ -88,6 +109,9 @@ impl TargetClient {
 
     /// Sends request `id` and times its stream; never fails — errors are part of the record.
     pub async fn send(&self, id: u64, spec: &RequestSpec, epoch: Instant, timeout: Duration) -> RequestRecord {
+        if let Some(openai) = &self.openai {
+            return openai.send(&self.model, id, spec, epoch, timeout).await;
+        }
         let mut client = self.clients[id as usize % self.clients.len()].clone();
         let request = v1::GenerateRequest {
             model: self.model.clone(),

@@ -22,6 +22,7 @@ pub mod cpu;
 mod error;
 pub mod lengths;
 pub mod metrics;
+mod openai;
 mod plot;
 mod processes;
 pub mod prompt;

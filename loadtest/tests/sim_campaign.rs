@@ -212,6 +212,32 @@ async fn campaign_against_simulated_workers_measures_their_timing() {
     assert!(cmp.contains("| poisson | TTFT p50 ms |") && cmp.contains("+0.0%"));
 }
 
+/// The same simulated cluster through the router's OpenAI-compatible HTTP API (server-sent events): every request
+/// succeeds and the measured first-token and inter-token times are the simulated workers'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_http_target_is_measured_like_grpc() {
+    let cluster = support::start(
+        support::fixed_timing(Duration::from_millis(10), Duration::from_millis(4)),
+        2,
+    )
+    .await;
+    let mut q = cleave_loadtest::QuickRun::new(&cluster.http_url);
+    q.rate = Some(40.0);
+    q.requests = 40;
+    q.input_len = 32;
+    q.output_len = 8;
+    let campaign = cleave_loadtest::quick_campaign(&q).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_campaign(&campaign, dir.path(), RunOptions { progress: false })
+        .await
+        .unwrap();
+    let s = &report.stages[0].summary;
+    assert_eq!((s.requests, s.succeeded), (40, 40), "{:?}", s.errors);
+    assert!((10.0..18.0).contains(&s.ttft_ms.p50), "TTFT p50 {}", s.ttft_ms.p50);
+    assert!((3.0..6.0).contains(&s.tpot_ms.p50), "TPOT p50 {}", s.tpot_ms.p50);
+    assert_eq!(s.output_tokens.p50, 8.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_target_and_bad_campaigns_fail_cleanly() {
     let port = cleave_testkit::free_port();

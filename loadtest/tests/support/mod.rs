@@ -12,6 +12,8 @@ use cleave_simworker::{SimConfig, SimWorker};
 
 pub struct SimCluster {
     pub url: String,
+    /// The same router's OpenAI-compatible HTTP API (`http://…/v1`).
+    pub http_url: String,
     pub workers: Vec<SimWorker>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -58,9 +60,18 @@ pub async fn start(sim: SimConfig, workers: usize) -> SimCluster {
     let (listener, _) = listen().await;
     let addr = listener.local_addr().unwrap();
     let service = RouterService::new(model, pool, "loadtest".into());
+    let (http_listener, _) = listen().await;
+    let http_addr = http_listener.local_addr().unwrap();
+    tokio::spawn(cleave_router::http::serve_http(
+        service.frontend(),
+        cleave_router::http::HttpConfig::default(),
+        http_listener,
+        shutdown(stop_rx.clone()),
+    ));
     tokio::spawn(cleave_router::serve(service, listener, shutdown(stop_rx.clone())));
     SimCluster {
         url: format!("grpc://{addr}"),
+        http_url: format!("http://{http_addr}/v1"),
         workers: sims,
         stop,
     }

@@ -73,6 +73,10 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 64)]
     pub max_tokens: u32,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub routing: RoutingArgs,
 
@@ -101,6 +105,10 @@ pub struct RouterArgs {
     /// A prefill-only worker's gRPC URL; repeat for each. Decode workers are sent long prompts' prefill here.
     #[arg(long = "prefill-worker")]
     pub prefill_workers: Vec<String>,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     #[command(flatten)]
     pub routing: RoutingArgs,
@@ -189,6 +197,10 @@ pub struct WorkerArgs {
     /// Tokens per scheduler step (prefill chunks plus decodes).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     #[command(flatten)]
     pub registry: RegistryArgs,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use cleave_cluster::registry::{RegistryView, WorkerRole};
 use cleave_router::{Frontend, RouterModel, RouterService, WorkerEndpoint, WorkerPool, grpc_url, serve};
+use cleave_telemetry::Telemetry;
 
 use crate::args::{HttpArgs, RouterArgs};
 use crate::error::CliError;
@@ -59,8 +60,11 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
         };
         let (listener, addr) = bind(args.listen).await?;
         eprintln!("cleave router: {name} on {}", grpc_url(addr));
+        let telemetry = Telemetry::new();
+        start_metrics(args.metrics_listen, &telemetry, "router").await?;
         let frontend = Frontend::new(Arc::new(router_model), pool, format!("router-{}", std::process::id()))
-            .with_admission(args.routing.admission());
+            .with_admission(args.routing.admission())
+            .with_metrics(telemetry.router.clone());
         let service = RouterService::from_frontend(Arc::new(frontend));
         start_http(&args.http, &service).await?;
         serve(service, listener, shutdown_signal()).await?;
@@ -86,6 +90,25 @@ pub async fn start_http(args: &HttpArgs, service: &RouterService) -> Result<(), 
     tokio::spawn(async move {
         if let Err(e) = cleave_router::http::serve_http(frontend, config, listener, shutdown_signal()).await {
             eprintln!("cleave router: the HTTP server failed: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// With `--metrics-listen`, serves Prometheus `/metrics` from `telemetry` until SIGINT/SIGTERM. Binding fails
+/// here, before anything serves; a failure while serving is logged.
+pub async fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+    telemetry: &Telemetry,
+    who: &str,
+) -> Result<(), CliError> {
+    let Some(addr) = addr else { return Ok(()) };
+    let (listener, local) = bind(addr).await?;
+    eprintln!("cleave {who}: Prometheus metrics on http://{local}/metrics");
+    let (telemetry, who) = (telemetry.clone(), who.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = cleave_telemetry::serve_metrics(telemetry, listener, shutdown_signal()).await {
+            eprintln!("cleave {who}: the metrics server failed: {e}");
         }
     });
     Ok(())

@@ -10,13 +10,14 @@ use cleave_cluster::registry::{EmbeddedRegistry, KeyLayout, LeaseGuard, Registry
 use cleave_engine::{EngineConfig, load_model};
 use cleave_proto::v1;
 use cleave_router::{Frontend, RouterModel, RouterService, WorkerPool, WorkerRole, grpc_url, serve};
+use cleave_telemetry::Telemetry;
 
 use crate::args::{DisaggArgs, Role, UpArgs};
 use crate::error::CliError;
 use crate::model::{self, ModelPath};
 use crate::registry;
-use crate::router::{follow_registry, start_http};
-use crate::worker::{bind, prepare_worker, shutdown_signal};
+use crate::router::{follow_registry, start_http, start_metrics};
+use crate::worker::{bind, prepare_worker, shutdown_signal, worker_labels};
 
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
@@ -38,11 +39,13 @@ pub fn run_up(args: &UpArgs, device: cleave_engine::Device) -> Result<(), CliErr
                 KeyLayout::new(&args.registry.etcd_prefix)?,
             ),
         };
+        let telemetry = Telemetry::new();
         let mut leases = Vec::new();
         let roles = std::iter::repeat_n(Role::Prefill, args.prefill_workers as usize)
             .chain(std::iter::repeat_n(Role::Decode, args.workers as usize));
         for (i, role) in roles.enumerate() {
-            leases.push(start_worker(args, &path, &name, (i, role, device), registry.as_ref(), &layout).await?);
+            let worker = (i, role, device);
+            leases.push(start_worker(args, &path, &name, worker, (registry.as_ref(), &layout), &telemetry).await?);
         }
         let pool = Arc::new(WorkerPool::new(args.routing.policy()));
         let view = RegistryView::start(registry.clone(), &layout);
@@ -67,28 +70,32 @@ pub fn run_up(args: &UpArgs, device: cleave_engine::Device) -> Result<(), CliErr
         if let Some(prompt) = args.prompt.clone() {
             tokio::spawn(sample(format!("http://{addr}"), prompt, args.max_tokens, pool.clone()));
         }
-        let frontend =
-            Frontend::new(Arc::new(router_model), pool, "up".to_string()).with_admission(args.routing.admission());
+        start_metrics(args.metrics_listen, &telemetry, "up").await?;
+        let frontend = Frontend::new(Arc::new(router_model), pool, "up".to_string())
+            .with_admission(args.routing.admission())
+            .with_metrics(telemetry.router.clone());
         let service = RouterService::from_frontend(Arc::new(frontend));
         start_http(&args.http, &service).await?;
         let served = serve(service, listener, shutdown_signal()).await;
-        for lease in leases {
+        for (lease, labels) in leases {
             lease.revoke().await;
+            telemetry.workers.set_lease_held(&labels, false);
         }
         drop(view);
         served.map_err(CliError::from)
     })
 }
 
-/// Loads one engine, serves it in `role` on an ephemeral loopback port, and registers it.
+/// Loads one engine, serves it in `role` on an ephemeral loopback port, and registers it. Returns its lease and
+/// its metric labels.
 async fn start_worker(
     args: &UpArgs,
     path: &ModelPath,
     name: &str,
     (i, role, device): (usize, Role, cleave_engine::Device),
-    registry: &dyn Registry,
-    layout: &KeyLayout,
-) -> Result<LeaseGuard, CliError> {
+    (registry, layout): (&dyn Registry, &KeyLayout),
+    telemetry: &Telemetry,
+) -> Result<(LeaseGuard, cleave_telemetry::WorkerLabels), CliError> {
     let (weights, tokenizer) = load_model(path.files())?;
     let config = EngineConfig {
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
@@ -103,13 +110,17 @@ async fn start_worker(
         remote_prefill_timeout_secs: 30,
     };
     let id = format!("up-{}-{i}", format!("{role:?}").to_lowercase());
-    let (service, record) = prepare_worker(engine, name, id, format!("http://{addr}"), addr, &disagg).await?;
+    let labels = worker_labels(&id, role.into());
+    let (service, record) =
+        prepare_worker(engine, name, (id, format!("http://{addr}"), addr), &disagg, telemetry).await?;
     tokio::spawn(async move {
         if let Err(e) = cleave_worker::serve(service, listener, shutdown_signal()).await {
             tracing::error!(error = %e, "worker {i} stopped");
         }
     });
-    Ok(register_worker(registry, layout, &record, LEASE_TTL).await?)
+    let lease = register_worker(registry, layout, &record, LEASE_TTL).await?;
+    telemetry.workers.set_lease_held(&labels, true);
+    Ok((lease, labels))
 }
 
 /// Streams one greedy completion through the router to stdout, once a worker is reachable.

@@ -6,10 +6,12 @@ use std::time::Duration;
 use cleave_cluster::registry::{ParallelLayout, WorkerRecord, WorkerRole, register_worker};
 use cleave_engine::scheduler::SchedulerConfig;
 use cleave_engine::{Engine, EngineConfig, load_model};
-use cleave_worker::{KvInbox, WorkerService, serve};
+use cleave_telemetry::{Telemetry, WorkerLabels};
+use cleave_worker::{KvInbox, WorkerService, register_worker_metrics, serve};
 
 use crate::args::{DisaggArgs, WorkerArgs};
 use crate::error::CliError;
+use crate::router::start_metrics;
 use crate::{model, registry};
 
 pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<(), CliError> {
@@ -35,7 +37,10 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             .clone()
             .unwrap_or_else(|| format!("worker-{}-{}", addr.ip(), addr.port()));
         let grpc_url = args.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
-        let (service, record) = prepare_worker(engine.clone(), &name, id, grpc_url, addr, &args.disagg).await?;
+        let telemetry = Telemetry::new();
+        let labels = worker_labels(&id, WorkerRole::from(args.disagg.role));
+        let (service, record) =
+            prepare_worker(engine.clone(), &name, (id, grpc_url, addr), &args.disagg, &telemetry).await?;
         let registration = match registry::connect(&args.registry).await? {
             Some((registry, layout)) => {
                 let ttl = Duration::from_secs(args.lease_ttl_secs);
@@ -43,6 +48,8 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             }
             None => None,
         };
+        telemetry.workers.set_lease_held(&labels, registration.is_some());
+        start_metrics(args.metrics_listen, &telemetry, "worker").await?;
         let kv = if record.kv_addr.is_empty() {
             String::new()
         } else {
@@ -62,6 +69,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             let _ = signalled.send(());
             if let Some(lease) = registration {
                 lease.revoke().await;
+                telemetry.workers.set_lease_held(&labels, false);
             }
         };
         let drain_timeout = Duration::from_secs(args.drain_secs);
@@ -84,26 +92,37 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
     })
 }
 
-/// The Worker service over `engine` in its role, and the record that registers it. Decode and both-role workers
-/// get a KV listener (`--kv-listen`, default: `grpc_addr`'s host on a free port) so prefill workers can ship prompt
-/// KV to them.
+/// The metric labels of worker `id` in `role`.
+pub fn worker_labels(id: &str, role: WorkerRole) -> WorkerLabels {
+    WorkerLabels {
+        worker: id.to_owned(),
+        role: format!("{role:?}").to_lowercase(),
+    }
+}
+
+/// The Worker service over `engine` in its role, and the record that registers it (`id`, the URL routers dial,
+/// the bound gRPC address). Decode and both-role workers get a KV listener (`--kv-listen`, default: `grpc_addr`'s
+/// host on a free port) so prefill workers can ship prompt KV to them. The worker's engine and KV transfers are
+/// measured in `telemetry`.
 pub async fn prepare_worker(
     engine: Arc<Engine>,
     model: &str,
-    id: String,
-    grpc_url: String,
-    grpc_addr: std::net::SocketAddr,
+    (id, grpc_url, grpc_addr): (String, String, std::net::SocketAddr),
     disagg: &DisaggArgs,
+    telemetry: &Telemetry,
 ) -> Result<(WorkerService, WorkerRecord), CliError> {
     let role = WorkerRole::from(disagg.role);
     let block_size = engine.block_size();
-    let mut service = WorkerService::new(engine.clone(), block_size).with_model(model);
+    let kv_metrics = register_worker_metrics(&telemetry.workers, worker_labels(&id, role), engine.clone());
+    let mut service = WorkerService::new(engine.clone(), block_size)
+        .with_model(model)
+        .with_kv_metrics(kv_metrics.clone());
     let mut kv_addr = String::new();
     if role != WorkerRole::Prefill {
         let listen = disagg
             .kv_listen
             .unwrap_or_else(|| std::net::SocketAddr::new(grpc_addr.ip(), 0));
-        let inbox = KvInbox::bind(listen, disagg.kv_advertise.clone(), engine.clone(), model)
+        let inbox = KvInbox::bind_with_metrics(listen, disagg.kv_advertise.clone(), engine.clone(), model, kv_metrics)
             .await
             .map_err(|source| CliError::KvListen { addr: listen, source })?;
         kv_addr = inbox.addr().to_owned();

@@ -5,7 +5,10 @@
 //! Invariants: a request that fails any check reaches no worker; a refused request is answered at once (no
 //! queueing inside the router); when the deadline passes, the worker stream is dropped — which resets the call to
 //! the worker, which aborts the sequence and frees its KV blocks — and the client's stream ends with
-//! `DEADLINE_EXCEEDED`. Cost: tokenization and block hashing of the prompt, O(prompt) per request.
+//! `DEADLINE_EXCEEDED`. Every request, refused or served, is counted once in the router's metrics ([`observe`]).
+//! Cost: tokenization and block hashing of the prompt, O(prompt) per request.
+
+mod observe;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use cleave_proto::sampling_spec;
 use cleave_proto::v1;
+use cleave_telemetry::RouterMetrics;
 use cleave_tokens::{ChatMessage, block_hashes};
 use futures_util::Stream;
 use tokio::time::Instant;
@@ -24,6 +28,7 @@ use crate::admission::{AdmissionConfig, QueueGauge, QueuedPermit};
 use crate::error::{RouterError, worker_failure};
 use crate::model::RouterModel;
 use crate::pool::{PendingFirstToken, RouteError, WorkerPool};
+use observe::RequestObserver;
 
 /// The worker's responses, ending with an error status when the worker fails or the deadline passes.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<v1::GenerateResponse, Status>> + Send>>;
@@ -51,6 +56,7 @@ pub struct Frontend {
     next_request: AtomicU64,
     admission: AdmissionConfig,
     queue: QueueGauge,
+    metrics: RouterMetrics,
 }
 
 impl Frontend {
@@ -62,7 +68,18 @@ impl Frontend {
             next_request: AtomicU64::new(1),
             admission: AdmissionConfig::default(),
             queue: QueueGauge::default(),
+            metrics: RouterMetrics::default(),
         }
+    }
+
+    /// Records this frontend's requests in `metrics` (by default they go to metrics registered nowhere).
+    pub fn with_metrics(mut self, metrics: RouterMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &RouterMetrics {
+        &self.metrics
     }
 
     pub fn with_admission(mut self, admission: AdmissionConfig) -> Self {
@@ -147,6 +164,25 @@ impl Frontend {
         req: v1::GenerateRequest,
         deadline: Option<Instant>,
     ) -> Result<Generation, RouterError> {
+        let mut observer = RequestObserver::new(self.metrics.clone());
+        match self.start(req, deadline, &mut observer).await {
+            Ok(started) => Ok(Generation {
+                request_id: started.request_id,
+                stream: supervise(started.stream, started.addr, deadline, started.permit, observer),
+            }),
+            Err(e) => {
+                observer.end(e.code());
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        req: v1::GenerateRequest,
+        deadline: Option<Instant>,
+        observer: &mut RequestObserver,
+    ) -> Result<Started, RouterError> {
         self.check_model(&req.model)?;
         let (prompt_ids, _) = self.prompt(&req.prompt, &req.messages)?;
         sampling_spec(&req)
@@ -168,6 +204,7 @@ impl Frontend {
                     self.admission.max_queued_requests
                 ))
             })?;
+        observer.admitted(req.n.unwrap_or(1));
         let hashes = block_hashes(&prompt_ids, self.pool.block_size(), 0);
         let route = self.pool.route(&hashes, prompt_ids.len()).map_err(|e| match e {
             RouteError::NoWorker => RouterError::NoWorker,
@@ -179,6 +216,7 @@ impl Frontend {
             self.next_request.fetch_add(1, Ordering::Relaxed)
         );
         let plan = &route.plan;
+        observer.routed(plan.reason, prompt_ids.len());
         tracing::debug!(
             %request_id,
             decode = %route.addr,
@@ -227,11 +265,21 @@ impl Frontend {
         let stream = response
             .map_err(|s| RouterError::Worker(worker_failure(&addr, s)))?
             .into_inner();
-        Ok(Generation {
+        Ok(Started {
             request_id,
-            stream: supervise(stream, addr, deadline, (permit, pending)),
+            stream,
+            addr,
+            permit: (permit, pending),
         })
     }
+}
+
+/// A request its decode worker accepted.
+struct Started {
+    request_id: String,
+    stream: tonic::Streaming<v1::GenerateResponse>,
+    addr: String,
+    permit: (QueuedPermit, PendingFirstToken),
 }
 
 /// What the response stream carries between polls.
@@ -242,6 +290,7 @@ struct Supervised {
     deadline: Option<Instant>,
     /// Held until the first response: the request is "queued" (on this router and on its worker) until then.
     permit: Option<(QueuedPermit, PendingFirstToken)>,
+    observer: RequestObserver,
 }
 
 /// The worker's stream, with its failures named, the queue permit released on the first response, and the
@@ -251,12 +300,14 @@ fn supervise(
     addr: String,
     deadline: Option<Instant>,
     permit: (QueuedPermit, PendingFirstToken),
+    observer: RequestObserver,
 ) -> ResponseStream {
     let state = Supervised {
         inner: Some(inner),
         addr,
         deadline,
         permit: Some(permit),
+        observer,
     };
     Box::pin(futures_util::stream::unfold(state, |mut state| async move {
         let inner = state.inner.as_mut()?;
@@ -267,6 +318,7 @@ fn supervise(
                     state.inner = None;
                     state.permit = None;
                     let status = Status::deadline_exceeded("the request's deadline passed; it was aborted");
+                    state.observer.end(status.code());
                     return Some((Err(status), state));
                 }
             },
@@ -274,11 +326,18 @@ fn supervise(
         };
         state.permit = None;
         match next {
-            Ok(Some(response)) => Some((Ok(response), state)),
-            Ok(None) => None,
+            Ok(Some(response)) => {
+                state.observer.response(&response);
+                Some((Ok(response), state))
+            }
+            Ok(None) => {
+                state.observer.end(tonic::Code::Ok);
+                None
+            }
             Err(status) => {
                 state.inner = None;
                 let status = worker_failure(&state.addr, status);
+                state.observer.end(status.code());
                 Some((Err(status), state))
             }
         }

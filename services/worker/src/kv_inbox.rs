@@ -4,8 +4,9 @@
 //! before it asks a prefill worker to send. Each accepted connection is matched to its entry by transfer id; its
 //! layers go to the engine thread as they arrive, and the transfer's outcome goes back to the waiting request.
 //! Invariant: a connection that names an unknown transfer id or other blocks is dropped unread (the sender is told
-//! the consumer is gone), so nothing but the expected request's own blocks is ever written. Cost: one task per
-//! transfer; layer payloads move to the engine thread without a copy.
+//! the consumer is gone), so nothing but the expected request's own blocks is ever written. Every delivered
+//! transfer is counted in `cleave_worker_kv_transfer*{direction="received"}`. Cost: one task per transfer; layer
+//! payloads move to the engine thread without a copy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use cleave_cluster::kv_transfer::{
     IncomingTransfer, KvDtype, KvLayout, KvReceiver, KvTransferError, ReceiverConfig, TransferOutcome,
 };
 use cleave_engine::Engine;
+use cleave_telemetry::{KvDirection, KvTransferMetrics};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -69,11 +71,22 @@ impl KvInbox {
         engine: Arc<Engine>,
         model: &str,
     ) -> Result<KvInbox, KvTransferError> {
+        KvInbox::bind_with_metrics(listen, advertise, engine, model, KvTransferMetrics::default()).await
+    }
+
+    /// [`KvInbox::bind`], counting the transfers it receives in `metrics`.
+    pub async fn bind_with_metrics(
+        listen: SocketAddr,
+        advertise: Option<String>,
+        engine: Arc<Engine>,
+        model: &str,
+        metrics: KvTransferMetrics,
+    ) -> Result<KvInbox, KvTransferError> {
         let layout = engine_layout(&engine, model);
         let pool = u32::try_from(engine.kv_blocks()).unwrap_or(u32::MAX);
         let (bound, receiver) = KvReceiver::bind(listen, ReceiverConfig::new(layout, pool)).await?;
         let expected: ExpectedTable = Arc::default();
-        let accept = tokio::spawn(accept_transfers(receiver, expected.clone(), engine));
+        let accept = tokio::spawn(accept_transfers(receiver, expected.clone(), engine, metrics));
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -135,7 +148,12 @@ impl Drop for ExpectedTransfer {
     }
 }
 
-async fn accept_transfers(mut receiver: KvReceiver, expected: ExpectedTable, engine: Arc<Engine>) {
+async fn accept_transfers(
+    mut receiver: KvReceiver,
+    expected: ExpectedTable,
+    engine: Arc<Engine>,
+    metrics: KvTransferMetrics,
+) {
     while let Some(incoming) = receiver.next().await {
         let transfer = match incoming {
             Ok(transfer) => transfer,
@@ -162,13 +180,16 @@ async fn accept_transfers(mut receiver: KvReceiver, expected: ExpectedTable, eng
             let _ = entry.done.send(Err(reason));
             continue;
         }
-        tokio::spawn(deliver(transfer, entry, engine.clone()));
+        tokio::spawn(deliver(transfer, entry, engine.clone(), metrics.clone()));
     }
 }
 
 /// Hands each layer to the engine as it arrives, then reports how the transfer ended.
-async fn deliver(mut transfer: IncomingTransfer, entry: Expected, engine: Arc<Engine>) {
+async fn deliver(mut transfer: IncomingTransfer, entry: Expected, engine: Arc<Engine>, metrics: KvTransferMetrics) {
+    let started = std::time::Instant::now();
+    let mut bytes = 0u64;
     while let Some(layer) = transfer.next_layer().await {
+        bytes += ((layer.keys.len() + layer.values.len()) * std::mem::size_of::<f32>()) as u64;
         engine.write_remote_kv(
             entry.request,
             layer.layer,
@@ -184,5 +205,6 @@ async fn deliver(mut transfer: IncomingTransfer, entry: Expected, engine: Arc<En
             Err(format!("{error} ({} layers had arrived)", layers_received.len()))
         }
     };
+    metrics.record(KvDirection::Received, bytes, started.elapsed(), result.is_ok());
     let _ = entry.done.send(result);
 }

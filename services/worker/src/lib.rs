@@ -8,14 +8,18 @@
 //! prefill worker's `Prefill` naming its KV listener and destination blocks ([`remote_prefill`]), and receives the
 //! layers into those blocks ([`kv_inbox`]); the prefill worker computes and streams them layer by layer
 //! ([`prefill`]). Any failure on the way prefills the prompt locally.
+//!
+//! Metrics ([`metrics`]): the engine's scheduler is sampled on each scrape; KV transfers are counted as they end.
 
 mod convert;
 pub mod kv_inbox;
+pub mod metrics;
 mod prefill;
 pub mod remote_prefill;
 mod service;
 
 pub use convert::{response, status};
 pub use kv_inbox::KvInbox;
+pub use metrics::{EngineSampler, register_worker_metrics};
 pub use remote_prefill::DEFAULT_REMOTE_PREFILL_TIMEOUT;
 pub use service::{WorkerService, serve};

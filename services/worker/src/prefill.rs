@@ -6,11 +6,13 @@
 //! has computed it, and this task sends it while the engine computes the next layer. Invariant: the call returns
 //! `Ok` only after the decode worker confirmed every layer; any failure aborts the transfer (the decode worker then
 //! prefills locally), and a cancelled call drops the engine request, freeing its blocks. The decode worker computes
-//! the prompt's last token itself, so this side computes `prompt_token_ids[..len - 1]`.
+//! the prompt's last token itself, so this side computes `prompt_token_ids[..len - 1]`. Each transfer, finished or
+//! failed, is counted in `cleave_worker_kv_transfer*{direction="sent"}`.
 
 use cleave_cluster::kv_transfer::{KvSender, KvTransferError, KvTransferHeader};
 use cleave_engine::scheduler::FinishReason;
 use cleave_proto::v1;
+use cleave_telemetry::{KvDirection, KvTransferMetrics};
 use tonic::Status;
 
 use crate::convert::status;
@@ -64,6 +66,7 @@ impl WorkerService {
             dest_blocks: dest.block_ids,
         };
         let n_layers = header.layout.n_layers;
+        let mut sent_record = SentTransfer::new(self.kv_metrics.clone());
         let mut sender = KvSender::connect(dest.kv_addr.as_str(), header)
             .await
             .map_err(|e| transfer_status(&e))?;
@@ -79,6 +82,7 @@ impl WorkerService {
             if let Err(e) = sender.send_layer(layer.layer, &layer.keys, &layer.values).await {
                 return Err(transfer_status(&e));
             }
+            sent_record.bytes += ((layer.keys.len() + layer.values.len()) * std::mem::size_of::<f32>()) as u64;
             sent += 1;
         }
         if sent < n_layers {
@@ -93,6 +97,8 @@ impl WorkerService {
             )));
         }
         sender.finish().await.map_err(|e| transfer_status(&e))?;
+        sent_record.ok = true;
+        drop(sent_record);
         match stream.next().await {
             Some(Ok(out)) => match out.finish {
                 Some(finish) if finish.reason == FinishReason::Prefilled => Ok(v1::PrefillResponse {
@@ -118,5 +124,31 @@ fn transfer_status(e: &KvTransferError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         _ => Status::internal(e.to_string()),
+    }
+}
+
+/// Counts one outgoing transfer when dropped: `ok` once the decode worker confirmed every layer.
+struct SentTransfer {
+    metrics: KvTransferMetrics,
+    started: std::time::Instant,
+    bytes: u64,
+    ok: bool,
+}
+
+impl SentTransfer {
+    fn new(metrics: KvTransferMetrics) -> Self {
+        SentTransfer {
+            metrics,
+            started: std::time::Instant::now(),
+            bytes: 0,
+            ok: false,
+        }
+    }
+}
+
+impl Drop for SentTransfer {
+    fn drop(&mut self) {
+        self.metrics
+            .record(KvDirection::Sent, self.bytes, self.started.elapsed(), self.ok);
     }
 }

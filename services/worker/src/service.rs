@@ -9,6 +9,7 @@ use cleave_engine::kv::KvEventRecord;
 use cleave_engine::{Engine, GenerationStream};
 use cleave_proto::v1;
 use cleave_proto::v1::worker_server::{Worker, WorkerServer};
+use cleave_telemetry::KvTransferMetrics;
 use futures_util::Stream;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
@@ -35,6 +36,8 @@ pub struct WorkerService {
     requests: Arc<Mutex<HashMap<String, u64>>>,
     /// Set on workers that receive remote KV (decode and both roles).
     remote: Option<RemotePrefillContext>,
+    /// Counts the KV transfers this worker sends as a prefill worker.
+    pub(crate) kv_metrics: KvTransferMetrics,
 }
 
 impl WorkerService {
@@ -45,7 +48,14 @@ impl WorkerService {
             model: Arc::from("default"),
             requests: Arc::default(),
             remote: None,
+            kv_metrics: KvTransferMetrics::default(),
         }
+    }
+
+    /// Counts the KV transfers this worker sends in `metrics` (see [`crate::metrics::register_worker_metrics`]).
+    pub fn with_kv_metrics(mut self, metrics: KvTransferMetrics) -> Self {
+        self.kv_metrics = metrics;
+        self
     }
 
     /// Names the model; prefill and decode workers exchange KV only when their names and layouts match.
