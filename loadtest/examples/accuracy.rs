@@ -68,6 +68,7 @@ fn main() {
         let floor_cluster = support::start(
             support::fixed_timing(Duration::ZERO, Duration::from_secs_f64(ITL_MS / 1e3)),
             WORKERS,
+            |_| {},
         )
         .await;
         let dir = std::env::temp_dir().join("cleave-accuracy");
@@ -95,7 +96,7 @@ fn main() {
             Duration::from_secs_f64(TTFT_MS / 1e3),
             Duration::from_secs_f64(ITL_MS / 1e3),
         );
-        let cluster = support::start(sim, WORKERS).await;
+        let cluster = support::start(sim, WORKERS, |_| {}).await;
         println!(
             "{WORKERS} simulated workers: TTFT {TTFT_MS} ms, inter-token {ITL_MS} ms, {OUTPUT} tokens; 32-word prompts"
         );

@@ -92,6 +92,7 @@ async fn campaign_against_simulated_workers_measures_their_timing() {
             Duration::from_secs_f64(ITL_MS / 1e3),
         ),
         2,
+        |_| {},
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -216,12 +217,25 @@ async fn campaign_against_simulated_workers_measures_their_timing() {
 /// succeeds and the measured first-token and inter-token times are the simulated workers'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_http_target_is_measured_like_grpc() {
-    let cluster = support::start(
+    // The router's HTTP API on a listener of its own, served for the test's lifetime.
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_url = format!("http://{}/v1", http.local_addr().unwrap());
+    // Held to the end: dropping it stops the simulated workers and the router.
+    let _cluster = support::start(
         support::fixed_timing(Duration::from_millis(10), Duration::from_millis(4)),
         2,
+        |router| {
+            let (frontend, config) = (router.frontend(), cleave_router::http::HttpConfig::default());
+            tokio::spawn(cleave_router::http::serve_http(
+                frontend,
+                config,
+                http,
+                std::future::pending(),
+            ));
+        },
     )
     .await;
-    let mut q = cleave_loadtest::QuickRun::new(&cluster.http_url);
+    let mut q = cleave_loadtest::QuickRun::new(&http_url);
     q.rate = Some(40.0);
     q.requests = 40;
     q.input_len = 32;

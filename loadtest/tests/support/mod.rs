@@ -1,7 +1,7 @@
 //! A simulated cluster in this process: `cleave-simworker` workers (timing model, no model math) behind the real
 //! router (`cleave_router::serve`), all on loopback gRPC. Shared by the tests and the accuracy example.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +12,6 @@ use cleave_simworker::{SimConfig, SimWorker};
 
 pub struct SimCluster {
     pub url: String,
-    /// The same router's OpenAI-compatible HTTP API (`http://…/v1`).
-    pub http_url: String,
-    pub workers: Vec<SimWorker>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -31,23 +28,22 @@ async fn listen() -> (tokio::net::TcpListener, String) {
 }
 
 /// `workers` simulated workers with `sim`'s timing behind one router; returns once the router reaches them all.
-pub async fn start(sim: SimConfig, workers: usize) -> SimCluster {
+/// `with_router` sees the router before it serves (e.g. to serve its HTTP API too).
+pub async fn start(sim: SimConfig, workers: usize, with_router: impl FnOnce(&RouterService)) -> SimCluster {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut urls = Vec::new();
-    let mut sims = Vec::new();
     for _ in 0..workers {
         let (listener, url) = listen().await;
         let worker = SimWorker::new(sim.clone()).unwrap();
         tokio::spawn(cleave_simworker::serve_worker(
-            worker.clone(),
+            worker,
             listener,
             shutdown(stop_rx.clone()),
         ));
         urls.push(url);
-        sims.push(worker);
     }
     let model = Arc::new(RouterModel::from_gguf("smollm2-135m", &cleave_testkit::default_model_path()).unwrap());
     let endpoints: Vec<WorkerEndpoint> = urls.iter().map(WorkerEndpoint::both).collect();
@@ -60,19 +56,10 @@ pub async fn start(sim: SimConfig, workers: usize) -> SimCluster {
     let (listener, _) = listen().await;
     let addr = listener.local_addr().unwrap();
     let service = RouterService::new(model, pool, "loadtest".into());
-    let (http_listener, _) = listen().await;
-    let http_addr = http_listener.local_addr().unwrap();
-    tokio::spawn(cleave_router::http::serve_http(
-        service.frontend(),
-        cleave_router::http::HttpConfig::default(),
-        http_listener,
-        shutdown(stop_rx.clone()),
-    ));
+    with_router(&service);
     tokio::spawn(cleave_router::serve(service, listener, shutdown(stop_rx.clone())));
     SimCluster {
         url: format!("grpc://{addr}"),
-        http_url: format!("http://{http_addr}/v1"),
-        workers: sims,
         stop,
     }
 }

@@ -3,7 +3,7 @@
 //! router, no tokenizer and no tokio timer in the timing path, so what a client measures against it beyond the
 //! configured TTFT/ITL is the client's own error plus loopback gRPC.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use cleave_testkit::free_port;
 
@@ -21,15 +19,13 @@ fn run_json(dir: &std::path::Path) -> serde_json::Value {
 #[test]
 fn quick_run_against_cleave_up_and_compare() {
     let port = free_port();
-    let _up = common::spawn_cleave(&[
-        "up",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--prefill-workers",
-        "0",
-        "--kv-cache-mib",
-        "64",
-    ]);
+    let _up = cleave_testkit::ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_cleave"))
+            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--prefill-workers", "0"])
+            .args(["--kv-cache-mib", "64"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("quick");
     let target = format!("grpc://127.0.0.1:{port}");

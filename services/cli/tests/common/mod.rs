@@ -1,8 +1,6 @@
 //! Helpers shared by the process tests: spawning `cleave`, waiting for a condition, streaming a request, and
 //! counting the workers registered in etcd.
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

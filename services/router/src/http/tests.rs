@@ -31,11 +31,12 @@ fn a_mistyped_or_missing_field_is_named() {
     assert_eq!(e.status, StatusCode::BAD_REQUEST);
     #[derive(Debug, serde::Deserialize)]
     struct Needs {
-        #[allow(dead_code)]
         messages: Vec<String>,
     }
     let e = parse_body::<Needs>(b"{}").unwrap_err();
     assert_eq!(e.param.as_deref(), Some("messages"));
+    let ok = parse_body::<Needs>(br#"{"messages": ["hi"]}"#).unwrap();
+    assert_eq!(ok.messages, ["hi"]);
 }
 
 #[test]
