@@ -1,6 +1,5 @@
 //! cleave's CUDA kernels: what cuBLAS does not do for the Llama forward pass — embedding gather, RMSNorm, RoPE with
-//! the paged KV-cache write, paged attention, SwiGLU, conversions, greedy sampling, and random weights for synthetic
-//! models. The sources live in `cuda/`; [`Kernels::load`] compiles them with NVRTC at first use (cached on disk,
+//! the paged KV-cache write, paged and tiled prefill attention, SwiGLU, and random weights for synthetic models. The sources live in `cuda/`; [`Kernels::load`] compiles them with NVRTC at first use (cached on disk,
 //! see `compile.rs`) and resolves every function once per device.
 //!
 //! Every launcher takes the device buffers as typed cudarc slices and checks the sizes it relies on before the
@@ -53,9 +52,6 @@ pub struct Kernels {
     rms_norm: CudaFunction,
     silu_mul: CudaFunction,
     fill_uniform_bf16: CudaFunction,
-    bf16_to_f32: CudaFunction,
-    f32_to_bf16: CudaFunction,
-    argmax_rows: CudaFunction,
     rope_write_kv: CudaFunction,
     paged_attention: CudaFunction,
     prefill_attention: CudaFunction,
@@ -145,9 +141,6 @@ impl Kernels {
             rms_norm: f("rms_norm")?,
             silu_mul: f("silu_mul")?,
             fill_uniform_bf16: f("fill_uniform_bf16")?,
-            bf16_to_f32: f("bf16_to_f32")?,
-            f32_to_bf16: f("f32_to_bf16")?,
-            argmax_rows: f("argmax_rows")?,
             rope_write_kv: f("rope_write_kv")?,
             paged_attention: f("paged_attention")?,
             prefill_attention: f("prefill_attention")?,
@@ -251,61 +244,6 @@ impl Kernels {
         launch.arg(out).arg(&n).arg(&seed).arg(&scale);
         // SAFETY: grid-stride loop over exactly out.len() elements.
         unsafe { launch.launch(grid_stride(len)) }?;
-        Ok(())
-    }
-
-    /// `out[..n] = f32(input[..n])`.
-    pub fn bf16_to_f32(
-        &self,
-        stream: &CudaStream,
-        input: &CudaSlice<bf16>,
-        out: &mut CudaSlice<f32>,
-        n: usize,
-    ) -> Result<(), KernelError> {
-        check("bf16_to_f32", "input", input.len(), n)?;
-        check("bf16_to_f32", "out", out.len(), n)?;
-        let n64 = n as u64;
-        let mut launch = stream.launch_builder(&self.bf16_to_f32);
-        launch.arg(input).arg(out).arg(&n64);
-        // SAFETY: grid-stride loop over n elements of both buffers, checked above.
-        unsafe { launch.launch(grid_stride(n)) }?;
-        Ok(())
-    }
-
-    /// `out[..n] = bf16(input[..n])`.
-    pub fn f32_to_bf16(
-        &self,
-        stream: &CudaStream,
-        input: &CudaSlice<f32>,
-        out: &mut CudaSlice<bf16>,
-        n: usize,
-    ) -> Result<(), KernelError> {
-        check("f32_to_bf16", "input", input.len(), n)?;
-        check("f32_to_bf16", "out", out.len(), n)?;
-        let n64 = n as u64;
-        let mut launch = stream.launch_builder(&self.f32_to_bf16);
-        launch.arg(input).arg(out).arg(&n64);
-        // SAFETY: grid-stride loop over n elements of both buffers, checked above.
-        unsafe { launch.launch(grid_stride(n)) }?;
-        Ok(())
-    }
-
-    /// `out[r] = argmax(logits[r])` for `n` rows of `vocab`.
-    pub fn argmax_rows(
-        &self,
-        stream: &CudaStream,
-        logits: &CudaSlice<f32>,
-        out: &mut CudaSlice<u32>,
-        n: usize,
-        vocab: usize,
-    ) -> Result<(), KernelError> {
-        check("argmax_rows", "logits", logits.len(), n * vocab)?;
-        check("argmax_rows", "out", out.len(), n)?;
-        let vocab_i = int(vocab);
-        let mut launch = stream.launch_builder(&self.argmax_rows);
-        launch.arg(logits).arg(out).arg(&vocab_i);
-        // SAFETY: block r reads row r of logits and writes out[r]; 256 threads fit the kernel's 1024-entry scratch.
-        unsafe { launch.launch(rows(n)) }?;
         Ok(())
     }
 
