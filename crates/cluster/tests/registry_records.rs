@@ -15,6 +15,7 @@ fn record() -> WorkerRecord {
         block_size: 16,
         capacity_blocks: 4096,
         parallel: ParallelLayout::default(),
+        metrics_addr: String::new(),
     }
 }
 

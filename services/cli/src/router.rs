@@ -101,8 +101,8 @@ pub async fn start_metrics(
     addr: Option<std::net::SocketAddr>,
     telemetry: &Telemetry,
     who: &str,
-) -> Result<(), CliError> {
-    let Some(addr) = addr else { return Ok(()) };
+) -> Result<Option<std::net::SocketAddr>, CliError> {
+    let Some(addr) = addr else { return Ok(None) };
     let (listener, local) = bind(addr).await?;
     eprintln!("cleave {who}: Prometheus metrics on http://{local}/metrics");
     let (telemetry, who) = (telemetry.clone(), who.to_owned());
@@ -111,7 +111,7 @@ pub async fn start_metrics(
             eprintln!("cleave {who}: the metrics server failed: {e}");
         }
     });
-    Ok(())
+    Ok(Some(local))
 }
 
 /// Keeps the pool equal to the static workers plus the registered workers serving this model, each with its

@@ -39,8 +39,12 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         let grpc_url = args.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
         let telemetry = Telemetry::new();
         let labels = worker_labels(&id, WorkerRole::from(args.disagg.role));
-        let (service, record) =
+        let (service, mut record) =
             prepare_worker(engine.clone(), &name, (id, grpc_url, addr), &args.disagg, &telemetry).await?;
+        // Serve metrics before registering, so the record can say where to scrape them.
+        if let Some(local) = start_metrics(args.metrics_listen, &telemetry, "worker").await? {
+            record.metrics_addr = advertised(local, &record.grpc_addr);
+        }
         let registration = match registry::connect(&args.registry).await? {
             Some((registry, layout)) => {
                 let ttl = Duration::from_secs(args.lease_ttl_secs);
@@ -49,7 +53,6 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             None => None,
         };
         telemetry.workers.set_lease_held(&labels, registration.is_some());
-        start_metrics(args.metrics_listen, &telemetry, "worker").await?;
         let kv = if record.kv_addr.is_empty() {
             String::new()
         } else {
@@ -139,8 +142,20 @@ pub async fn prepare_worker(
         block_size: block_size as u32,
         capacity_blocks: engine.kv_blocks() as u64,
         parallel: ParallelLayout::default(),
+        metrics_addr: String::new(),
     };
     Ok((service, record))
+}
+
+/// A listener's address as others should dial it (`host:port`): on an unspecified IP (`0.0.0.0`), the host the
+/// worker advertises its gRPC API on (`http://host:port`).
+fn advertised(local: std::net::SocketAddr, grpc_url: &str) -> String {
+    if !local.ip().is_unspecified() {
+        return local.to_string();
+    }
+    let authority = grpc_url.split_once("://").map_or(grpc_url, |(_, rest)| rest);
+    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+    format!("{host}:{}", local.port())
 }
 
 /// Binds a listener, naming the address in the error.

@@ -54,6 +54,10 @@ pub struct WorkerRecord {
     pub capacity_blocks: u64,
     #[serde(default)]
     pub parallel: ParallelLayout,
+    /// Where the worker serves Prometheus metrics (`host:port`, path `/metrics`); empty when it serves none.
+    /// The planner scrapes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics_addr: String,
 }
 
 impl WorkerRecord {

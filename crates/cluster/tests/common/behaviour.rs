@@ -30,6 +30,7 @@ pub fn worker(id: &str) -> WorkerRecord {
         block_size: 16,
         capacity_blocks: 1024,
         parallel: Default::default(),
+        metrics_addr: String::new(),
     }
 }
 
