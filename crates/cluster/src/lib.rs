@@ -3,3 +3,4 @@
 
 pub mod kv_transfer;
 pub mod registry;
+pub mod tls;

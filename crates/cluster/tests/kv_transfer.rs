@@ -11,6 +11,7 @@ use cleave_cluster::kv_transfer::{
     IncomingTransfer, KvDtype, KvLayout, KvReceiver, KvSender, KvSink, KvTransferError, KvTransferHeader,
     ReceiverConfig, TransferOutcome,
 };
+use cleave_cluster::tls::ClusterTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -497,4 +498,70 @@ async fn sixteen_concurrent_transfers_share_one_listener() {
     for handle in senders {
         handle.await.unwrap().unwrap();
     }
+}
+
+fn cluster_tls(ca: &cleave_testkit::TestCa, member: &cleave_testkit::LeafFiles) -> ClusterTls {
+    ClusterTls::from_flags(Some(&ca.ca_path()), Some(&member.cert), Some(&member.key), None)
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_transfer_over_mutual_tls_is_bit_exact_and_a_stranger_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cleave_testkit::TestCa::new(dir.path(), "cluster").unwrap();
+    let rogue = cleave_testkit::TestCa::new(dir.path(), "rogue").unwrap();
+    let mut config = config();
+    config.tls = Some(cluster_tls(&ca, &ca.leaf("decode").unwrap()));
+    let (addr, mut receiver) = KvReceiver::bind("127.0.0.1:0", config).await.unwrap();
+    let sender_tls = cluster_tls(&ca, &ca.leaf("prefill").unwrap());
+
+    let h = header("tls-1", vec![5, 9, 1]);
+    let sending = tokio::spawn({
+        let (h, tls) = (h.clone(), sender_tls.clone());
+        async move {
+            let n = h.layer_floats();
+            let mut sender = KvSender::connect_with(&addr.to_string(), h, Duration::from_secs(5), Some(&tls)).await?;
+            for layer in 0..N_LAYERS {
+                sender
+                    .send_layer(layer, &pattern(3, layer, false, n), &pattern(3, layer, true, n))
+                    .await?;
+            }
+            sender.finish().await
+        }
+    });
+    let transfer = accept(&mut receiver).await;
+    assert_eq!(transfer.header(), &h);
+    assert!(matches!(
+        receive_and_check(transfer, 3).await,
+        TransferOutcome::Complete
+    ));
+    sending.await.unwrap().unwrap();
+
+    // A sender whose certificate comes from another CA: the handshake fails and the receiver reports it.
+    let stranger = cluster_tls(&ca, &rogue.leaf("stranger").unwrap());
+    let refused = KvSender::connect_with(
+        &addr.to_string(),
+        header("tls-2", vec![0]),
+        Duration::from_secs(5),
+        Some(&stranger),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a sender with a certificate from another CA was accepted"
+    );
+    match tokio::time::timeout(Duration::from_secs(5), receiver.next()).await {
+        Ok(Some(Err(rejected))) => assert!(rejected.error.to_string().contains("TLS"), "{}", rejected.error),
+        other => panic!("expected the stranger's connection to be refused, got {other:?}"),
+    }
+    // A plain-text sender gets nowhere either.
+    let plain = KvSender::connect_with(
+        &addr.to_string(),
+        header("tls-3", vec![0]),
+        Duration::from_secs(5),
+        None,
+    )
+    .await;
+    assert!(plain.is_err(), "a plain-text sender was accepted by a TLS receiver");
 }

@@ -17,6 +17,17 @@ pub struct EtcdServer {
     data: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: Option<EtcdTls>,
+}
+
+/// etcd serving its clients over TLS and requiring client certificates from `ca`.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A client certificate (from `ca`) the server's own health probe presents.
+    pub client: crate::LeafFiles,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -27,18 +38,42 @@ fn free_port() -> anyhow::Result<u16> {
 impl EtcdServer {
     /// Starts etcd and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving clients over TLS (client certificates required) and waits until it answers.
+    pub async fn start_tls(tls: EtcdTls) -> anyhow::Result<Self> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<EtcdTls>) -> anyhow::Result<Self> {
         let mut server = Self {
             child: None,
             data: tempfile::tempdir().context("creating etcd's data dir")?,
             client_port: free_port()?,
             peer_port: free_port()?,
+            tls,
         };
         server.spawn().await?;
         Ok(server)
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Client options that reach this etcd (with its TLS client certificate when it serves TLS).
+    pub fn connect_options(&self) -> anyhow::Result<etcd_client::ConnectOptions> {
+        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+        let Some(tls) = &self.tls else { return Ok(options) };
+        let ca = std::fs::read(&tls.ca).context("reading etcd's CA")?;
+        let cert = std::fs::read(&tls.client.cert).context("reading the client certificate")?;
+        let key = std::fs::read(&tls.client.key).context("reading the client key")?;
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .identity(tonic::transport::Identity::from_pem(cert, key));
+        Ok(options.with_tls(config))
     }
 
     /// Kills etcd (SIGKILL: a crash, not a clean shutdown) and waits for it to exit.
@@ -66,7 +101,15 @@ impl EtcdServer {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data.path().join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -91,7 +134,7 @@ impl EtcdServer {
 
     async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + HEALTHY_WITHIN;
-        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+        let options = self.connect_options()?;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?

@@ -1,14 +1,17 @@
 //! Test support shared by cleave's integration tests (a dev-dependency only): where the default model is, the
-//! golden data, free loopback ports, child processes that cannot outlive a test, and a real etcd server.
+//! golden data, free loopback ports, child processes that cannot outlive a test, a real etcd server (plain or TLS) and test
+//! certificates.
 
 #![allow(clippy::expect_used)] // test support: a failed precondition should stop the test loudly
 
 mod etcd;
+mod pki;
 mod process;
 
 use std::path::PathBuf;
 
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdServer, EtcdTls};
+pub use pki::{LeafFiles, TestCa};
 pub use process::{ChildGuard, free_port};
 
 /// The model cache the tests read: `$CLEAVE_HOME`, else `~/.cache/cleave` (where `cleave model pull` puts models).

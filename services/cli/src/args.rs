@@ -117,6 +117,9 @@ pub struct RouterArgs {
     pub http: HttpArgs,
 
     #[command(flatten)]
+    pub cluster_tls: crate::security::ClusterTlsArgs,
+
+    #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
@@ -159,7 +162,7 @@ impl RoutingArgs {
     }
 }
 
-/// The OpenAI-compatible HTTP API.
+/// The OpenAI-compatible HTTP API, and the public endpoints' TLS and API keys (gRPC and HTTP alike).
 #[derive(Debug, Args)]
 pub struct HttpArgs {
     /// Address to serve the OpenAI-compatible HTTP API on (/v1/completions, /v1/chat/completions, /v1/models,
@@ -167,17 +170,11 @@ pub struct HttpArgs {
     #[arg(long)]
     pub http_listen: Option<std::net::SocketAddr>,
 
-    /// Require `Authorization: Bearer KEY` on the HTTP API's /v1 routes.
-    #[arg(long, env = "CLEAVE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-}
+    #[command(flatten)]
+    pub api_keys: crate::security::ApiKeyArgs,
 
-impl HttpArgs {
-    pub fn config(&self) -> cleave_router::http::HttpConfig {
-        cleave_router::http::HttpConfig {
-            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
-        }
-    }
+    #[command(flatten)]
+    pub tls: crate::security::PublicTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +220,9 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub disagg: DisaggArgs,
+
+    #[command(flatten)]
+    pub cluster_tls: crate::security::ClusterTlsArgs,
 }
 
 /// A worker's part in disaggregated serving.
@@ -273,6 +273,9 @@ pub struct RegistryArgs {
     /// Key prefix in etcd.
     #[arg(long, default_value = cleave_cluster::registry::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
+
+    #[command(flatten)]
+    pub security: crate::security::EtcdSecurityArgs,
 }
 
 #[derive(Debug, Subcommand)]

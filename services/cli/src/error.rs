@@ -67,6 +67,19 @@ pub enum CliError {
     },
     #[error("cannot start the async runtime")]
     Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Tls(#[from] cleave_cluster::tls::TlsError),
+    #[error(transparent)]
+    ApiKeyFile(#[from] cleave_router::auth::ApiKeyFileError),
+    #[error("cannot read the {what} {path}")]
+    ReadFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}")]
+    MissingSecret { what: &'static str },
 }
 
 impl CliError {
@@ -84,7 +97,12 @@ impl CliError {
                     | ModelStoreError::IncompleteHfDir { .. }
             ),
             CliError::Tokenizer(e) => matches!(e, TokenizerError::NoChatTemplate),
-            CliError::SyntheticModel { .. } | CliError::WorkerUrl { .. } => true,
+            CliError::SyntheticModel { .. }
+            | CliError::WorkerUrl { .. }
+            | CliError::Tls(_)
+            | CliError::ApiKeyFile(_)
+            | CliError::ReadFile { .. }
+            | CliError::MissingSecret { .. } => true,
             CliError::ThreadPool { .. }
             | CliError::Stdout(_)
             | CliError::Json(_)

@@ -13,6 +13,7 @@ mod model;
 mod progress;
 mod registry;
 mod router;
+mod security;
 mod up;
 mod worker;
 

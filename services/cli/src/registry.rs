@@ -12,6 +12,10 @@ pub async fn connect(args: &RegistryArgs) -> Result<Option<(Arc<dyn Registry>, K
     if args.etcd.is_empty() {
         return Ok(None);
     }
-    let registry = EtcdRegistry::connect(EtcdConfig::new(args.etcd.clone())).await?;
+    let security = args.security.load()?;
+    let mut config = EtcdConfig::new(args.etcd.clone());
+    config.tls = security.tls;
+    config.user = security.user;
+    let registry = EtcdRegistry::connect(config).await?;
     Ok(Some((Arc::new(registry), KeyLayout::new(&args.etcd_prefix)?)))
 }

@@ -4,7 +4,11 @@
 use std::sync::Arc;
 
 use cleave_cluster::registry::{RegistryView, WorkerRole};
-use cleave_router::{Frontend, RouterModel, RouterService, WorkerEndpoint, WorkerPool, grpc_url, serve};
+use cleave_cluster::tls::PublicTls;
+use cleave_router::auth::ApiKeys;
+use cleave_router::{
+    Frontend, RouterModel, RouterService, ServeOptions, WorkerEndpoint, WorkerPool, grpc_url, serve_with,
+};
 use cleave_telemetry::Telemetry;
 
 use crate::args::{HttpArgs, RouterArgs};
@@ -19,6 +23,8 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
         ModelPath::Gguf(file) => RouterModel::from_gguf(&name, file)?,
         ModelPath::HfDir(dir) => RouterModel::from_hf_dir(&name, dir)?,
     };
+    let cluster_tls = args.cluster_tls.load()?;
+    let public = PublicSecurity::load(&args.http)?;
     for url in args.workers.iter().chain(&args.prefill_workers) {
         if let Err(source) = tonic::transport::Endpoint::from_shared(url.clone()) {
             return Err(CliError::WorkerUrl {
@@ -43,7 +49,9 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
             )
             .collect();
         let policy = args.routing.policy();
-        let pool = Arc::new(WorkerPool::start(&static_workers, policy));
+        let pool = WorkerPool::new(policy).with_cluster_tls(cluster_tls);
+        pool.set_workers(&static_workers);
+        let pool = Arc::new(pool);
         // Kept alive for the router's lifetime: dropping the view stops following the registry.
         let _view = match registry::connect(&args.registry).await? {
             Some((registry, layout)) => {
@@ -59,40 +67,82 @@ pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
             None => None,
         };
         let (listener, addr) = bind(args.listen).await?;
-        eprintln!("cleave router: {name} on {}", grpc_url(addr));
+        eprintln!("cleave router: {name} on {}{}", grpc_url(addr), public.describe());
         let telemetry = Telemetry::new();
         start_metrics(args.metrics_listen, &telemetry, "router").await?;
         let frontend = Frontend::new(Arc::new(router_model), pool, format!("router-{}", std::process::id()))
             .with_admission(args.routing.admission())
             .with_metrics(telemetry.router.clone());
         let service = RouterService::from_frontend(Arc::new(frontend));
-        start_http(&args.http, &service).await?;
-        serve(service, listener, shutdown_signal()).await?;
+        start_http(&args.http, &public, &service).await?;
+        serve_with(service, listener, public.grpc(), shutdown_signal()).await?;
         Ok(())
     })
 }
 
 /// With `--http-listen`, serves the OpenAI-compatible HTTP API on the gRPC service's request path until
 /// SIGINT/SIGTERM. Binding fails here, before anything serves; a failure while serving is logged.
-pub async fn start_http(args: &HttpArgs, service: &RouterService) -> Result<(), CliError> {
+pub async fn start_http(args: &HttpArgs, public: &PublicSecurity, service: &RouterService) -> Result<(), CliError> {
     let Some(addr) = args.http_listen else { return Ok(()) };
     let (listener, local) = bind(addr).await?;
-    let auth = if args.api_key.is_some() {
-        " (API key required)"
-    } else {
-        ""
-    };
     eprintln!(
-        "cleave router: OpenAI-compatible HTTP on {}{auth}",
-        cleave_router::http::http_url(local)
+        "cleave router: OpenAI-compatible HTTP on {}{}",
+        cleave_router::http::http_url(local, public.tls.is_some()),
+        public.describe()
     );
-    let (frontend, config) = (service.frontend(), args.config());
+    let (frontend, config) = (service.frontend(), public.http());
     tokio::spawn(async move {
         if let Err(e) = cleave_router::http::serve_http(frontend, config, listener, shutdown_signal()).await {
             eprintln!("cleave router: the HTTP server failed: {e}");
         }
     });
     Ok(())
+}
+
+/// The public endpoints' TLS and API keys, loaded from the flags.
+#[derive(Debug)]
+pub struct PublicSecurity {
+    pub tls: Option<PublicTls>,
+    pub api_keys: ApiKeys,
+}
+
+impl PublicSecurity {
+    pub fn load(args: &HttpArgs) -> Result<Self, CliError> {
+        Ok(Self {
+            tls: args.tls.load()?,
+            api_keys: args.api_keys.load()?,
+        })
+    }
+
+    pub fn grpc(&self) -> ServeOptions {
+        ServeOptions {
+            tls: self.tls.as_ref().map(PublicTls::grpc_server),
+            api_keys: self.api_keys.clone(),
+        }
+    }
+
+    pub fn http(&self) -> cleave_router::http::HttpConfig {
+        cleave_router::http::HttpConfig {
+            api_keys: self.api_keys.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// ` (TLS, API key required)` and the like, for the startup lines.
+    pub fn describe(&self) -> String {
+        let mut notes = Vec::new();
+        if self.tls.is_some() {
+            notes.push("TLS");
+        }
+        if !self.api_keys.is_open() {
+            notes.push("API key required");
+        }
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
+        }
+    }
 }
 
 /// With `--metrics-listen`, serves Prometheus `/metrics` from `telemetry` until SIGINT/SIGTERM. Binding fails

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use cleave_cluster::registry::{EmbeddedRegistry, KeyLayout, LeaseGuard, Registry, RegistryView, register_worker};
 use cleave_engine::{EngineConfig, load_model};
 use cleave_proto::v1;
-use cleave_router::{Frontend, RouterModel, RouterService, WorkerPool, WorkerRole, grpc_url, serve};
+use cleave_router::{Frontend, RouterModel, RouterService, WorkerPool, WorkerRole, grpc_url, serve_with};
 use cleave_telemetry::Telemetry;
 
 use crate::args::{DisaggArgs, Role, UpArgs};
 use crate::error::CliError;
 use crate::model::{self, ModelPath};
 use crate::registry;
-use crate::router::{follow_registry, start_http, start_metrics};
+use crate::router::{PublicSecurity, follow_registry, start_http, start_metrics};
 use crate::worker::{bind, prepare_worker, shutdown_signal, worker_labels};
 
 const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -56,27 +56,36 @@ pub fn run_up(args: &UpArgs, device: cleave_engine::Device) -> Result<(), CliErr
             name.clone(),
         ));
 
+        let public = PublicSecurity::load(&args.http)?;
         let (listener, addr) = bind(args.listen).await?;
         eprintln!(
-            "cleave up: {name}, {} prefill + {} decode worker(s), router on {}",
+            "cleave up: {name}, {} prefill + {} decode worker(s), router on {}{}",
             args.prefill_workers,
             args.workers,
-            grpc_url(addr)
+            grpc_url(addr),
+            public.describe()
         );
         eprintln!(
             "try: grpcurl -plaintext -d '{{\"prompt\":\"The capital of France is\",\"max_tokens\":16}}' {addr} \
              cleave.v1.Generation/Generate"
         );
-        if let Some(prompt) = args.prompt.clone() {
-            tokio::spawn(sample(format!("http://{addr}"), prompt, args.max_tokens, pool.clone()));
+        match args.prompt.clone() {
+            // The sample is a plain-text client without a key: it cannot reach a secured router.
+            Some(_) if public.tls.is_some() || !public.api_keys.is_open() => {
+                eprintln!("cleave up: --prompt is skipped: the router requires TLS or an API key");
+            }
+            Some(prompt) => {
+                tokio::spawn(sample(format!("http://{addr}"), prompt, args.max_tokens, pool.clone()));
+            }
+            None => {}
         }
         start_metrics(args.metrics_listen, &telemetry, "up").await?;
         let frontend = Frontend::new(Arc::new(router_model), pool, "up".to_string())
             .with_admission(args.routing.admission())
             .with_metrics(telemetry.router.clone());
         let service = RouterService::from_frontend(Arc::new(frontend));
-        start_http(&args.http, &service).await?;
-        let served = serve(service, listener, shutdown_signal()).await;
+        start_http(&args.http, &public, &service).await?;
+        let served = serve_with(service, listener, public.grpc(), shutdown_signal()).await;
         for (lease, labels) in leases {
             lease.revoke().await;
             telemetry.workers.set_lease_held(&labels, false);
@@ -111,8 +120,15 @@ async fn start_worker(
     };
     let id = format!("up-{}-{i}", format!("{role:?}").to_lowercase());
     let labels = worker_labels(&id, role.into());
-    let (service, record) =
-        prepare_worker(engine, name, (id, format!("http://{addr}"), addr), &disagg, telemetry).await?;
+    let (service, record) = prepare_worker(
+        engine,
+        name,
+        (id, format!("http://{addr}"), addr),
+        &disagg,
+        telemetry,
+        None,
+    )
+    .await?;
     tokio::spawn(async move {
         if let Err(e) = cleave_worker::serve(service, listener, shutdown_signal()).await {
             tracing::error!(error = %e, "worker {i} stopped");

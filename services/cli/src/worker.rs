@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cleave_cluster::registry::{ParallelLayout, WorkerRecord, WorkerRole, register_worker};
+use cleave_cluster::tls::ClusterTls;
 use cleave_engine::scheduler::SchedulerConfig;
 use cleave_engine::{Engine, EngineConfig, load_model};
 use cleave_telemetry::{Telemetry, WorkerLabels};
-use cleave_worker::{KvInbox, WorkerService, register_worker_metrics, serve};
+use cleave_worker::{KvInbox, WorkerService, register_worker_metrics, serve_with};
 
 use crate::args::{DisaggArgs, WorkerArgs};
 use crate::error::CliError;
@@ -36,11 +37,20 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             .id
             .clone()
             .unwrap_or_else(|| format!("worker-{}-{}", addr.ip(), addr.port()));
-        let grpc_url = args.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let cluster_tls = args.cluster_tls.load()?;
+        let scheme = if cluster_tls.is_some() { "https" } else { "http" };
+        let grpc_url = args.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
         let telemetry = Telemetry::new();
         let labels = worker_labels(&id, WorkerRole::from(args.disagg.role));
-        let (service, mut record) =
-            prepare_worker(engine.clone(), &name, (id, grpc_url, addr), &args.disagg, &telemetry).await?;
+        let (service, mut record) = prepare_worker(
+            engine.clone(),
+            &name,
+            (id, grpc_url, addr),
+            &args.disagg,
+            &telemetry,
+            cluster_tls.as_ref(),
+        )
+        .await?;
         // Serve metrics before registering, so the record can say where to scrape them.
         if let Some(local) = start_metrics(args.metrics_listen, &telemetry, "worker").await? {
             record.metrics_addr = advertised(local, &record.grpc_addr);
@@ -84,7 +94,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             }
         };
         tokio::select! {
-            served = serve(service, listener, drain) => {
+            served = serve_with(service, listener, cluster_tls.as_ref(), drain) => {
                 served.map_err(CliError::Serve)
             }
             () = deadline => {
@@ -106,13 +116,15 @@ pub fn worker_labels(id: &str, role: WorkerRole) -> WorkerLabels {
 /// The Worker service over `engine` in its role, and the record that registers it (`id`, the URL routers dial,
 /// the bound gRPC address). Decode and both-role workers get a KV listener (`--kv-listen`, default: `grpc_addr`'s
 /// host on a free port) so prefill workers can ship prompt KV to them. The worker's engine and KV transfers are
-/// measured in `telemetry`.
+/// measured in `telemetry`. With `tls` (the cluster's mutual TLS), the KV listener and the connections the worker
+/// opens to other workers use it.
 pub async fn prepare_worker(
     engine: Arc<Engine>,
     model: &str,
     (id, grpc_url, grpc_addr): (String, String, std::net::SocketAddr),
     disagg: &DisaggArgs,
     telemetry: &Telemetry,
+    tls: Option<&ClusterTls>,
 ) -> Result<(WorkerService, WorkerRecord), CliError> {
     let role = WorkerRole::from(disagg.role);
     let block_size = engine.block_size();
@@ -120,12 +132,16 @@ pub async fn prepare_worker(
     let mut service = WorkerService::new(engine.clone(), block_size)
         .with_model(model)
         .with_kv_metrics(kv_metrics.clone());
+    if let Some(tls) = tls {
+        service = service.with_cluster_tls(tls.clone());
+    }
     let mut kv_addr = String::new();
     if role != WorkerRole::Prefill {
         let listen = disagg
             .kv_listen
             .unwrap_or_else(|| std::net::SocketAddr::new(grpc_addr.ip(), 0));
-        let inbox = KvInbox::bind_with_metrics(listen, disagg.kv_advertise.clone(), engine.clone(), model, kv_metrics)
+        let advertise = disagg.kv_advertise.clone();
+        let inbox = KvInbox::bind_with_metrics(listen, advertise, engine.clone(), model, kv_metrics, tls.cloned())
             .await
             .map_err(|source| CliError::KvListen { addr: listen, source })?;
         kv_addr = inbox.addr().to_owned();

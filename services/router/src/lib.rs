@@ -10,6 +10,7 @@
 //! - [`http`]: the OpenAI-compatible HTTP API on the same frontend ([`http::serve_http`]).
 
 mod admission;
+pub mod auth;
 mod error;
 mod frontend;
 pub mod http;
@@ -26,4 +27,4 @@ pub use frontend::{Frontend, Generation, ResponseStream};
 pub use index::{EventGap, PrefixIndex, WorkerIdx};
 pub use model::{ModelInfoError, RouterModel};
 pub use pool::{PendingFirstToken, Route, RouteError, WorkerEndpoint, WorkerPool};
-pub use server::{RouterService, ServeError, grpc_deadline, grpc_url, serve};
+pub use server::{RouterService, ServeError, ServeOptions, grpc_deadline, grpc_url, serve, serve_with};

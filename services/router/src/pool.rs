@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cleave_cluster::registry::WorkerRole;
+use cleave_cluster::tls::{ClusterTls, peer_endpoint};
 use cleave_proto::v1;
 use cleave_proto::v1::worker_client::WorkerClient;
 use cleave_tokens::BlockHash;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::index::{PrefixIndex, WorkerIdx};
 use crate::policy::{Candidate, PolicyConfig, RoutePlan, WorkerLoad, has_decode_headroom, plan_route, prompt_blocks};
@@ -93,6 +94,8 @@ pub struct WorkerPool {
     members: RwLock<Vec<Member>>,
     index: Arc<Mutex<PrefixIndex>>,
     policy: PolicyConfig,
+    /// The cluster's mutual TLS for connections to workers; plain text when `None`.
+    tls: Option<ClusterTls>,
 }
 
 /// Why a request has no route.
@@ -126,7 +129,14 @@ impl WorkerPool {
             members: RwLock::new(Vec::new()),
             index: Arc::new(Mutex::new(PrefixIndex::new())),
             policy,
+            tls: None,
         }
+    }
+
+    /// Dials workers over the cluster's mutual TLS (set before adding workers).
+    pub fn with_cluster_tls(mut self, tls: Option<ClusterTls>) -> WorkerPool {
+        self.tls = tls;
+        self
     }
 
     /// A pool over a fixed list of workers.
@@ -155,7 +165,7 @@ impl WorkerPool {
                 .map(|m| m.iter().any(|m| m.slot.addr == w.addr))
                 .unwrap_or(false);
             if !known {
-                match Endpoint::from_shared(w.addr.clone()) {
+                match peer_endpoint(self.tls.as_ref(), &w.addr) {
                     Ok(endpoint) => {
                         fresh.push((
                             (*w).clone(),

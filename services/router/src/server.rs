@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cleave_proto::v1;
+
+use crate::auth::ApiKeys;
 use cleave_proto::v1::generation_server::{Generation, GenerationServer};
 use futures_util::Stream;
 use tokio::time::Instant;
@@ -102,10 +104,31 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves `Generation`, the standard health service and server reflection on `listener` until `shutdown`.
+/// How the public gRPC server is secured.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// TLS (`--tls-cert`, `--tls-key`); plain text when `None`.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Unless open, every `Generation` call needs `authorization: Bearer <key>` metadata (health and reflection
+    /// stay open for probes).
+    pub api_keys: ApiKeys,
+}
+
+/// Serves `Generation`, the standard health service and server reflection on `listener` until `shutdown`, in
+/// plain text and without API keys.
 pub async fn serve(
     service: RouterService,
     listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    serve_with(service, listener, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with TLS and API keys.
+pub async fn serve_with(
+    service: RouterService,
+    listener: tokio::net::TcpListener,
+    options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -116,10 +139,16 @@ pub async fn serve(
         .build_v1()?;
     // Without TCP_NODELAY a streamed message can wait ~40 ms for the peer's delayed ACK (Nagle).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let keys = options.api_keys;
+    let generation = GenerationServer::with_interceptor(service, move |request| keys.intercept(request));
+    builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(GenerationServer::new(service))
+        .add_service(generation)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

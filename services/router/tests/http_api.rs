@@ -281,7 +281,8 @@ async fn bad_requests_are_400_naming_the_field_and_reach_no_worker() {
 async fn an_api_key_guards_v1_but_not_the_probes() {
     let c = start(Options {
         http: cleave_router::http::HttpConfig {
-            api_key: Some("sk-test-123".into()),
+            api_keys: cleave_router::auth::ApiKeys::new(["sk-test-123".to_owned()]),
+            ..Default::default()
         },
         ..Options::default()
     })

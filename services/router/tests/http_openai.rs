@@ -21,7 +21,8 @@ async fn the_official_openai_python_client_works_against_the_router() {
     };
     let c = start(Options {
         http: cleave_router::http::HttpConfig {
-            api_key: Some("sk-cleave-test".into()),
+            api_keys: cleave_router::auth::ApiKeys::new(["sk-cleave-test".to_owned()]),
+            ..Default::default()
         },
         ..Options::default()
     })

@@ -39,7 +39,7 @@ async fn start_worker(telemetry: &Telemetry, id: &str, role: &str) -> (String, t
         .with_model(MODEL)
         .with_kv_metrics(kv.clone());
     if role == "decode" {
-        let inbox = KvInbox::bind_with_metrics("127.0.0.1:0".parse().unwrap(), None, engine.clone(), MODEL, kv)
+        let inbox = KvInbox::bind_with_metrics("127.0.0.1:0".parse().unwrap(), None, engine.clone(), MODEL, kv, None)
             .await
             .unwrap();
         service = service.with_kv_inbox(Arc::new(inbox), Duration::from_secs(20));

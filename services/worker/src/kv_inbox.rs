@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use cleave_cluster::kv_transfer::{
     IncomingTransfer, KvDtype, KvLayout, KvReceiver, KvTransferError, ReceiverConfig, TransferOutcome,
 };
+use cleave_cluster::tls::ClusterTls;
 use cleave_engine::Engine;
 use cleave_telemetry::{KvDirection, KvTransferMetrics};
 use tokio::sync::oneshot;
@@ -71,20 +72,24 @@ impl KvInbox {
         engine: Arc<Engine>,
         model: &str,
     ) -> Result<KvInbox, KvTransferError> {
-        KvInbox::bind_with_metrics(listen, advertise, engine, model, KvTransferMetrics::default()).await
+        KvInbox::bind_with_metrics(listen, advertise, engine, model, KvTransferMetrics::default(), None).await
     }
 
-    /// [`KvInbox::bind`], counting the transfers it receives in `metrics`.
+    /// [`KvInbox::bind`], counting the transfers it receives in `metrics`; with `tls` (the cluster's mutual TLS),
+    /// only prefill workers presenting a certificate from the cluster CA can connect.
     pub async fn bind_with_metrics(
         listen: SocketAddr,
         advertise: Option<String>,
         engine: Arc<Engine>,
         model: &str,
         metrics: KvTransferMetrics,
+        tls: Option<ClusterTls>,
     ) -> Result<KvInbox, KvTransferError> {
         let layout = engine_layout(&engine, model);
         let pool = u32::try_from(engine.kv_blocks()).unwrap_or(u32::MAX);
-        let (bound, receiver) = KvReceiver::bind(listen, ReceiverConfig::new(layout, pool)).await?;
+        let mut config = ReceiverConfig::new(layout, pool);
+        config.tls = tls;
+        let (bound, receiver) = KvReceiver::bind(listen, config).await?;
         let expected: ExpectedTable = Arc::default();
         let accept = tokio::spawn(accept_transfers(receiver, expected.clone(), engine, metrics));
         let started = std::time::SystemTime::now()

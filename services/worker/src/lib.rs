@@ -22,4 +22,4 @@ pub use convert::{response, status};
 pub use kv_inbox::KvInbox;
 pub use metrics::{EngineSampler, register_worker_metrics};
 pub use remote_prefill::DEFAULT_REMOTE_PREFILL_TIMEOUT;
-pub use service::{WorkerService, serve};
+pub use service::{WorkerService, serve, serve_with};

@@ -9,7 +9,7 @@
 //! the prompt's last token itself, so this side computes `prompt_token_ids[..len - 1]`. Each transfer, finished or
 //! failed, is counted in `cleave_worker_kv_transfer*{direction="sent"}`.
 
-use cleave_cluster::kv_transfer::{KvSender, KvTransferError, KvTransferHeader};
+use cleave_cluster::kv_transfer::{DEFAULT_IO_TIMEOUT, KvSender, KvTransferError, KvTransferHeader};
 use cleave_engine::scheduler::FinishReason;
 use cleave_proto::v1;
 use cleave_telemetry::{KvDirection, KvTransferMetrics};
@@ -67,7 +67,7 @@ impl WorkerService {
         };
         let n_layers = header.layout.n_layers;
         let mut sent_record = SentTransfer::new(self.kv_metrics.clone());
-        let mut sender = KvSender::connect(dest.kv_addr.as_str(), header)
+        let mut sender = KvSender::connect_with(dest.kv_addr.as_str(), header, DEFAULT_IO_TIMEOUT, self.tls.as_ref())
             .await
             .map_err(|e| transfer_status(&e))?;
         let (mut stream, mut layers) = self

@@ -11,13 +11,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cleave_cluster::tls::{ClusterTls, peer_endpoint};
 use cleave_engine::sampling::SamplingSpec;
 use cleave_engine::{Engine, GenerationStream};
 use cleave_proto::v1;
 use cleave_proto::v1::worker_client::WorkerClient;
 use tokio::task::JoinHandle;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::convert::status;
 use crate::kv_inbox::{ExpectedTransfer, KvInbox};
@@ -25,21 +26,33 @@ use crate::kv_inbox::{ExpectedTransfer, KvInbox};
 /// How long a decode worker waits for a prompt's KV before it prefills locally.
 pub const DEFAULT_REMOTE_PREFILL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// gRPC clients of prefill workers by URL, connected lazily and reused by every request.
+/// gRPC clients of prefill workers by URL, connected lazily (over the cluster's mutual TLS when it is on) and
+/// reused by every request.
 #[derive(Debug, Clone, Default)]
-pub struct PrefillClients(Arc<Mutex<HashMap<String, WorkerClient<Channel>>>>);
+pub struct PrefillClients {
+    clients: Arc<Mutex<HashMap<String, WorkerClient<Channel>>>>,
+    tls: Option<ClusterTls>,
+}
 
 impl PrefillClients {
+    /// Clients that dial over `tls` when it is given.
+    pub fn new(tls: Option<ClusterTls>) -> Self {
+        Self {
+            clients: Arc::default(),
+            tls,
+        }
+    }
+
     fn get(&self, url: &str) -> Result<WorkerClient<Channel>, Status> {
         let mut clients = self
-            .0
+            .clients
             .lock()
             .map_err(|_| Status::internal("prefill client table poisoned"))?;
         if let Some(client) = clients.get(url) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Status::invalid_argument(format!("remote_prefill.prefill_addr: {url:?} is not a URL: {e}")))?;
+        let endpoint = peer_endpoint(self.tls.as_ref(), url)
+            .map_err(|e| Status::invalid_argument(format!("remote_prefill.prefill_addr: {e}")))?;
         let client = WorkerClient::new(endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy());
         clients.insert(url.to_owned(), client.clone());
         Ok(client)

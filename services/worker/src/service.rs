@@ -18,6 +18,8 @@ use cleave_proto::sampling_spec;
 
 use crate::convert::{response, status};
 use crate::kv_inbox::KvInbox;
+use cleave_cluster::tls::ClusterTls;
+
 use crate::remote_prefill::{PrefillClients, RemotePrefillContext, RemotePrefillTask};
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -38,6 +40,8 @@ pub struct WorkerService {
     remote: Option<RemotePrefillContext>,
     /// Counts the KV transfers this worker sends as a prefill worker.
     pub(crate) kv_metrics: KvTransferMetrics,
+    /// The cluster's mutual TLS, for the connections this worker opens to other workers.
+    pub(crate) tls: Option<ClusterTls>,
 }
 
 impl WorkerService {
@@ -49,7 +53,15 @@ impl WorkerService {
             requests: Arc::default(),
             remote: None,
             kv_metrics: KvTransferMetrics::default(),
+            tls: None,
         }
+    }
+
+    /// Dials other workers (prefill workers' gRPC, decode workers' KV listeners) over the cluster's mutual TLS.
+    /// Call before [`WorkerService::with_kv_inbox`].
+    pub fn with_cluster_tls(mut self, tls: ClusterTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Counts the KV transfers this worker sends in `metrics` (see [`crate::metrics::register_worker_metrics`]).
@@ -73,7 +85,7 @@ impl WorkerService {
         self.remote = Some(RemotePrefillContext {
             engine: self.engine.clone(),
             inbox,
-            clients: PrefillClients::default(),
+            clients: PrefillClients::new(self.tls.clone()),
             model: self.model.clone(),
             timeout,
         });
@@ -102,15 +114,33 @@ impl WorkerService {
     }
 }
 
-/// Serves the worker API on `listener` until `shutdown` resolves.
+/// Serves the worker API on `listener` in plain text until `shutdown` resolves.
 pub async fn serve(
     service: WorkerService,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(service, listener, None, shutdown).await
+}
+
+/// Serves the worker API on `listener` until `shutdown` resolves; with `tls` (the cluster's mutual TLS), only to
+/// clients presenting a certificate from the cluster CA. The standard health service answers probes.
+pub async fn serve_with(
+    service: WorkerService,
+    listener: tokio::net::TcpListener,
+    tls: Option<&ClusterTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     // Without TCP_NODELAY a streamed message can wait ~40 ms for the peer's delayed ACK (Nagle).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.grpc_server())?;
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<WorkerServer<WorkerService>>().await;
+    builder
+        .add_service(health_service)
         .add_service(WorkerServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

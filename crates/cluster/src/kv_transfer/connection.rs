@@ -9,13 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::BufReader;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::frame::{self, FrameKind, LAYER_PREFIX_LEN};
+use super::stream::{self, KvReader, KvWriter};
 use super::{
     IncomingTransfer, KvTransferError, KvTransferHeader, LayerPayload, ReceiverConfig, RejectedTransfer,
     TransferOutcome,
@@ -70,10 +69,23 @@ pub(super) async fn serve_connection(
         deadline: Instant::now() + config.transfer_deadline,
         config,
     };
-    // Accept and Complete are tiny; Nagle would hold them for the peer's delayed ACK.
-    let _ = stream.set_nodelay(true);
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let tls = clock.config.tls.as_ref().map(|tls| tls.kv_acceptor());
+    let opened = clock
+        .frame(
+            "complete the TLS handshake",
+            stream::accept(stream, tls.as_ref(), 64 * 1024),
+        )
+        .await;
+    let (mut reader, mut writer) = match opened {
+        Ok(Ok(halves)) => halves,
+        Ok(Err(error)) | Err(error) => {
+            tracing::debug!(%peer, %error, "kv transfer: refused a connection");
+            let _ = clock
+                .until_deadline("report a refusal", incoming.send(Err(RejectedTransfer { peer, error })))
+                .await;
+            return;
+        }
+    };
 
     let accepted = match read_hello(&mut reader, &clock).await {
         Ok(header) => write_reply(&mut writer, &clock, FrameKind::Accept)
@@ -134,7 +146,7 @@ pub(super) async fn serve_connection(
     let _ = outcome_tx.send(outcome);
 }
 
-async fn read_hello(reader: &mut BufReader<OwnedReadHalf>, clock: &Clock) -> Result<KvTransferHeader, KvTransferError> {
+async fn read_hello(reader: &mut KvReader, clock: &Clock) -> Result<KvTransferHeader, KvTransferError> {
     let config = &clock.config;
     let (kind, len) = clock
         .frame("read the header", frame::read_frame_header(reader))
@@ -174,7 +186,7 @@ enum Ending {
 }
 
 async fn receive_layers(
-    reader: &mut BufReader<OwnedReadHalf>,
+    reader: &mut KvReader,
     header: &KvTransferHeader,
     clock: &Clock,
     layer_tx: &mpsc::Sender<LayerPayload>,
@@ -223,7 +235,7 @@ async fn receive_layers(
 }
 
 async fn read_layer(
-    reader: &mut BufReader<OwnedReadHalf>,
+    reader: &mut KvReader,
     header: &KvTransferHeader,
     len: u32,
     clock: &Clock,
@@ -284,7 +296,7 @@ async fn read_layer(
     Ok(LayerPayload { layer, keys, values })
 }
 
-async fn write_reply(writer: &mut OwnedWriteHalf, clock: &Clock, kind: FrameKind) -> Result<(), KvTransferError> {
+async fn write_reply(writer: &mut KvWriter, clock: &Clock, kind: FrameKind) -> Result<(), KvTransferError> {
     let reply = frame::frame_header(kind, 0);
     clock
         .frame("send a reply", frame::write_all_parts(writer, &[&reply]))
@@ -294,7 +306,7 @@ async fn write_reply(writer: &mut OwnedWriteHalf, clock: &Clock, kind: FrameKind
 
 /// Best effort: the peer may already be gone, and the local outcome is reported either way. Its own short timeout
 /// because the transfer deadline may already have passed, which is often the very reason for the Abort.
-async fn send_abort(writer: &mut OwnedWriteHalf, reason: &str) {
+async fn send_abort(writer: &mut KvWriter, reason: &str) {
     let abort = frame::encode_abort(reason);
     let _ = tokio::time::timeout(ABORT_WRITE_TIMEOUT, frame::write_all_parts(writer, &[&abort])).await;
 }

@@ -47,6 +47,7 @@ mod incoming;
 mod layout;
 mod receiver;
 mod sender;
+mod stream;
 
 #[cfg(test)]
 mod tests;

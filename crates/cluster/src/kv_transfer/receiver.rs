@@ -28,6 +28,8 @@ pub struct ReceiverConfig {
     pub transfer_deadline: Duration,
     /// Layers received but not yet taken by the consumer, per transfer.
     pub layer_queue: usize,
+    /// Mutual TLS on every connection (the cluster's); plain TCP when `None`.
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 impl ReceiverConfig {
@@ -38,6 +40,7 @@ impl ReceiverConfig {
             read_timeout: Duration::from_secs(10),
             transfer_deadline: Duration::from_secs(60),
             layer_queue: 4,
+            tls: None,
         }
     }
 }

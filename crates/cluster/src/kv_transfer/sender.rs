@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::io::AsyncWriteExt;
 
 use super::frame::{self, FrameKind, LAYER_PREFIX_LEN};
+use super::stream::{self, KvReader, KvWriter};
 use super::{KvTransferError, KvTransferHeader};
+use crate::tls::ClusterTls;
 
 /// How long [`KvSender::connect`] waits for any one step (connect, a layer write, a reply).
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,38 +20,50 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a failed write waits for the receiver's Abort reason.
 const ABORT_REASON_WAIT: Duration = Duration::from_secs(1);
 
-#[derive(Debug)]
 pub struct KvSender {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: KvReader,
+    writer: KvWriter,
     header: KvTransferHeader,
     sent: Vec<bool>,
     io_timeout: Duration,
 }
 
+impl std::fmt::Debug for KvSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvSender")
+            .field("header", &self.header)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
 impl KvSender {
     /// Connects, sends the header, and returns once the receiver accepted it; a receiver whose layout differs
     /// answers with [`KvTransferError::PeerAborted`] naming the field.
-    pub async fn connect(addr: impl ToSocketAddrs, header: KvTransferHeader) -> Result<Self, KvTransferError> {
-        Self::connect_with_timeout(addr, header, DEFAULT_IO_TIMEOUT).await
+    pub async fn connect(addr: impl std::fmt::Display, header: KvTransferHeader) -> Result<Self, KvTransferError> {
+        Self::connect_with(&addr.to_string(), header, DEFAULT_IO_TIMEOUT, None).await
     }
 
     pub async fn connect_with_timeout(
-        addr: impl ToSocketAddrs,
+        addr: impl std::fmt::Display,
         header: KvTransferHeader,
         io_timeout: Duration,
     ) -> Result<Self, KvTransferError> {
+        Self::connect_with(&addr.to_string(), header, io_timeout, None).await
+    }
+
+    /// [`KvSender::connect`] to `addr` (`host:port`) with a timeout per step, over the cluster's mutual TLS
+    /// when `tls` is given.
+    pub async fn connect_with(
+        addr: &str,
+        header: KvTransferHeader,
+        io_timeout: Duration,
+        tls: Option<&ClusterTls>,
+    ) -> Result<Self, KvTransferError> {
         header.validate(None)?;
-        let stream = timed(io_timeout, "connect", TcpStream::connect(addr))
-            .await?
-            .map_err(|e| KvTransferError::io("connect", e))?;
-        // Hello and End are tiny; without NODELAY they would wait on Nagle for the peer's delayed ACK.
-        stream
-            .set_nodelay(true)
-            .map_err(|e| KvTransferError::io("set TCP_NODELAY", e))?;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = timed(io_timeout, "connect", stream::connect(addr, tls, 8 * 1024)).await??;
         let mut sender = KvSender {
-            reader: BufReader::new(reader),
+            reader,
             writer,
             sent: vec![false; header.layout.n_layers as usize],
             header,

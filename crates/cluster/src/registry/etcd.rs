@@ -26,6 +26,10 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// The longest any single call may take before it fails as `Unavailable`.
     pub call_timeout: Duration,
+    /// Client TLS (CA, and a client certificate where etcd requires one); endpoints are then `https://`.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// User name and password, where etcd has authentication enabled.
+    pub user: Option<(String, String)>,
 }
 
 impl EtcdConfig {
@@ -34,6 +38,8 @@ impl EtcdConfig {
         Self {
             endpoints,
             call_timeout: Duration::from_secs(3),
+            tls: None,
+            user: None,
         }
     }
 }
@@ -66,6 +72,14 @@ impl EtcdRegistry {
             .with_connect_timeout(config.call_timeout)
             .with_keep_alive(Duration::from_secs(2), config.call_timeout)
             .with_keep_alive_while_idle(true);
+        let options = match config.tls {
+            Some(tls) => options.with_tls(tls),
+            None => options,
+        };
+        let options = match config.user {
+            Some((name, password)) => options.with_user(name, password),
+            None => options,
+        };
         let connect = Client::connect(config.endpoints.clone(), Some(options));
         let client = bounded(&endpoints, "connect", "", config.call_timeout, connect).await?;
         let registry = Self {

@@ -14,6 +14,7 @@ mod completions;
 pub mod errors;
 pub mod request;
 mod sse;
+mod tls;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,13 +28,17 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tonic::Code;
 
+use crate::auth::{ApiKeys, AuthError};
 use crate::frontend::Frontend;
+use cleave_cluster::tls::PublicTls;
 use errors::ApiError;
 
 #[derive(Debug, Clone, Default)]
 pub struct HttpConfig {
-    /// When set, `/v1/*` requires `Authorization: Bearer <api_key>`.
-    pub api_key: Option<String>,
+    /// Unless open, `/v1/*` requires `Authorization: Bearer <key>` with one of these keys.
+    pub api_keys: ApiKeys,
+    /// Serve HTTPS with this TLS (`--tls-cert`, `--tls-key`); plain HTTP when `None`.
+    pub tls: Option<PublicTls>,
 }
 
 #[derive(Debug)]
@@ -68,6 +73,12 @@ pub async fn serve_http(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
+    if let Some(tls) = &config.tls {
+        let listener = tls::TlsListener::new(listener, tls.http_acceptor())?;
+        return axum::serve(listener, app(frontend, config))
+            .with_graceful_shutdown(shutdown)
+            .await;
+    }
     // Without TCP_NODELAY each server-sent event can wait ~40 ms for the client's delayed ACK (Nagle).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -78,38 +89,23 @@ pub async fn serve_http(
 }
 
 /// How the HTTP API is reached, for logs.
-pub fn http_url(addr: std::net::SocketAddr) -> String {
-    format!("http://{addr}/v1")
-}
-
-/// Equal without revealing, through timing, how long a common prefix is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
-    }
-    diff == 0
+pub fn http_url(addr: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}/v1")
 }
 
 async fn authorize(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.config.api_key {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match given {
-            None => {
-                return ApiError::unauthorized("missing API key: send 'Authorization: Bearer <key>'").into_response();
-            }
-            Some(given) if !constant_time_eq(given.as_bytes(), key.as_bytes()) => {
-                return ApiError::unauthorized("incorrect API key provided").into_response();
-            }
-            Some(_) => {}
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.config.api_keys.check(header) {
+        Ok(()) => next.run(request).await,
+        Err(AuthError::Missing) => {
+            ApiError::unauthorized("missing API key: send 'Authorization: Bearer <key>'").into_response()
         }
+        Err(AuthError::Wrong) => ApiError::unauthorized("incorrect API key provided").into_response(),
     }
-    next.run(request).await
 }
 
 fn model_json(info: &cleave_proto::v1::ModelInfo) -> serde_json::Value {
