@@ -4,44 +4,45 @@
 
 // For token row t at absolute position pos[t]: adds the qkv bias (if any), rotates q and k ("rotate-half" pairing:
 // element i with i + head_dim/2), writes q to q_out (f32) and k, v to the cache slot `slots[t]`
-// (= block · block_size + offset). qkv rows are [n_heads·hd | n_kv·hd | n_kv·hd] f32. One block per token.
+// (= block · block_size + offset). qkv rows are [n_heads·hd | n_kv·hd | n_kv·hd] f32. Grid (tokens, n_heads + 2·n_kv):
+// block (t, y) rotates query head y, key head y − n_heads, or copies value head y − n_heads − n_kv, so a decode row
+// spreads over as many blocks as it has heads.
 extern "C" __global__ void rope_write_kv(const float* qkv, const float* bias, const int* pos, const int* slots,
                                          const float* inv_freq, float* q_out, bf16* k_cache, bf16* v_cache,
                                          int n_heads, int n_kv, int hd, int block_size) {
-    int t = blockIdx.x;
-    int width = (n_heads + 2 * n_kv) * hd;
+    const int t = blockIdx.x, y = blockIdx.y;
+    const int width = (n_heads + 2 * n_kv) * hd;
     const float* row = qkv + (size_t)t * width;
-    int half = hd / 2;
-    float p = (float)pos[t];
-    int slot = slots[t];
-    int block = slot / block_size, off = slot % block_size;
-    // Rotated pairs of q and k heads.
-    for (int idx = threadIdx.x; idx < (n_heads + n_kv) * half; idx += blockDim.x) {
-        int h = idx / half, i = idx % half;
-        int base = h * hd;
+    const int half = hd / 2;
+    const int slot = slots[t];
+    const int block = slot / block_size, off = slot % block_size;
+    const int base = y * hd;
+    if (y >= n_heads + n_kv) {
+        // Values, unrotated.
+        bf16* v = v_cache + (((size_t)block * n_kv + (y - n_heads - n_kv)) * block_size + off) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            float x = row[base + d];
+            if (bias) x += bias[base + d];
+            v[d] = f2bf(x);
+        }
+        return;
+    }
+    const float p = (float)pos[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float a = row[base + i], b = row[base + i + half];
         if (bias) { a += bias[base + i]; b += bias[base + i + half]; }
         float s, c;
         sincosf(p * inv_freq[i], &s, &c);
         float ra = a * c - b * s, rb = b * c + a * s;
-        if (h < n_heads) {
-            float* q = q_out + (size_t)t * n_heads * hd + base;
-            q[i] = ra;
-            q[i + half] = rb;
+        if (y < n_heads) {
+            float* qo = q_out + (size_t)t * n_heads * hd + base;
+            qo[i] = ra;
+            qo[i + half] = rb;
         } else {
-            int kh = h - n_heads;
-            bf16* k = k_cache + (((size_t)block * n_kv + kh) * block_size + off) * hd;
+            bf16* k = k_cache + (((size_t)block * n_kv + (y - n_heads)) * block_size + off) * hd;
             k[i] = f2bf(ra);
             k[i + half] = f2bf(rb);
         }
-    }
-    // Values, unrotated.
-    for (int idx = threadIdx.x; idx < n_kv * hd; idx += blockDim.x) {
-        int kh = idx / hd, d = idx % hd;
-        int at = (n_heads + n_kv) * hd + idx;
-        float v = row[at];
-        if (bias) v += bias[at];
-        v_cache[(((size_t)block * n_kv + kh) * block_size + off) * hd + d] = f2bf(v);
     }
 }
 
@@ -115,6 +116,198 @@ extern "C" __global__ void paged_attention(const float* q, const bf16* k_cache, 
             if (d < hd) oh[d] = f2bf(o[c] / gl);
         }
     }
+}
+
+#define DEC_WARPS 16
+#define DEC_MIN_SPLIT_KEYS 256
+
+// Eight bf16 (one 16-byte load) to floats.
+__device__ __forceinline__ void unpack8(uint4 w, float* f) {
+    unsigned u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+// Decode attention for 64- and 128-dim heads: what `paged_attention` computes, with more keys in flight and the keys
+// of long contexts split over several blocks (flash-decoding). Grid (rows, query heads, splits); a block has
+// DEC_WARPS warps, each four groups of 8 lanes; a group takes two keys per step (lane i holding dimensions
+// HD/8 · i .. HD/8 · (i + 1), read with 16-byte loads) with its own online softmax (in log2 units). The four groups
+// of a warp merge through shuffles, the warps through shared memory. A row's keys are cut into `active` ranges of
+// at least DEC_MIN_SPLIT_KEYS (one range for short contexts: that block writes the output itself); with several, each
+// block writes its (max, sum, unnormalised output) to `partial` and the last block of the row and head to finish
+// (counted in `counters`, which it resets to 0 for the next launch) merges them.
+template <int HD>
+__device__ __forceinline__ void decode_attention(const float* q, const bf16* k_cache, const bf16* v_cache,
+                                                 const int* block_tables, const int* table_off, const int* pos,
+                                                 const int* rows, bf16* out, float* partial, unsigned* counters,
+                                                 int n_heads, int n_kv, int block_size, float scale) {
+    constexpr int DPL = HD / 8;
+    __shared__ float s_m[DEC_WARPS], s_l[DEC_WARPS];
+    __shared__ float s_acc[DEC_WARPS][HD];
+    __shared__ bool s_last;
+    const int t = rows ? rows[blockIdx.x] : blockIdx.x, h = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int li = lane & 7, gi = lane >> 3;
+    const int kh = h / (n_heads / n_kv);
+    const float scale_log2 = scale * 1.4426950408889634f;
+    const float* qh = q + ((size_t)t * n_heads + h) * HD + li * DPL;
+    float qr[DPL];
+#pragma unroll
+    for (int c = 0; c < DPL; c += 4) {
+        float4 v = *(const float4*)(qh + c);
+        qr[c] = v.x * scale_log2;
+        qr[c + 1] = v.y * scale_log2;
+        qr[c + 2] = v.z * scale_log2;
+        qr[c + 3] = v.w * scale_log2;
+    }
+    float m = NEG_INF, l = 0.0f, acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) acc[i] = 0.0f;
+    const int* table = block_tables + table_off[t];
+    const int n_keys = pos[t] + 1;
+    // This block's range of keys: every block of the row computes the same cut.
+    const int splits = gridDim.z, z = blockIdx.z;
+    const int step = DEC_WARPS * 8;
+    const int per_split = max(DEC_MIN_SPLIT_KEYS, ((n_keys + splits - 1) / splits + step - 1) / step * step);
+    const int active = (n_keys + per_split - 1) / per_split;
+    if (z >= active) return;
+    const int k_begin = z * per_split, k_end = min(n_keys, k_begin + per_split);
+    // The loop bound is the same for the whole warp (its shuffles need every lane): a step takes keys jb .. jb + 8,
+    // group gi the keys jb + gi and jb + 4 + gi; a key past the end loads key jb again (finite) and weighs nothing.
+    for (int jb = k_begin + warp * 8; jb < k_end; jb += step) {
+        const int j0 = jb + gi, j1 = jb + 4 + gi;
+        const bool has0 = j0 < k_end, has1 = j1 < k_end;
+        const int a0 = has0 ? j0 : jb, a1 = has1 ? j1 : jb;
+        const size_t at0 = (((size_t)table[a0 / block_size] * n_kv + kh) * block_size + a0 % block_size) * HD + li * DPL;
+        const size_t at1 = (((size_t)table[a1 / block_size] * n_kv + kh) * block_size + a1 % block_size) * HD + li * DPL;
+        uint4 kw0[DPL / 8], kw1[DPL / 8], vw0[DPL / 8], vw1[DPL / 8];
+#pragma unroll
+        for (int c = 0; c < DPL / 8; c++) {
+            kw0[c] = ((const uint4*)(k_cache + at0))[c];
+            kw1[c] = ((const uint4*)(k_cache + at1))[c];
+            vw0[c] = ((const uint4*)(v_cache + at0))[c];
+            vw1[c] = ((const uint4*)(v_cache + at1))[c];
+        }
+        float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DPL / 8; c++) {
+            float k0[8], k1[8];
+            unpack8(kw0[c], k0);
+            unpack8(kw1[c], k1);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                d0 += qr[c * 8 + i] * k0[i];
+                d1 += qr[c * 8 + i] * k1[i];
+            }
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) {
+            d0 += __shfl_xor_sync(0xffffffffu, d0, off);
+            d1 += __shfl_xor_sync(0xffffffffu, d1, off);
+        }
+        if (!has0) d0 = NEG_INF;
+        if (!has1) d1 = NEG_INF;
+        const float m_new = fmaxf(m, fmaxf(d0, d1));
+        // Nothing seen yet (every key so far past the end): subtract 0 so the weights are 0, not NaN.
+        const float base = m_new == NEG_INF ? 0.0f : m_new;
+        const float corr = exp2f(m - base), p0 = exp2f(d0 - base), p1 = exp2f(d1 - base);
+        l = l * corr + p0 + p1;
+#pragma unroll
+        for (int c = 0; c < DPL / 8; c++) {
+            float v0[8], v1[8];
+            unpack8(vw0[c], v0);
+            unpack8(vw1[c], v1);
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[c * 8 + i] = acc[c * 8 + i] * corr + p0 * v0[i] + p1 * v1[i];
+        }
+        m = m_new;
+    }
+    // The warp's four groups (lanes li, li + 8, li + 16, li + 24) merge; a group without keys weighs nothing.
+    float mw = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
+    mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, 16));
+    const float f = m == NEG_INF ? 0.0f : exp2f(m - mw);
+    l *= f;
+    l += __shfl_xor_sync(0xffffffffu, l, 8);
+    l += __shfl_xor_sync(0xffffffffu, l, 16);
+#pragma unroll
+    for (int i = 0; i < DPL; i++) {
+        float a = acc[i] * f;
+        a += __shfl_xor_sync(0xffffffffu, a, 8);
+        a += __shfl_xor_sync(0xffffffffu, a, 16);
+        acc[i] = a;
+    }
+    if (lane < 8) {
+#pragma unroll
+        for (int i = 0; i < DPL; i++) s_acc[warp][li * DPL + i] = acc[i];
+        if (lane == 0) {
+            s_m[warp] = mw;
+            s_l[warp] = l;
+        }
+    }
+    __syncthreads();
+    const int d = threadIdx.x;
+    float gm = NEG_INF, gl = 0.0f, o = 0.0f;
+    if (d < HD) {
+        for (int w = 0; w < DEC_WARPS; w++) gm = fmaxf(gm, s_m[w]);
+        for (int w = 0; w < DEC_WARPS; w++) {
+            if (s_m[w] == NEG_INF) continue;
+            float fw = exp2f(s_m[w] - gm);
+            gl += s_l[w] * fw;
+            o += s_acc[w][d] * fw;
+        }
+    }
+    bf16* out_row = out + ((size_t)t * n_heads + h) * HD;
+    if (active == 1) {
+        if (d < HD) out_row[d] = f2bf(o / gl);
+        return;
+    }
+    // Several ranges: publish this one, and let the last block of (row, head) merge them all.
+    const size_t slot = (size_t)blockIdx.x * n_heads + h;
+    float* mine = partial + (slot * splits + z) * (HD + 2);
+    if (d < HD) mine[d] = o;
+    if (d == 0) {
+        mine[HD] = gm;
+        mine[HD + 1] = gl;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(&counters[slot], 1u) == (unsigned)(active - 1);
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    if (d < HD) {
+        // Other blocks wrote these: read around the (incoherent) L1.
+        const volatile float* parts = partial + slot * splits * (HD + 2);
+        float m_all = NEG_INF;
+        for (int i = 0; i < active; i++) m_all = fmaxf(m_all, parts[i * (HD + 2) + HD]);
+        float sum = 0.0f, acc_all = 0.0f;
+        for (int i = 0; i < active; i++) {
+            float f = exp2f(parts[i * (HD + 2) + HD] - m_all);
+            sum += parts[i * (HD + 2) + HD + 1] * f;
+            acc_all += parts[i * (HD + 2) + d] * f;
+        }
+        out_row[d] = f2bf(acc_all / sum);
+    }
+    if (threadIdx.x == 0) counters[slot] = 0;
+}
+
+#define DECODE_ARGS                                                                                                 \
+    const float *q, const bf16 *k_cache, const bf16 *v_cache, const int *block_tables, const int *table_off,         \
+        const int *pos, const int *rows, bf16 *out, float *partial, unsigned *counters, int n_heads, int n_kv,       \
+        int block_size, float scale
+#define DECODE_PASS                                                                                                 \
+    q, k_cache, v_cache, block_tables, table_off, pos, rows, out, partial, counters, n_heads, n_kv, block_size, scale
+
+// Grid (rows, query heads, splits), 32 · DEC_WARPS threads; arguments as `paged_attention` (without head_dim), plus
+// with more than one split `partial` ([rows][heads][splits][HD + 2] f32) and `counters` ([rows][heads], zero).
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) decode_attention_hd64(DECODE_ARGS) {
+    decode_attention<64>(DECODE_PASS);
+}
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) decode_attention_hd128(DECODE_ARGS) {
+    decode_attention<128>(DECODE_PASS);
 }
 
 #define TQ 32

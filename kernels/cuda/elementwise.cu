@@ -7,17 +7,51 @@ extern "C" __global__ void embed_rows(const bf16* table, const unsigned int* ids
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = bf2f(src[i]);
 }
 
-// out[row] = bf16(w ⊙ x[row] / sqrt(mean(x[row]²) + eps)), reading row `rows[row]` of x when `rows` is set.
-extern "C" __global__ void rms_norm(const float* x, const int* rows, const float* w, bf16* out, int dim, float eps) {
+#define NORM_THREADS 512
+#define NORM_UNROLL 8
+
+// out[row] = bf16(w ⊙ x[row] / sqrt(mean(x[row]²) + eps)), reading row `rows[row]` of x when `rows` is set. One block
+// of NORM_THREADS per row; the first NORM_THREADS · NORM_UNROLL elements of the row are loaded at once into
+// registers (decode rows are latency-bound: one round trip to memory instead of one per strided step), longer rows
+// stream the rest.
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+    rms_norm(const float* x, const int* rows, const float* w, bf16* out, int dim, float eps) {
     __shared__ float scratch[32];
-    int src = rows ? rows[blockIdx.x] : blockIdx.x;
+    const int src = rows ? rows[blockIdx.x] : blockIdx.x;
     const float* xr = x + (size_t)src * dim;
+    const int span = NORM_THREADS * NORM_UNROLL;
+    float v[NORM_UNROLL];
+#pragma unroll
+    for (int j = 0; j < NORM_UNROLL; j++) {
+        int i = threadIdx.x + j * NORM_THREADS;
+        v[j] = i < dim ? xr[i] : 0.0f;
+    }
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+#pragma unroll
+    for (int j = 0; j < NORM_UNROLL; j++) ss += v[j] * v[j];
+    for (int base = span; base < dim; base += span) {
+#pragma unroll
+        for (int j = 0; j < NORM_UNROLL; j++) {
+            int i = base + threadIdx.x + j * NORM_THREADS;
+            float t = i < dim ? xr[i] : 0.0f;
+            ss += t * t;
+        }
+    }
     ss = block_sum(ss, scratch);
-    float inv = rsqrtf(ss / dim + eps);
+    const float inv = rsqrtf(ss / dim + eps);
     bf16* o = out + (size_t)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = f2bf(w[i] * (xr[i] * inv));
+#pragma unroll
+    for (int j = 0; j < NORM_UNROLL; j++) {
+        int i = threadIdx.x + j * NORM_THREADS;
+        if (i < dim) o[i] = f2bf(w[i] * (v[j] * inv));
+    }
+    for (int base = span; base < dim; base += span) {
+#pragma unroll
+        for (int j = 0; j < NORM_UNROLL; j++) {
+            int i = base + threadIdx.x + j * NORM_THREADS;
+            if (i < dim) o[i] = f2bf(w[i] * (xr[i] * inv));
+        }
+    }
 }
 
 // SwiGLU over a fused [tokens, 2·inter] gate|up buffer: out[t, i] = silu(gate[t, i]) · up[t, i]. Grid (tokens,

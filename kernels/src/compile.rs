@@ -14,10 +14,11 @@ use sha2::{Digest, Sha256};
 use crate::KernelError;
 
 /// Every kernel source, in the order they are concatenated (the common header first).
-const SOURCES: [(&str, &str); 3] = [
+const SOURCES: [(&str, &str); 4] = [
     ("common.cuh", include_str!("../cuda/common.cuh")),
     ("elementwise.cu", include_str!("../cuda/elementwise.cu")),
     ("attention.cu", include_str!("../cuda/attention.cu")),
+    ("flash.cu", include_str!("../cuda/flash.cu")),
 ];
 
 /// How the module was obtained, for startup logs and the benchmark report.

@@ -1,6 +1,8 @@
 //! cleave's CUDA kernels: what cuBLAS does not do for the Llama forward pass — embedding gather, RMSNorm, RoPE with
-//! the paged KV-cache write, paged and tiled prefill attention, SwiGLU, and random weights for synthetic models. The sources live in `cuda/`; [`Kernels::load`] compiles them with NVRTC at first use (cached on disk,
-//! see `compile.rs`) and resolves every function once per device.
+//! the paged KV-cache write, paged attention (tensor-core flash attention for prefill tiles, one query row per block
+//! for decode), SwiGLU, and random weights for synthetic models. The sources live in `cuda/`; [`Kernels::load`]
+//! compiles them with NVRTC at first use (cached on disk, see `compile.rs`) and resolves every function once per
+//! device. The attention launchers are in `attention.rs`.
 //!
 //! Every launcher takes the device buffers as typed cudarc slices and checks the sizes it relies on before the
 //! launch, so a shape bug becomes an error instead of an out-of-bounds access; each `unsafe` launch says why the
@@ -11,14 +13,17 @@
 #![allow(unsafe_code)] // kernel launches; each one carries a SAFETY note
 #![allow(clippy::too_many_arguments)] // a launcher takes every buffer and size its kernel reads
 
+mod attention;
 mod compile;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 use half::bf16;
 
+pub use attention::{DecodeSplit, prefill_tile_rows};
 pub use compile::{ModuleInfo, arch_for, compile_ptx};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,12 @@ pub struct Kernels {
     rope_write_kv: CudaFunction,
     paged_attention: CudaFunction,
     prefill_attention: CudaFunction,
+    flash_prefill_hd64: CudaFunction,
+    flash_prefill_hd128: CudaFunction,
+    decode_attention_hd64: CudaFunction,
+    decode_attention_hd128: CudaFunction,
+    /// Streaming multiprocessors of the device (sizes the split of decode attention).
+    sm_count: usize,
     pub info: ModuleInfo,
 }
 
@@ -70,8 +81,8 @@ pub struct AttnMeta<'a> {
     /// Where each token row's sequence table starts in `block_tables`, `[T]`.
     pub table_off: &'a CudaSlice<i32>,
     pub n_tokens: usize,
-    /// Query tiles of prefill chunks for `prefill_attention`: `(first row, rows ≤ 32, table offset, first position)`
-    /// each, `[4 · n_tiles]`.
+    /// Query tiles of prefill chunks: `(first row, rows ≤ prefill_tile_rows(head_dim), table offset, first
+    /// position)` each, `[4 · n_tiles]`.
     pub tiles: &'a CudaSlice<i32>,
     pub n_tiles: usize,
     /// Rows served one token per block by `paged_attention` (decode steps, short chunks), `[n_single_rows]`; all
@@ -80,9 +91,10 @@ pub struct AttnMeta<'a> {
     pub n_single_rows: usize,
 }
 
-/// Longest head `prefill_attention` handles (larger heads go through `paged_attention` row by row).
+/// Longest head the prefill kernels handle (larger heads go through `paged_attention` row by row).
 pub const PREFILL_TILE_MAX_HEAD_DIM: usize = 128;
-/// Query rows per `prefill_attention` tile.
+/// Query rows per tile of the CUDA-core `prefill_attention` (see [`prefill_tile_rows`] for the rows a model's
+/// tiles hold).
 pub const PREFILL_TILE_ROWS: usize = 32;
 
 /// Head counts and sizes, and the pool's block size.
@@ -95,10 +107,12 @@ pub struct AttnDims {
 }
 
 const THREADS: u32 = 256;
+/// Threads of an `rms_norm` block (`NORM_THREADS` in the source).
+const NORM_THREADS: u32 = 512;
 /// A null device pointer for optional kernel arguments.
-const NULL: u64 = 0;
+pub(crate) const NULL: u64 = 0;
 
-fn check(kernel: &'static str, what: &'static str, got: usize, needed: usize) -> Result<(), KernelError> {
+pub(crate) fn check(kernel: &'static str, what: &'static str, got: usize, needed: usize) -> Result<(), KernelError> {
     if got < needed {
         return Err(KernelError::Shape {
             kernel,
@@ -127,7 +141,7 @@ fn grid_stride(n: usize) -> LaunchConfig {
     }
 }
 
-fn int(n: usize) -> i32 {
+pub(crate) fn int(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
@@ -136,6 +150,7 @@ impl Kernels {
     pub fn load(ctx: &Arc<CudaContext>, cache_dir: Option<&Path>) -> Result<Kernels, KernelError> {
         let (module, info) = compile::load_module(ctx, cache_dir)?;
         let f = |name: &str| module.load_function(name);
+        let sm_count = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         Ok(Kernels {
             embed_rows: f("embed_rows")?,
             rms_norm: f("rms_norm")?,
@@ -144,6 +159,11 @@ impl Kernels {
             rope_write_kv: f("rope_write_kv")?,
             paged_attention: f("paged_attention")?,
             prefill_attention: f("prefill_attention")?,
+            flash_prefill_hd64: f("flash_prefill_hd64")?,
+            flash_prefill_hd128: f("flash_prefill_hd128")?,
+            decode_attention_hd64: f("decode_attention_hd64")?,
+            decode_attention_hd128: f("decode_attention_hd128")?,
+            sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             info,
         })
     }
@@ -199,9 +219,13 @@ impl Kernels {
             None => launch.arg(&NULL),
         };
         launch.arg(w).arg(out).arg(&dim_i).arg(&eps);
+        let cfg = LaunchConfig {
+            block_dim: (NORM_THREADS, 1, 1),
+            ..rows(n)
+        };
         // SAFETY: block r reads row rows[r] (or r) of x — the caller passes row indices inside x — and writes row r
-        // of out; w has dim elements.
-        unsafe { launch.launch(rows(n)) }?;
+        // of out; w has dim elements; the kernel is built for exactly NORM_THREADS threads.
+        unsafe { launch.launch(cfg) }?;
         Ok(())
     }
 
@@ -244,154 +268,6 @@ impl Kernels {
         launch.arg(out).arg(&n).arg(&seed).arg(&scale);
         // SAFETY: grid-stride loop over exactly out.len() elements.
         unsafe { launch.launch(grid_stride(len)) }?;
-        Ok(())
-    }
-
-    /// RoPE on q and k of each token row of `qkv` (f32, `[T, (nh + 2·nkv)·hd]`, plus `bias` when the model has
-    /// one), q into `q_out`, k and v into this layer's cache at each row's slot.
-    pub fn rope_write_kv(
-        &self,
-        stream: &CudaStream,
-        qkv: &CudaSlice<f32>,
-        bias: Option<&CudaSlice<f32>>,
-        meta: &AttnMeta<'_>,
-        inv_freq: &CudaSlice<f32>,
-        q_out: &mut CudaSlice<f32>,
-        k_cache: &mut CudaSlice<bf16>,
-        v_cache: &mut CudaSlice<bf16>,
-        dims: AttnDims,
-    ) -> Result<(), KernelError> {
-        let AttnDims {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            block_size,
-        } = dims;
-        let t = meta.n_tokens;
-        let width = (n_heads + 2 * n_kv_heads) * head_dim;
-        check("rope_write_kv", "qkv", qkv.len(), t * width)?;
-        check("rope_write_kv", "q_out", q_out.len(), t * n_heads * head_dim)?;
-        check("rope_write_kv", "pos", meta.pos.len(), t)?;
-        check("rope_write_kv", "slots", meta.slots.len(), t)?;
-        check("rope_write_kv", "inv_freq", inv_freq.len(), head_dim / 2)?;
-        if let Some(b) = bias {
-            check("rope_write_kv", "bias", b.len(), width)?;
-        }
-        let (nh, nkv, hd, bs) = (int(n_heads), int(n_kv_heads), int(head_dim), int(block_size));
-        let mut launch = stream.launch_builder(&self.rope_write_kv);
-        launch.arg(qkv);
-        match bias {
-            Some(b) => launch.arg(b),
-            None => launch.arg(&NULL),
-        };
-        launch
-            .arg(meta.pos)
-            .arg(meta.slots)
-            .arg(inv_freq)
-            .arg(q_out)
-            .arg(k_cache)
-            .arg(v_cache)
-            .arg(&nh)
-            .arg(&nkv)
-            .arg(&hd)
-            .arg(&bs);
-        // SAFETY: block t reads qkv row t and writes q_out row t (checked); the cache write lands at slots[t], which
-        // the scheduler allocated inside the pool for this sequence (the engine builds slots from its block table).
-        unsafe { launch.launch(rows(t)) }?;
-        Ok(())
-    }
-
-    /// Causal paged attention: `out` (bf16, `[T, nh·hd]`) from `q` and this layer's cache, prefill chunks by tiles
-    /// of query rows (`meta.tiles`), the other rows one per block (`meta.single_rows`, or every row without tiles).
-    pub fn attention(
-        &self,
-        stream: &CudaStream,
-        q: &CudaSlice<f32>,
-        k_cache: &CudaSlice<bf16>,
-        v_cache: &CudaSlice<bf16>,
-        meta: &AttnMeta<'_>,
-        out: &mut CudaSlice<bf16>,
-        dims: AttnDims,
-    ) -> Result<(), KernelError> {
-        let AttnDims {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            block_size,
-        } = dims;
-        let t = meta.n_tokens;
-        check("attention", "q", q.len(), t * n_heads * head_dim)?;
-        check("attention", "out", out.len(), t * n_heads * head_dim)?;
-        check("attention", "table_off", meta.table_off.len(), t)?;
-        check("attention", "tiles", meta.tiles.len(), 4 * meta.n_tiles)?;
-        check("attention", "single_rows", meta.single_rows.len(), meta.n_single_rows)?;
-        if head_dim == 0 || head_dim > 256 || head_dim % 2 != 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(KernelError::Shape {
-                kernel: "attention",
-                what: "head_dim (even, at most 256, with query heads a multiple of KV heads)",
-                got: head_dim,
-                needed: 256,
-            });
-        }
-        if meta.n_tiles > 0 && (head_dim > PREFILL_TILE_MAX_HEAD_DIM || head_dim % 8 != 0) {
-            return Err(KernelError::Shape {
-                kernel: "prefill_attention",
-                what: "head_dim (a multiple of 8, at most 128)",
-                got: head_dim,
-                needed: PREFILL_TILE_MAX_HEAD_DIM,
-            });
-        }
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let (nh, nkv, hd, bs) = (int(n_heads), int(n_kv_heads), int(head_dim), int(block_size));
-        if meta.n_tiles > 0 {
-            let mut launch = stream.launch_builder(&self.prefill_attention);
-            launch
-                .arg(q)
-                .arg(k_cache)
-                .arg(v_cache)
-                .arg(meta.block_tables)
-                .arg(meta.tiles)
-                .arg(&mut *out)
-                .arg(&nh)
-                .arg(&nkv)
-                .arg(&hd)
-                .arg(&bs)
-                .arg(&scale);
-            let cfg = LaunchConfig {
-                grid_dim: (meta.n_tiles as u32, n_heads as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: tile b covers rows tiles[4b]..+tiles[4b+1] (≤ 32, inside q and out by construction on the
-            // host) of one sequence, reading keys up to its last row's position through that sequence's block
-            // table, which covers it; head_dim ≤ 128 fits the kernel's shared tiles.
-            unsafe { launch.launch(cfg) }?;
-        }
-        let singles = if meta.n_tiles > 0 { meta.n_single_rows } else { t };
-        if singles > 0 {
-            let mut launch = stream.launch_builder(&self.paged_attention);
-            launch
-                .arg(q)
-                .arg(k_cache)
-                .arg(v_cache)
-                .arg(meta.block_tables)
-                .arg(meta.table_off)
-                .arg(meta.pos);
-            if meta.n_tiles > 0 {
-                launch.arg(meta.single_rows);
-            } else {
-                launch.arg(&NULL);
-            }
-            launch.arg(&mut *out).arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&scale);
-            let cfg = LaunchConfig {
-                grid_dim: (singles as u32, n_heads as u32, 1),
-                block_dim: (512, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: block (x, h) serves row single_rows[x] (or x), inside q and out (checked); it reads keys
-            // 0..=pos[row] through the row's block table, which the scheduler allocated to cover pos[row].
-            unsafe { launch.launch(cfg) }?;
-        }
         Ok(())
     }
 }

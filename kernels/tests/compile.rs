@@ -20,6 +20,11 @@ fn every_kernel_compiles_for_sm_90a() {
         "fill_uniform_bf16",
         "rope_write_kv",
         "paged_attention",
+        "prefill_attention",
+        "flash_prefill_hd64",
+        "flash_prefill_hd128",
+        "decode_attention_hd64",
+        "decode_attention_hd128",
     ] {
         assert!(ptx.contains(&format!(".entry {name}")), "no kernel {name} in the PTX");
     }

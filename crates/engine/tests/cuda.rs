@@ -15,7 +15,7 @@ use cleave_engine::cpu::ops::{apply_rope, rms_norm, rope_tables, silu_mul};
 use cleave_engine::cuda::{CudaBackend, CudaOptions, cuda_available};
 use cleave_engine::kv::{KvCache, KvShape};
 use cleave_engine::{Engine, EngineConfig, ModelFiles, SeqChunk, load_model};
-use cleave_kernels::{AttnDims, AttnMeta, Kernels};
+use cleave_kernels::{AttnDims, AttnMeta, DecodeSplit, Kernels, prefill_tile_rows};
 use cudarc::driver::CudaContext;
 use half::bf16;
 use rand::{Rng, SeedableRng};
@@ -81,18 +81,21 @@ fn rms_norm_and_swiglu_match_the_cpu() {
         return;
     }
     let (_ctx, stream, k) = device();
-    let (rows, dim, inter) = (7, 576, 1536);
-    let x = random(rows * dim, 1, 3.0);
-    let w = random(dim, 2, 1.0);
-    let mut want = vec![0.0; rows * dim];
-    rms_norm(&x, &w, 1e-5, &mut want);
-    let xd = stream.clone_htod(&x).unwrap();
-    let wd = stream.clone_htod(&w).unwrap();
-    let mut out = stream.clone_htod(&vec![bf16::NAN; rows * dim]).unwrap();
-    k.rms_norm(&stream, &xd, None, &wd, &mut out, rows, dim, 1e-5).unwrap();
-    let got: Vec<f32> = stream.clone_dtoh(&out).unwrap().iter().map(|v| v.to_f32()).collect();
-    assert_close("rms_norm", &got, &want, 1.0 / 128.0, 1e-3);
+    // A small model's rows, and rows longer than one register span of the kernel (4096) with a ragged end.
+    for (rows, dim) in [(7, 576), (3, 8200)] {
+        let x = random(rows * dim, 1, 3.0);
+        let w = random(dim, 2, 1.0);
+        let mut want = vec![0.0; rows * dim];
+        rms_norm(&x, &w, 1e-5, &mut want);
+        let xd = stream.clone_htod(&x).unwrap();
+        let wd = stream.clone_htod(&w).unwrap();
+        let mut out = stream.clone_htod(&vec![bf16::NAN; rows * dim]).unwrap();
+        k.rms_norm(&stream, &xd, None, &wd, &mut out, rows, dim, 1e-5).unwrap();
+        let got: Vec<f32> = stream.clone_dtoh(&out).unwrap().iter().map(|v| v.to_f32()).collect();
+        assert_close(&format!("rms_norm (dim {dim})"), &got, &want, 1.0 / 128.0, 1e-3);
+    }
 
+    let (rows, inter) = (7, 1536);
     let gu = bf(&random(rows * 2 * inter, 3, 4.0));
     let mut want = vec![0.0; rows * inter];
     silu_mul(&gu, inter, &mut want);
@@ -110,27 +113,40 @@ fn rope_cache_write_and_paged_attention_match_the_cpu() {
     if skip() {
         return;
     }
-    // Llama-like heads, and the tiny fixture's (head_dim 16, 4-token blocks).
-    check_attention(8, 2, 64, 16);
-    check_attention(4, 2, 16, 4);
+    // (cached tokens, new tokens) per sequence: a prefill chunk after a cached prefix and one decode token, at
+    // Llama-like heads (64-dim: the tensor-core kernel) and the tiny fixture's (16-dim, 4-token blocks: the CUDA-core
+    // tiled kernel).
+    check_attention(8, 2, 64, 16, &[(5, 37), (20, 1)]);
+    check_attention(4, 2, 16, 4, &[(5, 37), (20, 1)]);
+    // 128-dim heads with four query heads per KV head (Llama-3.1-8B's ratio): a 200-token chunk after 150 cached
+    // tokens (tiles that straddle key tiles), a decode row, a fresh 70-token prompt (a 6-row last tile), and a chunk
+    // after a prefix of exactly one tile.
+    check_attention(8, 2, 128, 16, &[(150, 200), (20, 1), (0, 70), (64, 64)]);
+    check_attention(6, 3, 64, 8, &[(0, 130), (33, 9)]);
+    // Decode rows with long contexts next to a short chunk: few rows, so their keys split over several blocks.
+    check_attention(8, 2, 128, 16, &[(1000, 1), (700, 1), (40, 1), (300, 20)]);
+    check_attention(4, 1, 64, 16, &[(1500, 1), (9, 1), (0, 16)]);
 }
 
-fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize) {
+fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize, chunks: &[(usize, usize)]) {
+    use rand::seq::SliceRandom;
     let (_ctx, stream, k) = device();
-    let n_blocks = 32;
-    // Two sequences: a 37-token prefill chunk after 5 cached tokens, and one decode token at position 20, their
-    // blocks scattered over the pool.
-    let (n0, n1) = (42usize.div_ceil(bs), 21usize.div_ceil(bs));
-    let tables: [Vec<u32>; 2] = [
-        (0..n0).map(|i| (i * 5 % n_blocks) as u32).collect(),
-        (n0..n0 + n1).map(|i| (i * 5 % n_blocks) as u32).collect(),
-    ];
-    let chunks = [(5usize, 37usize, 0usize), (20, 1, 1)];
+    // Each sequence's blocks, scattered over the pool.
+    let counts: Vec<usize> = chunks.iter().map(|&(start, len)| (start + len).div_ceil(bs)).collect();
+    let n_blocks = counts.iter().sum::<usize>() + 3;
+    let mut order: Vec<u32> = (0..n_blocks as u32).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(11));
+    let mut tables: Vec<Vec<u32>> = Vec::new();
+    let mut used = 0;
+    for &n in &counts {
+        tables.push(order[used..used + n].to_vec());
+        used += n;
+    }
     let width = (nh + 2 * nkv) * hd;
     // Every position of each sequence gets keys/values, so write the cached prefix too: run the whole history.
     let mut pos = Vec::new();
     let mut seq_of = Vec::new();
-    for (s, &(start, len, _)) in chunks.iter().enumerate() {
+    for (s, &(start, len)) in chunks.iter().enumerate() {
         for p in 0..start + len {
             pos.push(p);
             seq_of.push(s);
@@ -173,7 +189,7 @@ fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize) {
     }
     let mut attn_chunks = Vec::new();
     let mut row = 0;
-    for (s, &(start, len, _)) in chunks.iter().enumerate() {
+    for (s, &(start, len)) in chunks.iter().enumerate() {
         attn_chunks.push(AttnChunk {
             row: row + start,
             len,
@@ -192,7 +208,14 @@ fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize) {
 
     // GPU: the same rows through rope_write_kv and paged_attention.
     let flat: Vec<i32> = tables.iter().flatten().map(|&b| b as i32).collect();
-    let offs = [0i32, tables[0].len() as i32];
+    let offs: Vec<i32> = tables
+        .iter()
+        .scan(0i32, |at, t| {
+            let here = *at;
+            *at += t.len() as i32;
+            Some(here)
+        })
+        .collect();
     let slots: Vec<i32> = pos
         .iter()
         .zip(&seq_of)
@@ -206,13 +229,26 @@ fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize) {
         stream.clone_htod(&flat).unwrap(),
         stream.clone_htod(&table_off).unwrap(),
     );
-    // Tiled mode for the 37-row chunk (rows 5..42, two tiles), one row per block for the decode row (62).
-    let decode_row: i32 = 5 + 37 + 20;
-    let tiles = [5, 32, 0, 5, 37, 5, 0, 37];
-    let (tiles_d, singles_d) = (
-        stream.clone_htod(&tiles).unwrap(),
-        stream.clone_htod(&[decode_row]).unwrap(),
-    );
+    // Tiled mode: chunks of 8 rows or more in tiles of the kernel's height, shorter ones (decodes) a row per block.
+    let tile_rows = prefill_tile_rows(hd);
+    let (mut tiles, mut singles) = (Vec::new(), Vec::new());
+    for (s, c) in attn_chunks.iter().enumerate() {
+        if c.len >= 8 {
+            for first in (0..c.len).step_by(tile_rows) {
+                let rows = tile_rows.min(c.len - first);
+                tiles.extend([
+                    (c.row + first) as i32,
+                    rows as i32,
+                    offs[s],
+                    (c.start_pos + first) as i32,
+                ]);
+            }
+        } else {
+            singles.extend((c.row..c.row + c.len).map(|r| r as i32));
+        }
+    }
+    let (n_tiles, n_singles) = (tiles.len() / 4, singles.len());
+    let (tiles_d, singles_d) = (stream.clone_htod(&tiles).unwrap(), stream.clone_htod(&singles).unwrap());
     let meta = AttnMeta {
         pos: &pos_d,
         slots: &slots_d,
@@ -234,8 +270,8 @@ fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize) {
     let inv_d = stream.clone_htod(&inv_freq).unwrap();
     let mut q_d = stream.clone_htod(&vec![f32::NAN; t * nh * hd]).unwrap();
     let cache_len = n_blocks * nkv * bs * hd;
-    let mut k_cache = stream.alloc_zeros::<bf16>(cache_len).unwrap();
-    let mut v_cache = stream.alloc_zeros::<bf16>(cache_len).unwrap();
+    let mut k_cache = stream.clone_htod(&vec![bf16::NAN; cache_len]).unwrap();
+    let mut v_cache = stream.clone_htod(&vec![bf16::NAN; cache_len]).unwrap();
     k.rope_write_kv(
         &stream,
         &qkv_d,
@@ -251,24 +287,42 @@ fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize) {
     let got_q = stream.clone_dtoh(&q_d).unwrap();
     assert_close("rope q", &got_q, &q, 1e-5, 1e-5);
     let tiled = AttnMeta {
-        n_tiles: 2,
-        n_single_rows: 1,
+        n_tiles,
+        n_single_rows: n_singles,
         ..meta
     };
-    for (mode, meta) in [("row per block", &meta), ("tiled", &tiled)] {
+    // The tensor-core kernel (64- and 128-dim heads) rounds q and the softmax weights to bf16, as bf16 flash
+    // attention does: scores then carry ~2⁻⁸ relative error, which for these value ranges (|v| < 2) is an absolute
+    // error of a few 10⁻³ where outputs cancel towards zero. The CUDA-core kernels keep q and p in f32.
+    let tensor_cores = prefill_tile_rows(hd) > cleave_kernels::PREFILL_TILE_ROWS;
+    // Split decode attention's scratch; the second tiled run checks that the first left the counters at zero.
+    let (partial_len, counters_len) = k.decode_split_lens(hd);
+    let mut partial = stream.clone_htod(&vec![f32::NAN; partial_len]).unwrap();
+    let mut counters = stream.alloc_zeros::<u32>(counters_len).unwrap();
+    let modes = [("row per block", &meta), ("tiled", &tiled), ("tiled, again", &tiled)];
+    for (mode, meta) in modes {
+        let abs = if mode != "row per block" && tensor_cores {
+            1.0 / 128.0
+        } else {
+            2e-3
+        };
         let mut out = stream.clone_htod(&vec![bf16::NAN; t * nh * hd]).unwrap();
-        k.attention(&stream, &q_d, &k_cache, &v_cache, meta, &mut out, gdims)
+        let split = (mode != "row per block").then_some(DecodeSplit {
+            partial: &mut partial,
+            counters: &mut counters,
+        });
+        k.attention(&stream, &q_d, &k_cache, &v_cache, meta, &mut out, gdims, split)
             .unwrap();
         let got: Vec<f32> = stream.clone_dtoh(&out).unwrap().iter().map(|v| v.to_f32()).collect();
         // Compare the chunks' rows (the CPU computed only those).
         for c in &attn_chunks {
             let rows = c.row * nh * hd..(c.row + c.len) * nh * hd;
             assert_close(
-                &format!("attention ({mode})"),
+                &format!("attention ({mode}, head_dim {hd}, chunk at row {})", c.row),
                 &got[rows.clone()],
                 &want[rows],
                 1.0 / 64.0,
-                2e-3,
+                abs,
             );
         }
     }
@@ -507,4 +561,44 @@ fn default_model_greedy_tokens_match_the_golden_data() {
         }),
         "{report:#?}"
     );
+}
+
+/// `cleave bench --device cuda` without the CLI: with `CLEAVE_CUDA_BENCH=llama-3.1-8b,llama-3.2-1b` (synthetic
+/// shapes) it prints the benchmark report of each (by default prefill of 2,048 tokens, decode at batch 1 and 32 with
+/// 128 tokens of context; `CLEAVE_CUDA_BENCH_PROMPT`, `_BATCHES` (comma list), `_CONTEXT`, `_STEPS` change them);
+/// otherwise it does nothing. For measuring kernel changes on a GPU machine from the test binary alone.
+#[test]
+fn synthetic_bench_when_asked() {
+    let Ok(shapes) = std::env::var("CLEAVE_CUDA_BENCH") else {
+        return;
+    };
+    if skip() {
+        return;
+    }
+    use cleave_engine::cuda::bench::{CudaBenchConfig, run_cuda_bench};
+    let options = CudaOptions {
+        ordinal: 0,
+        kv_cache_bytes: 8 << 30,
+        block_size: 16,
+        kernel_cache: None,
+    };
+    for shape in shapes.split(',') {
+        let config = cleave_engine::cuda::synthetic_config(shape).unwrap();
+        let knob = |name: &str| std::env::var(format!("CLEAVE_CUDA_BENCH_{name}")).ok();
+        let mut bench = CudaBenchConfig::default();
+        if let Some(v) = knob("PROMPT") {
+            bench.prompt_tokens = v.parse().unwrap();
+        }
+        if let Some(v) = knob("BATCHES") {
+            bench.batches = v.split(',').map(|b| b.parse().unwrap()).collect();
+        }
+        if let Some(v) = knob("CONTEXT") {
+            bench.decode_context = v.parse().unwrap();
+        }
+        if let Some(v) = knob("STEPS") {
+            bench.decode_steps = v.parse().unwrap();
+        }
+        let report = run_cuda_bench(shape, config, &options, &bench).unwrap();
+        eprintln!("== synthetic:{shape}\n{report}");
+    }
 }

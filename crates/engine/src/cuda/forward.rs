@@ -21,7 +21,7 @@ use super::{CudaBackend, CudaError};
 use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;
 use crate::model::SeqChunk;
-use cleave_kernels::{AttnDims, AttnMeta, Kernels, PREFILL_TILE_MAX_HEAD_DIM, PREFILL_TILE_ROWS};
+use cleave_kernels::{AttnDims, AttnMeta, DecodeSplit, Kernels, PREFILL_TILE_MAX_HEAD_DIM, prefill_tile_rows};
 
 /// The per-step activations, sized for `tokens` rows (and `logit_rows` rows of logits).
 #[derive(Debug)]
@@ -42,6 +42,9 @@ pub(super) struct Scratch {
     logit_rows: usize,
     final_normed: Option<CudaSlice<bf16>>,
     logits: Option<CudaSlice<f32>>,
+    /// Scratch of split decode attention (fixed size: see `Kernels::decode_split_lens`); the counters start at zero.
+    split_partial: Option<CudaSlice<f32>>,
+    split_counters: Option<CudaSlice<u32>>,
     /// Bumped whenever a buffer is reallocated: CUDA graphs captured before hold stale pointers.
     pub generation: u64,
 }
@@ -56,9 +59,16 @@ impl Scratch {
         &mut self,
         stream: &Arc<CudaStream>,
         cfg: &ModelConfig,
+        kernels: &Kernels,
         t: usize,
         n_logits: usize,
     ) -> Result<(), CudaError> {
+        if self.split_partial.is_none() || self.split_counters.is_none() {
+            self.generation += 1;
+            let (partial, counters) = kernels.decode_split_lens(cfg.head_dim);
+            self.split_partial = Some(zeros(stream, partial)?);
+            self.split_counters = Some(zeros(stream, counters)?);
+        }
         self.buffers(stream, cfg, t)?;
         self.ensure_logits(stream, cfg, n_logits.max(1))
     }
@@ -114,7 +124,8 @@ struct Layout {
 /// Chunks at least this long go through the tiled prefill attention; shorter ones (decodes) one row per block.
 const TILED_MIN_ROWS: usize = 8;
 
-fn layout(chunks: &[SeqChunk<'_>], block_size: usize, tiled: bool) -> Layout {
+/// The batch layout; `tile_rows` is the prefill kernel's tile height (`None`: no tiled attention for this model).
+fn layout(chunks: &[SeqChunk<'_>], block_size: usize, tile_rows: Option<usize>) -> Layout {
     let mut l = Layout::default();
     let mut row = 0usize;
     for c in chunks {
@@ -129,9 +140,9 @@ fn layout(chunks: &[SeqChunk<'_>], block_size: usize, tiled: bool) -> Layout {
             l.table_off.push(off);
         }
         let len = c.tokens.len();
-        if tiled && len >= TILED_MIN_ROWS {
-            for first in (0..len).step_by(PREFILL_TILE_ROWS) {
-                let rows = PREFILL_TILE_ROWS.min(len - first);
+        if let Some(tile_rows) = tile_rows.filter(|_| len >= TILED_MIN_ROWS) {
+            for first in (0..len).step_by(tile_rows) {
+                let rows = tile_rows.min(len - first);
                 l.tiles
                     .extend([(row + first) as i32, rows as i32, off, (c.start_pos + first) as i32]);
                 l.n_tiles += 1;
@@ -253,6 +264,8 @@ pub(super) fn run_pass(
         buffers: Some(b),
         final_normed: Some(final_normed),
         logits: Some(logits),
+        split_partial: Some(split_partial),
+        split_counters: Some(split_counters),
         ..
     } = scratch
     else {
@@ -292,6 +305,10 @@ pub(super) fn run_pass(
             meta,
             &mut b.attn,
             dims,
+            Some(DecodeSplit {
+                partial: split_partial,
+                counters: split_counters,
+            }),
         )?;
         gemm(on, &b.attn, t, &w.o, &mut b.x, cudaDataType_t::CUDA_R_32F, 1.0)?;
         kernels.rms_norm(stream, &b.x, None, &w.mlp_norm, &mut b.normed, t, hidden, eps)?;
@@ -342,14 +359,15 @@ impl CudaBackend {
         let cfg = self.config.clone();
         let block_size = self.kv.shape().block_size;
         let tiled = cfg.head_dim <= PREFILL_TILE_MAX_HEAD_DIM && cfg.head_dim.is_multiple_of(8);
-        let l = layout(chunks, block_size, tiled);
+        let l = layout(chunks, block_size, tiled.then(|| prefill_tile_rows(cfg.head_dim)));
         let t = l.ids.len();
         if t == 0 {
             return Ok(Vec::new());
         }
         let stream = self.stream.clone();
         stream.context().bind_to_thread()?;
-        self.scratch.ensure(&stream, &cfg, t, l.logit_rows.len())?;
+        self.scratch
+            .ensure(&stream, &cfg, &self.kernels, t, l.logit_rows.len())?;
         let up = |v: &[i32]| stream.clone_htod(v).map_err(CudaError::from);
         let ids = stream.clone_htod(&l.ids)?;
         let (pos, slots, table_off, tables) = (up(&l.pos)?, up(&l.slots)?, up(&l.table_off)?, up(&l.tables)?);

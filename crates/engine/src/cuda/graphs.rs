@@ -97,7 +97,7 @@ impl DecodeGraphs {
         if table_len > self.table_capacity {
             return Ok(None);
         }
-        scratch.ensure(stream, model.cfg, MAX_GRAPH_BATCH, MAX_GRAPH_BATCH)?;
+        scratch.ensure(stream, model.cfg, model.kernels, MAX_GRAPH_BATCH, MAX_GRAPH_BATCH)?;
 
         // The layout, padded: extra rows decode token 0 at position 0 into the dummy block.
         let (mut ids, mut pos, mut slots, mut table_off) = (
