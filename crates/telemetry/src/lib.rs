@@ -1,4 +1,5 @@
-//! cleave's Prometheus metrics: what each component measures, and the `/metrics` endpoint that serves them.
+//! cleave's telemetry: Prometheus metrics (what each component measures, and the `/metrics` endpoint that serves
+//! them) and OpenTelemetry traces ([`trace`]: the process's subscriber, OTLP export, W3C context in gRPC metadata).
 //!
 //! - [`RouterMetrics`]: the request path's latencies (time to first token, inter-token latency, end-to-end, queue
 //!   wait), requests by outcome, token counts and routing decisions.
@@ -14,6 +15,7 @@
 
 mod router;
 mod server;
+pub mod trace;
 mod worker;
 
 pub use prometheus_client::registry::Registry;

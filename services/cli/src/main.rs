@@ -10,6 +10,7 @@ mod error;
 mod generate;
 mod load;
 mod model;
+mod planner;
 mod progress;
 mod registry;
 mod router;
@@ -22,14 +23,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cleave_engine::bench::{BenchConfig, run_bench};
-use tracing_subscriber::EnvFilter;
 
 use crate::args::{BenchArgs, Cli, Command, Device, ModelCommand};
 use crate::error::CliError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Logs to stderr (RUST_LOG, `warn` by default); traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    // Dropped at the end of main, which flushes the spans still buffered.
+    let _traces = cleave_telemetry::trace::init(service_name(&cli.command));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -39,13 +41,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr at `RUST_LOG`'s levels, `warn` when it is unset or unparsable.
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// The service name traces carry unless `OTEL_SERVICE_NAME` sets one.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Router(_) => "cleave-router",
+        Command::Worker(_) => "cleave-worker",
+        Command::Up(_) => "cleave-up",
+        _ => "cleave",
+    }
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Router(args) => router::run_router(&args),
         Command::Load(args) => load::run_load(&args),
         Command::Up(args) => up::run_up(&args, device),
+        Command::Planner(args) => planner::run_planner(&args),
     }
 }
 

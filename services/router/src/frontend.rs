@@ -22,6 +22,7 @@ use cleave_tokens::{ChatMessage, block_hashes};
 use futures_util::Stream;
 use tokio::time::Instant;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::WorkerRole;
 use crate::admission::{AdmissionConfig, QueueGauge, QueuedPermit};
@@ -164,8 +165,23 @@ impl Frontend {
         req: v1::GenerateRequest,
         deadline: Option<Instant>,
     ) -> Result<Generation, RouterError> {
-        let mut observer = RequestObserver::new(self.metrics.clone());
-        match self.start(req, deadline, &mut observer).await {
+        self.generate_traced(req, deadline, None).await
+    }
+
+    /// [`Frontend::generate`], traced as a child of the W3C trace context in `incoming` (a client's gRPC
+    /// metadata) when it carries one.
+    pub async fn generate_traced(
+        &self,
+        req: v1::GenerateRequest,
+        deadline: Option<Instant>,
+        incoming: Option<&tonic::metadata::MetadataMap>,
+    ) -> Result<Generation, RouterError> {
+        let span = observe::request_span();
+        if let Some(metadata) = incoming {
+            cleave_telemetry::trace::set_parent(&span, metadata);
+        }
+        let mut observer = RequestObserver::new(self.metrics.clone(), span.clone());
+        match self.start(req, deadline, &mut observer).instrument(span).await {
             Ok(started) => Ok(Generation {
                 request_id: started.request_id,
                 stream: supervise(started.stream, started.addr, deadline, started.permit, observer),
@@ -217,6 +233,14 @@ impl Frontend {
         );
         let plan = &route.plan;
         observer.routed(plan.reason, prompt_ids.len());
+        let span = observer.span();
+        span.record("request_id", request_id.as_str());
+        span.record("model", self.model.name.as_str());
+        span.record("decode_worker", route.addr.as_str());
+        span.record("routing_cost", plan.decode.cost);
+        if let Some(prefill) = &route.prefill_addr {
+            span.record("prefill_worker", prefill.as_str());
+        }
         tracing::debug!(
             %request_id,
             decode = %route.addr,
@@ -245,6 +269,7 @@ impl Frontend {
                 .map(|prefill_addr| v1::RemotePrefill { prefill_addr }),
         };
         let mut request = tonic::Request::new(forward);
+        cleave_telemetry::trace::inject(request.metadata_mut());
         if let Some(d) = deadline {
             // The worker learns the deadline too (grpc-timeout), so its own work is bounded even if we vanish.
             request.set_timeout(

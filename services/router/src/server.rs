@@ -71,9 +71,10 @@ impl Generation for RouterService {
 
     async fn generate(&self, request: Request<v1::GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
         let deadline = grpc_deadline(request.metadata());
+        let (metadata, _, req) = request.into_parts();
         let started = self
             .frontend
-            .generate(request.into_inner(), deadline)
+            .generate_traced(req, deadline, Some(&metadata))
             .await
             .map_err(|e| e.into_status())?;
         Ok(Response::new(started.stream))

@@ -66,6 +66,15 @@ impl WorkerService {
             dest_blocks: dest.block_ids,
         };
         let n_layers = header.layout.n_layers;
+        // Ends when this call returns: connect to the decode worker's confirmation of the last layer.
+        let transfer_span = tracing::info_span!(
+            "kv_transfer.send",
+            peer = %dest.kv_addr,
+            transport = if self.tls.is_some() { "tcp+tls" } else { "tcp" },
+            layers = n_layers,
+            blocks = header.dest_blocks.len(),
+            bytes = tracing::field::Empty,
+        );
         let mut sent_record = SentTransfer::new(self.kv_metrics.clone());
         let mut sender = KvSender::connect_with(dest.kv_addr.as_str(), header, DEFAULT_IO_TIMEOUT, self.tls.as_ref())
             .await
@@ -97,6 +106,8 @@ impl WorkerService {
             )));
         }
         sender.finish().await.map_err(|e| transfer_status(&e))?;
+        transfer_span.record("bytes", sent_record.bytes);
+        drop(transfer_span);
         sent_record.ok = true;
         drop(sent_record);
         match stream.next().await {

@@ -19,6 +19,7 @@ use cleave_proto::v1::worker_client::WorkerClient;
 use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::convert::status;
 use crate::kv_inbox::{ExpectedTransfer, KvInbox};
@@ -121,14 +122,23 @@ impl RemotePrefillContext {
             blocks = blocks.len(),
             "remote prefill"
         );
-        let task = tokio::spawn(drive(
-            self.engine.clone(),
-            client,
-            request,
-            expected,
-            stream.id(),
-            self.timeout,
-        ));
+        let span = tracing::info_span!(
+            "worker.remote_prefill",
+            prefill_worker = prefill_url,
+            blocks = blocks.len(),
+            outcome = tracing::field::Empty,
+        );
+        let task = tokio::spawn(
+            drive(
+                self.engine.clone(),
+                client,
+                request,
+                expected,
+                stream.id(),
+                self.timeout,
+            )
+            .instrument(span),
+        );
         Ok((stream, Some(RemotePrefillTask(task))))
     }
 }
@@ -143,6 +153,8 @@ async fn drive(
     timeout: Duration,
 ) {
     let prefill = async {
+        let mut request = tonic::Request::new(request);
+        cleave_telemetry::trace::inject(request.metadata_mut());
         let response = client
             .prefill(request)
             .await
@@ -153,5 +165,10 @@ async fn drive(
     let result = tokio::time::timeout(timeout, prefill)
         .await
         .unwrap_or_else(|_| Err(format!("no KV within {timeout:?}")));
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("fell back to local prefill: {e}"),
+    };
+    tracing::Span::current().record("outcome", outcome.as_str());
     engine.finish_remote_kv(engine_request, result);
 }

@@ -13,6 +13,7 @@ use cleave_telemetry::KvTransferMetrics;
 use futures_util::Stream;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use cleave_proto::sampling_spec;
 
@@ -164,14 +165,59 @@ impl Drop for Registration {
 struct StreamGuards {
     _registration: Option<Registration>,
     _remote: Option<RemotePrefillTask>,
+    trace: StreamTrace,
+}
+
+/// A `Generate` stream's spans: `worker.generate` for the whole request and `worker.decode` from its first token
+/// to its end; both end when the stream is dropped, with the generated token count.
+struct StreamTrace {
+    request: tracing::Span,
+    decode: Option<tracing::Span>,
+    generated: usize,
+}
+
+impl StreamTrace {
+    fn new(request: tracing::Span) -> Self {
+        Self {
+            request,
+            decode: None,
+            generated: 0,
+        }
+    }
+
+    fn observe(&mut self, response: &v1::GenerateResponse) {
+        if !response.token_ids.is_empty() && self.decode.is_none() {
+            self.decode = Some(tracing::info_span!(
+                parent: &self.request,
+                "worker.decode",
+                generated_tokens = tracing::field::Empty
+            ));
+        }
+        self.generated += response.token_ids.len();
+        if let Some(usage) = &response.usage {
+            self.request.record("cached_tokens", usage.cached_tokens);
+        }
+    }
+}
+
+impl Drop for StreamTrace {
+    fn drop(&mut self) {
+        if let Some(decode) = &self.decode {
+            decode.record("generated_tokens", self.generated);
+        }
+        self.request.record("generated_tokens", self.generated);
+    }
 }
 
 fn output_stream(stream: GenerationStream, guards: StreamGuards) -> RpcStream<v1::GenerateResponse> {
     Box::pin(futures_util::stream::unfold(
         (stream, guards),
-        |(mut stream, guards)| async move {
-            let item = stream.next().await?;
-            Some((item.map(response).map_err(|e| status(&e)), (stream, guards)))
+        |(mut stream, mut guards)| async move {
+            let item = stream.next().await?.map(response);
+            if let Ok(response) = &item {
+                guards.trace.observe(response);
+            }
+            Some((item.map_err(|e| status(&e)), (stream, guards)))
         },
     ))
 }
@@ -186,14 +232,26 @@ impl Worker for WorkerService {
         &self,
         request: Request<v1::WorkerGenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        let span = tracing::info_span!(
+            "worker.generate",
+            otel.kind = "server",
+            request_id = %req.request_id,
+            prompt_tokens = req.prompt_token_ids.len(),
+            remote_prefill = tracing::field::Empty,
+            cached_tokens = tracing::field::Empty,
+            generated_tokens = tracing::field::Empty,
+        );
+        cleave_telemetry::trace::set_parent(&span, &metadata);
         let sampling = req.sampling.unwrap_or_default();
         let spec = sampling_spec(&sampling);
         let prefill_url = req.remote_prefill.map(|r| r.prefill_addr);
         let (stream, remote) = match (prefill_url, &self.remote) {
             (Some(url), Some(remote)) => {
+                span.record("remote_prefill", url.as_str());
                 remote
                     .start(&req.request_id, &url, req.prompt_token_ids, &spec, sampling.priority)
+                    .instrument(span.clone())
                     .await?
             }
             (url, _) => {
@@ -210,12 +268,24 @@ impl Worker for WorkerService {
         let guards = StreamGuards {
             _registration: self.register(&req.request_id, stream.id())?,
             _remote: remote,
+            trace: StreamTrace::new(span),
         };
         Ok(Response::new(output_stream(stream, guards)))
     }
 
     async fn prefill(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
-        self.run_prefill(request.into_inner()).await.map(Response::new)
+        let (metadata, _, req) = request.into_parts();
+        let span = tracing::info_span!(
+            "worker.prefill",
+            otel.kind = "server",
+            request_id = %req.request_id,
+            prompt_tokens = req.prompt_token_ids.len(),
+            cached_tokens = tracing::field::Empty,
+        );
+        cleave_telemetry::trace::set_parent(&span, &metadata);
+        let response = self.run_prefill(req).instrument(span.clone()).await?;
+        span.record("cached_tokens", response.cached_tokens);
+        Ok(Response::new(response))
     }
 
     async fn abort(&self, request: Request<v1::AbortRequest>) -> Result<Response<v1::AbortResponse>, Status> {

@@ -11,9 +11,15 @@ use tonic::transport::Channel;
 
 /// Starts the `cleave` binary under test with `args`, its output discarded; killed on drop.
 pub fn spawn_cleave(args: &[&str]) -> ChildGuard {
+    spawn_cleave_with_env(args, &[])
+}
+
+/// [`spawn_cleave`] with these environment variables set.
+pub fn spawn_cleave_with_env(args: &[&str], env: &[(&str, &str)]) -> ChildGuard {
     ChildGuard::spawn(
         Command::new(env!("CARGO_BIN_EXE_cleave"))
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )

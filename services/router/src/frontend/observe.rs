@@ -56,11 +56,32 @@ pub(crate) struct RequestObserver {
     cached_counted: bool,
     in_queue: bool,
     outcome: Option<Outcome>,
+    /// The request's trace span (`router.generate`), ended when the observer drops.
+    span: tracing::Span,
+    generated: u64,
+}
+
+/// The span one request is traced under; its fields are filled as the request is routed and answered.
+pub(crate) fn request_span() -> tracing::Span {
+    tracing::info_span!(
+        "router.generate",
+        otel.kind = "server",
+        request_id = tracing::field::Empty,
+        model = tracing::field::Empty,
+        prompt_tokens = tracing::field::Empty,
+        cached_tokens = tracing::field::Empty,
+        generated_tokens = tracing::field::Empty,
+        decode_worker = tracing::field::Empty,
+        prefill_worker = tracing::field::Empty,
+        routing_cost = tracing::field::Empty,
+        routing_reason = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
 }
 
 impl RequestObserver {
     /// A request arriving now; it expects one choice until [`RequestObserver::admitted`] says otherwise.
-    pub(crate) fn new(metrics: RouterMetrics) -> Self {
+    pub(crate) fn new(metrics: RouterMetrics, span: tracing::Span) -> Self {
         let arrived = Instant::now();
         RequestObserver {
             metrics,
@@ -71,7 +92,13 @@ impl RequestObserver {
             cached_counted: false,
             in_queue: false,
             outcome: None,
+            span,
+            generated: 0,
         }
+    }
+
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The request took a queue slot; it expects `choices` finishes.
@@ -87,6 +114,8 @@ impl RequestObserver {
     /// The router decided where the prompt is prefilled.
     pub(crate) fn routed(&self, reason: PrefillReason, prompt_tokens: usize) {
         self.metrics.count_routed(routing_reason(reason), prompt_tokens);
+        self.span.record("prompt_tokens", prompt_tokens);
+        self.span.record("routing_reason", routing_reason(reason));
     }
 
     /// The first response leaves the router's queue, whether or not it carries a token.
@@ -107,14 +136,19 @@ impl RequestObserver {
                 None => self.metrics.observe_time_to_first_token(now - self.arrived),
                 Some(last) => self.metrics.observe_inter_token(now - last, tokens),
             }
+            if self.last_token.is_none() {
+                tracing::info!(parent: &self.span, "first token");
+            }
             self.last_token = Some(now);
             self.metrics.count_generated_tokens(tokens as u64);
+            self.generated += tokens as u64;
         }
         if let Some(usage) = &response.usage
             && !self.cached_counted
         {
             self.cached_counted = true;
             self.metrics.count_cached_tokens(u64::from(usage.cached_tokens));
+            self.span.record("cached_tokens", usage.cached_tokens);
         }
         if response.finish_reason != v1::FinishReason::Unspecified as i32 {
             self.unfinished = self.unfinished.saturating_sub(1);
@@ -139,5 +173,7 @@ impl Drop for RequestObserver {
             .unwrap_or(if self.unfinished == 0 { "ok" } else { "cancelled" });
         self.metrics.count_request(outcome);
         self.metrics.observe_request_duration(now - self.arrived);
+        self.span.record("outcome", outcome);
+        self.span.record("generated_tokens", self.generated);
     }
 }
