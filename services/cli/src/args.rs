@@ -39,6 +39,8 @@ pub enum Command {
     Router(RouterArgs),
     /// One process, the whole cluster: a router and workers on loopback, with an embedded registry (or --etcd).
     Up(UpArgs),
+    /// Autoscale prefill and decode workers against TTFT/ITL targets (Kubernetes workloads or local processes).
+    Planner(crate::planner::PlannerArgs),
     /// Load-test a router: a quick run from flags or a campaign file; writes run.json, report.md and plots.
     Load(LoadArgs),
 }
