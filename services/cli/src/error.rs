@@ -80,6 +80,8 @@ pub enum CliError {
     },
     #[error("{what}")]
     MissingSecret { what: &'static str },
+    #[error(transparent)]
+    Planner(#[from] cleave_planner::PlannerError),
 }
 
 impl CliError {
@@ -103,6 +105,10 @@ impl CliError {
             | CliError::ApiKeyFile(_)
             | CliError::ReadFile { .. }
             | CliError::MissingSecret { .. } => true,
+            CliError::Planner(e) => matches!(
+                e,
+                cleave_planner::PlannerError::InvalidConfig(_) | cleave_planner::PlannerError::InvalidWorkload(_)
+            ),
             CliError::ThreadPool { .. }
             | CliError::Stdout(_)
             | CliError::Json(_)

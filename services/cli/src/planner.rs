@@ -172,43 +172,12 @@ pub fn run_planner(args: &PlannerArgs) -> Result<(), CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     let result = runtime.block_on(run(args));
+    // Shutting the runtime down stops the local executor's workers before the error is reported.
     drop(runtime);
-    match result {
-        Ok(()) => Ok(()),
-        Err(Failure::Cli(e)) => Err(e),
-        // CliError has no variant for the planner's errors (yet): report them the same way main does.
-        Err(Failure::Planner(e)) => {
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(err) = cause {
-                text.push_str(&format!(": {err}"));
-                cause = err.source();
-            }
-            eprintln!("error: {text}");
-            let invalid = matches!(e, PlannerError::InvalidConfig(_) | PlannerError::InvalidWorkload(_));
-            std::process::exit(if invalid { 2 } else { 1 });
-        }
-    }
+    result
 }
 
-enum Failure {
-    Cli(CliError),
-    Planner(PlannerError),
-}
-
-impl From<CliError> for Failure {
-    fn from(e: CliError) -> Self {
-        Failure::Cli(e)
-    }
-}
-
-impl From<PlannerError> for Failure {
-    fn from(e: PlannerError) -> Self {
-        Failure::Planner(e)
-    }
-}
-
-async fn run(args: &PlannerArgs) -> Result<(), Failure> {
+async fn run(args: &PlannerArgs) -> Result<(), CliError> {
     let config = args.config();
     config.validate().map_err(PlannerError::InvalidConfig)?;
     let interval = Duration::from_secs(args.interval_secs);
@@ -271,7 +240,7 @@ async fn serve<E: Executor + 'static>(
     args: &PlannerArgs,
     planner: Planner<E>,
     shutdown: CancellationToken,
-) -> Result<E, Failure> {
+) -> Result<E, CliError> {
     if let Some(addr) = args.metrics_listen {
         let (listener, local) = bind(addr).await?;
         eprintln!("cleave planner: metrics on http://{local}/metrics");
