@@ -148,6 +148,56 @@ async fn a_grpc_timeout_ends_the_stream_with_deadline_exceeded_and_frees_the_wor
     assert_engines_drain(&c.engines, Duration::from_secs(2)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_order_the_queue_a_request_waits_in() {
+    // One sequence runs at a time on the worker, so the next two requests queue behind the first.
+    let mut engine = cleave_engine::EngineConfig::default();
+    engine.scheduler.max_running = 1;
+    let c = start(Options {
+        engine,
+        ..Options::default()
+    })
+    .await;
+    let grpc = GenerationClient::connect(c.grpc.clone()).await.unwrap();
+    let send = |priority: i32, max_tokens: u32| {
+        let mut grpc = grpc.clone();
+        async move {
+            let request = v1::GenerateRequest {
+                prompt: "Once upon a time".into(),
+                max_tokens: Some(max_tokens),
+                ignore_eos: true,
+                priority,
+                ..Default::default()
+            };
+            let mut stream = grpc.generate(request).await.unwrap().into_inner();
+            let mut first = None;
+            while let Some(msg) = stream.message().await.unwrap() {
+                if !msg.token_ids.is_empty() {
+                    first.get_or_insert_with(Instant::now);
+                }
+            }
+            (first.unwrap(), Instant::now())
+        }
+    };
+    let running = tokio::spawn(send(0, 48));
+    // Wait until the first request runs, then queue a low-priority request and, after it, an urgent one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.engines[0].stats().await.unwrap().running == 0 {
+        assert!(Instant::now() < deadline, "the first request never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let low = tokio::spawn(send(10, 4));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let urgent = tokio::spawn(send(-10, 4));
+    let (running, low, urgent) = (running.await.unwrap(), low.await.unwrap(), urgent.await.unwrap());
+    assert!(urgent.0 >= running.0, "nothing overtook the running request");
+    assert!(
+        urgent.1 <= low.0,
+        "the urgent request (sent last) should finish before the low-priority one starts"
+    );
+    assert_engines_drain(&c.engines, Duration::from_secs(2)).await;
+}
+
 /// Sends `body` to `/v1/completions` on a raw connection, waits until the worker runs the request, and drops the
 /// connection.
 async fn hang_up_once_running(c: &http_common::Cluster, body: &Value) {

@@ -31,6 +31,8 @@ pub struct Options {
     pub http: HttpConfig,
     /// Worker URLs to add that nothing serves (to test an unreachable cluster).
     pub dead_workers: Vec<String>,
+    /// Each worker's engine.
+    pub engine: EngineConfig,
 }
 
 impl Default for Options {
@@ -41,6 +43,7 @@ impl Default for Options {
             policy: PolicyConfig::default(),
             http: HttpConfig::default(),
             dead_workers: Vec::new(),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -67,7 +70,7 @@ pub async fn start(options: Options) -> Cluster {
     let mut stops = Vec::new();
     for _ in 0..options.workers {
         let (model, tokenizer) = load_model(ModelFiles::Gguf(&cleave_testkit::default_model_path())).unwrap();
-        let engine = Arc::new(Engine::start(model, Arc::new(tokenizer), EngineConfig::default()).unwrap());
+        let engine = Arc::new(Engine::start(model, Arc::new(tokenizer), options.engine.clone()).unwrap());
         let (listener, addr) = listen().await;
         let (tx, stop) = stop_pair();
         tokio::spawn(cleave_worker::serve(
