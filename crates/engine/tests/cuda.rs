@@ -291,21 +291,16 @@ fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize, chunks: &[(usize
         n_single_rows: n_singles,
         ..meta
     };
-    // The tensor-core kernel (64- and 128-dim heads) rounds q and the softmax weights to bf16, as bf16 flash
-    // attention does: scores then carry ~2⁻⁸ relative error, which for these value ranges (|v| < 2) is an absolute
-    // error of a few 10⁻³ where outputs cancel towards zero. The CUDA-core kernels keep q and p in f32.
-    let tensor_cores = prefill_tile_rows(hd) > cleave_kernels::PREFILL_TILE_ROWS;
+    // The tensor-core kernel (64- and 128-dim heads) splits q into bf16 high and low parts (two MMAs, f32
+    // accumulation), so its scores carry ~2⁻¹⁶ relative error; its softmax weights stay bf16 (2⁻⁹ relative, inside
+    // the relative bound). It meets the same bound as the CUDA-core kernels, which keep q and p in f32.
     // Split decode attention's scratch; the second tiled run checks that the first left the counters at zero.
     let (partial_len, counters_len) = k.decode_split_lens(hd);
     let mut partial = stream.clone_htod(&vec![f32::NAN; partial_len]).unwrap();
     let mut counters = stream.alloc_zeros::<u32>(counters_len).unwrap();
     let modes = [("row per block", &meta), ("tiled", &tiled), ("tiled, again", &tiled)];
     for (mode, meta) in modes {
-        let abs = if mode != "row per block" && tensor_cores {
-            1.0 / 128.0
-        } else {
-            2e-3
-        };
+        let abs = 2e-3;
         let mut out = stream.clone_htod(&vec![bf16::NAN; t * nh * hd]).unwrap();
         let split = (mode != "row per block").then_some(DecodeSplit {
             partial: &mut partial,
@@ -521,7 +516,7 @@ fn default_model_greedy_tokens_match_the_golden_data() {
         EngineConfig::default().scheduler,
     )
     .unwrap();
-    let mut report = Vec::new();
+    let (mut report, mut diverged) = (Vec::new(), Vec::new());
     for p in golden["prompts"].as_array().unwrap() {
         let ids = |k: &str| -> Vec<u32> {
             p[k].as_array()
@@ -543,23 +538,30 @@ fn default_model_greedy_tokens_match_the_golden_data() {
             got.extend(out.unwrap().token_ids);
         }
         let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        report.push(format!("{}: {same}/{} tokens equal", p["name"], want.len()));
+        let name = p["name"].as_str().unwrap_or_default();
+        if same == want.len() && got.len() == want.len() {
+            report.push(format!("{name}: {same}/{} tokens equal", want.len()));
+        } else {
+            // transformers' f32 gap between its top two logits at the first differing step: a small one means the
+            // tie is close enough that rounding differences can flip it.
+            let margin = p["margins"].get(same).and_then(|m| m.as_f64());
+            let margin = margin.map_or("unknown".to_owned(), |m| format!("{m:.4}"));
+            let line = format!(
+                "{name}: {same}/{} tokens equal; diverges at output step {same} (got {:?}, want {:?}), \
+                 golden top-2 logit margin there {margin}",
+                want.len(),
+                got.get(same),
+                want.get(same),
+            );
+            report.push(line.clone());
+            diverged.push(line);
+        }
     }
     eprintln!("{}", report.join("\n"));
     assert!(
-        report.iter().all(|r| {
-            let (a, b) = r
-                .rsplit_once(": ")
-                .unwrap()
-                .1
-                .split_once(' ')
-                .unwrap()
-                .0
-                .split_once('/')
-                .unwrap();
-            a == b
-        }),
-        "{report:#?}"
+        diverged.is_empty(),
+        "greedy tokens differ from the golden data:\n{}",
+        diverged.join("\n")
     );
 }
 
