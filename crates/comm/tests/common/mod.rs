@@ -1,7 +1,5 @@
 //! Shared by the communicator tests: a TCP group of `n` ranks on loopback, one thread per rank.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::net::TcpListener;
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 """The official `openai` Python client against a cleave router's HTTP API, streaming and not.
 
 Usage: client.py BASE_URL API_KEY MODEL. Exits non-zero on the first failed check; prints one JSON summary line.
-Run by services/router/tests/http_openai.rs with the interpreter scripts/test installs (target/pyenv).
+Run by services/router/tests/http/openai.rs with the interpreter scripts/test installs (target/pyenv).
 """
 
 import json

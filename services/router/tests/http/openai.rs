@@ -3,11 +3,7 @@
 //! CPU worker. scripts/test installs the client into target/pyenv and names its interpreter in
 //! `CLEAVE_OPENAI_PYTHON`; without that variable the test says so and passes (plain `cargo test`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod http_common;
-
-use http_common::{MODEL, Options, start};
+use crate::common::{MODEL, Options, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_python_client_works_against_the_router() {

@@ -3,16 +3,12 @@
 //! whose deadline passes (HTTP `X-Request-Timeout`, gRPC `grpc-timeout`) is answered 504 / DEADLINE_EXCEEDED while
 //! its worker aborts it and frees every KV block; a client that hangs up (streamed or not) aborts its request too.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod http_common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{MODEL, Options, assert_engines_drain, call, post, start};
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_router::AdmissionConfig;
-use http_common::{MODEL, Options, assert_engines_drain, call, post, start};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +196,7 @@ async fn priorities_order_the_queue_a_request_waits_in() {
 
 /// Sends `body` to `/v1/completions` on a raw connection, waits until the worker runs the request, and drops the
 /// connection.
-async fn hang_up_once_running(c: &http_common::Cluster, body: &Value) {
+async fn hang_up_once_running(c: &crate::common::Cluster, body: &Value) {
     use tokio::io::AsyncWriteExt;
     let body = body.to_string();
     let addr = &c.http;

@@ -1,8 +1,6 @@
 //! Shared by the HTTP API tests: an in-process cluster (real CPU workers on the default model, a router serving
 //! gRPC and HTTP on loopback) and a minimal HTTP/1.1 client over a real socket, with server-sent-event parsing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

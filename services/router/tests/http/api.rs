@@ -2,11 +2,7 @@
 //! completions and chat (JSON and server-sent events, `n`, `stop`, `seed`, `logprobs`, usage), models, health and
 //! readiness, and every error status in OpenAI's shape (400 naming the field, 401, 404, 503).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod http_common;
-
-use http_common::{MODEL, Options, call, post, start};
+use crate::common::{MODEL, Options, call, post, start};
 use serde_json::{Value, json};
 
 fn chat_body(extra: Value) -> Value {

@@ -4,17 +4,13 @@
 //! near one service time. The same load without admission (bounds opened wide) queues: its latency grows with the
 //! backlog — the contrast the test prints and checks. Numbers are recorded in docs/perf.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod http_common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::post;
 use cleave_router::policy::PolicyConfig;
 use cleave_router::{AdmissionConfig, Frontend, RouterModel, WorkerEndpoint, WorkerPool};
 use cleave_simworker::{SimConfig, SimWorker};
-use http_common::post;
 use serde_json::json;
 
 const ARRIVAL_INTERVAL: Duration = Duration::from_millis(1); // 1000 requests/s for 0.6 s
