@@ -347,3 +347,41 @@ fn bad_bench_settings_exit_2() {
     let err = cleave_fails(&["bench", "--prompt-tokens", "9000", "--runs", "1"], 2);
     assert!(err.contains("prompt_tokens") && err.contains("context"), "{err}");
 }
+
+#[test]
+fn bad_security_files_stop_the_router_and_worker_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.pem");
+    let missing = missing.to_str().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let garbage = garbage.to_str().unwrap();
+    let empty_keys = dir.path().join("keys");
+    std::fs::write(&empty_keys, "# no key here\n").unwrap();
+    let empty_keys = empty_keys.to_str().unwrap();
+    let port = format!("127.0.0.1:{}", cleave_testkit::free_port());
+    let router = |extra: &[&str]| {
+        let mut args = vec!["router", "--listen", &port, "--worker", "http://127.0.0.1:1"];
+        args.extend_from_slice(extra);
+        cleave_fails(&args, 2)
+    };
+    let err = router(&["--tls-cert", missing, "--tls-key", missing]);
+    assert!(err.contains("absent.pem"), "{err}");
+    let err = router(&["--tls-cert", garbage, "--tls-key", garbage]);
+    assert!(err.contains("garbage.pem"), "{err}");
+    let err = router(&["--tls-cert", garbage]);
+    assert!(err.contains("--tls-key"), "{err}");
+    let err = router(&["--api-key-file", empty_keys]);
+    assert!(err.contains("holds no key"), "{err}");
+    let err = router(&["--cluster-ca", missing]);
+    assert!(err.contains("--cluster-cert"), "{err}");
+    let err = router(&[
+        "--etcd",
+        "https://127.0.0.1:1",
+        "--etcd-cert",
+        missing,
+        "--etcd-key",
+        missing,
+    ]);
+    assert!(err.contains("--etcd-ca"), "{err}");
+}
