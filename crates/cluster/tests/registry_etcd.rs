@@ -221,3 +221,37 @@ async fn watch_from_compacted_revision_resyncs() -> anyhow::Result<()> {
     ensure!(got == want, "after resync: wanted {want:?}, got {got:?}");
     Ok(())
 }
+
+/// etcd that comes up after its client (pods start in any order): `connect` with a startup wait keeps trying and
+/// succeeds once etcd answers; the same closed port with a short wait fails when the wait is over.
+#[tokio::test]
+async fn connect_waits_for_etcd_to_start() -> anyhow::Result<()> {
+    let mut server = EtcdServer::start().await?;
+    server.stop();
+    let mut config = EtcdConfig::new(vec![server.endpoint()]);
+    config.call_timeout = Duration::from_secs(1);
+    config.startup_wait = Duration::from_secs(30);
+    let connecting = tokio::spawn(EtcdRegistry::connect(config.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ensure!(!connecting.is_finished(), "connect gave up while etcd was down");
+    server.restart().await?;
+    let registry = tokio::time::timeout(Duration::from_secs(20), connecting)
+        .await
+        .context("connect did not notice etcd coming up")???;
+    registry.put("/startup/probe", "up").await?;
+
+    server.stop();
+    config.startup_wait = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let error = EtcdRegistry::connect(config)
+        .await
+        .err()
+        .context("connected to a stopped etcd")?;
+    ensure!(error.category() == ErrorCategory::Unavailable, "{error}");
+    ensure!(
+        (Duration::from_secs(2)..Duration::from_secs(6)).contains(&started.elapsed()),
+        "gave up after {:?} with a 2 s wait",
+        started.elapsed()
+    );
+    Ok(())
+}

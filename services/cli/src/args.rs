@@ -276,6 +276,10 @@ pub struct RegistryArgs {
     #[arg(long, default_value = cleave_cluster::registry::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
 
+    /// Seconds to keep retrying at start while etcd cannot be reached (pods may start before etcd); 0 fails at once.
+    #[arg(long = "etcd-startup-wait", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub etcd_startup_wait_secs: u64,
+
     #[command(flatten)]
     pub security: crate::security::EtcdSecurityArgs,
 }

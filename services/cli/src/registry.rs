@@ -16,6 +16,7 @@ pub async fn connect(args: &RegistryArgs) -> Result<Option<(Arc<dyn Registry>, K
     let mut config = EtcdConfig::new(args.etcd.clone());
     config.tls = security.tls;
     config.user = security.user;
+    config.startup_wait = std::time::Duration::from_secs(args.etcd_startup_wait_secs);
     let registry = EtcdRegistry::connect(config).await?;
     Ok(Some((Arc::new(registry), KeyLayout::new(&args.etcd_prefix)?)))
 }

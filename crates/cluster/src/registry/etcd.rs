@@ -30,6 +30,10 @@ pub struct EtcdConfig {
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// User name and password, where etcd has authentication enabled.
     pub user: Option<(String, String)>,
+    /// How long `connect` keeps retrying while etcd cannot be reached (it may still be starting, as when a
+    /// cluster's pods come up in any order); zero fails at the first attempt. Refusals (bad credentials, a
+    /// rejected certificate) fail at once either way.
+    pub startup_wait: Duration,
 }
 
 impl EtcdConfig {
@@ -40,6 +44,7 @@ impl EtcdConfig {
             call_timeout: Duration::from_secs(3),
             tls: None,
             user: None,
+            startup_wait: Duration::ZERO,
         }
     }
 }
@@ -62,11 +67,30 @@ impl std::fmt::Debug for EtcdRegistry {
 }
 
 impl EtcdRegistry {
-    /// Connects and checks that etcd answers (bounded by the call timeout), so a wrong address fails at start.
+    /// Connects and checks that etcd answers (each attempt bounded by the call timeout), so a wrong address fails
+    /// at start; while etcd is unreachable, attempts repeat with backoff for up to `startup_wait`.
     pub async fn connect(config: EtcdConfig) -> Result<Self, RegistryError> {
         if config.endpoints.is_empty() {
             return Err(RegistryError::NoEndpoints);
         }
+        let give_up = tokio::time::Instant::now() + config.startup_wait;
+        let mut backoff = Backoff::new();
+        let mut warned = false;
+        loop {
+            match Self::connect_once(config.clone()).await {
+                Err(error) if error.is_retryable() && tokio::time::Instant::now() < give_up => {
+                    if !warned {
+                        tracing::warn!(%error, wait = ?config.startup_wait, "etcd is unreachable; retrying");
+                        warned = true;
+                    }
+                    tokio::time::sleep(backoff.next_delay().min(give_up - tokio::time::Instant::now())).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn connect_once(config: EtcdConfig) -> Result<Self, RegistryError> {
         let endpoints: Arc<str> = config.endpoints.join(",").into();
         let options = ConnectOptions::new()
             .with_connect_timeout(config.call_timeout)
