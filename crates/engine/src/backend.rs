@@ -98,9 +98,11 @@ impl Backend for CpuBackend {
         chunks: &[SeqChunk<'_>],
         layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
     ) -> Result<Vec<f32>, EngineError> {
-        Ok(self
-            .model
-            .forward_observed(chunks, &mut self.kv, &mut |layer, kv| layer_done(layer, kv)))
+        self.model.forward_observed(chunks, &mut self.kv, Some(layer_done))
+    }
+
+    fn forward_plain(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<f32>, EngineError> {
+        self.model.forward(chunks, &mut self.kv)
     }
 
     fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError> {

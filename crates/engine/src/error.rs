@@ -37,6 +37,9 @@ pub enum EngineError {
     Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
+    /// A tensor-parallel group's communication failed (a member died or stopped answering).
+    #[error("parallel group: {0}")]
+    Group(#[from] cleave_comm::CommError),
 }
 
 impl From<cleave_sampling::InvalidArgument> for EngineError {
@@ -74,7 +77,7 @@ impl EngineError {
         match self {
             EngineError::InvalidArgument { .. } => ErrorCategory::InvalidArgument,
             EngineError::ResourceExhausted(_) => ErrorCategory::ResourceExhausted,
-            EngineError::Unavailable => ErrorCategory::Unavailable,
+            EngineError::Unavailable | EngineError::Group(_) => ErrorCategory::Unavailable,
             EngineError::Cancelled => ErrorCategory::Cancelled,
             EngineError::Model { .. }
             | EngineError::Io { .. }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod kv;
 pub mod loader;
 pub mod model;
+pub mod parallel;
 pub mod sampling;
 pub mod scheduler;
 pub mod weights;

@@ -22,15 +22,6 @@ fn engine(config: EngineConfig) -> Engine {
     Engine::start(model, tokenizer, config).unwrap()
 }
 
-fn greedy(max_tokens: u32) -> SamplingSpec {
-    SamplingSpec {
-        max_tokens: Some(max_tokens),
-        temperature: Some(0.0),
-        ignore_eos: true,
-        ..Default::default()
-    }
-}
-
 /// Reads a stream to the end: per choice index, (token ids, text, last output).
 fn collect(stream: &mut GenerationStream) -> Vec<(Vec<u32>, String, SeqOutput)> {
     let mut choices: Vec<(Vec<u32>, String, Option<SeqOutput>)> = Vec::new();

@@ -134,9 +134,11 @@ impl Matrix {
         Matrix { rows, cols, data }
     }
 
-    /// Reorders rows: row `i` of the result is row `order[i]` of `self`. Used to undo GGUF's Q/K head permutation.
+    /// Gathers rows: row `i` of the result is row `order[i]` of `self`. Used to undo GGUF's Q/K head permutation
+    /// and to take a tensor-parallel shard of a column-parallel layer.
     pub fn permute_rows(self, order: &[usize]) -> Matrix {
-        let Matrix { rows, cols, data } = self;
+        let Matrix { cols, data, .. } = self;
+        let rows = order.len();
         fn gather<T: Copy>(v: &[T], order: &[usize], width: usize) -> Vec<T> {
             order
                 .iter()
@@ -154,6 +156,43 @@ impl Matrix {
             },
         };
         Matrix { rows, cols, data }
+    }
+
+    /// Columns `c0..c0 + n` of every row (a tensor-parallel shard of a row-parallel layer). Block-quantized rows
+    /// are cut at block boundaries and stay quantized; a cut inside a block dequantizes the shard to f32.
+    pub fn slice_cols(&self, c0: usize, n: usize) -> Matrix {
+        fn cut<T: Copy>(v: &[T], cols: usize, c0: usize, n: usize) -> Vec<T> {
+            v.chunks_exact(cols)
+                .flat_map(|row| row[c0..c0 + n].iter().copied())
+                .collect()
+        }
+        let (rows, cols) = (self.rows, self.cols);
+        let data = match &self.data {
+            WeightData::F32(v) => WeightData::F32(cut(v, cols, c0, n)),
+            WeightData::Bf16(v) => WeightData::Bf16(cut(v, cols, c0, n)),
+            WeightData::F16(v) => WeightData::F16(cut(v, cols, c0, n)),
+            WeightData::Quantized { ty, bytes, row_bytes } => {
+                let per_block = ty.block_size();
+                if c0.is_multiple_of(per_block) && n.is_multiple_of(per_block) {
+                    let block_bytes = row_bytes / (cols / per_block);
+                    let (b0, nb) = (c0 / per_block * block_bytes, n / per_block * block_bytes);
+                    WeightData::Quantized {
+                        ty: *ty,
+                        bytes: cut(bytes, *row_bytes, b0, nb),
+                        row_bytes: nb,
+                    }
+                } else {
+                    let mut row = vec![0.0f32; cols];
+                    let mut values = Vec::with_capacity(rows * n);
+                    for r in 0..rows {
+                        self.dequantize_rows(r, &mut row);
+                        values.extend_from_slice(&row[c0..c0 + n]);
+                    }
+                    WeightData::F32(values)
+                }
+            }
+        };
+        Matrix { rows, cols: n, data }
     }
 }
 

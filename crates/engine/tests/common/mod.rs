@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cleave_engine::kv::KvCache;
-use cleave_engine::sampling::argmax;
+use cleave_engine::sampling::{SamplingSpec, argmax};
 use cleave_engine::{LlamaModel, SeqChunk};
 use cleave_tokens::Tokenizer;
 use serde::Deserialize;
@@ -82,6 +82,16 @@ pub fn assert_greedy_matches(p: &GoldenPrompt, got: &[u32]) {
     }
 }
 
+/// Greedy sampling of `max_tokens` tokens, EOS ignored, as the golden data was made.
+pub fn greedy(max_tokens: u32) -> SamplingSpec {
+    SamplingSpec {
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
 /// Greedy decoding straight on the model, no scheduler: one prefill of `prompt`, then `n` single-token steps
 /// through the paged KV cache. Returns the logits at the first generated position and the `n` generated ids.
 pub fn greedy_on_model(model: &LlamaModel, prompt: &[u32], n: usize, block_size: usize) -> (Vec<f32>, Vec<u32>) {
@@ -89,15 +99,17 @@ pub fn greedy_on_model(model: &LlamaModel, prompt: &[u32], n: usize, block_size:
     let blocks: Vec<u32> = (0..n_blocks as u32).collect();
     let mut kv = KvCache::new(model.kv_shape(n_blocks, block_size));
     let step = |tokens: &[u32], start_pos: usize, kv: &mut KvCache| {
-        model.forward(
-            &[SeqChunk {
-                tokens,
-                start_pos,
-                blocks: &blocks,
-                want_logits: true,
-            }],
-            kv,
-        )
+        model
+            .forward(
+                &[SeqChunk {
+                    tokens,
+                    start_pos,
+                    blocks: &blocks,
+                    want_logits: true,
+                }],
+                kv,
+            )
+            .unwrap()
     };
     let first_logits = step(prompt, 0, &mut kv);
     let mut tokens = prompt.to_vec();

@@ -1,0 +1,104 @@
+//! A follower of a tensor-parallel group (rank ≥ 1): replays the leader's operations on this rank's shard.
+
+use std::sync::Arc;
+
+use cleave_comm::Communicator;
+
+use super::protocol::{self, Op, OwnedChunk};
+use crate::backend::{Backend, CpuBackend};
+use crate::error::EngineError;
+use crate::model::{LlamaModel, SeqChunk};
+
+/// Runs this rank until the leader shuts the group down (`Ok`) or the group fails (the leader died, a message was
+/// malformed, another rank loaded another model). Blocks the calling thread; `model` must be sharded for `comm`'s
+/// rank (`model.tensor_parallel(comm)`).
+pub fn run_follower(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<(), EngineError> {
+    if comm.rank() == 0
+        || model.tp_rank()
+            != (super::TpRank {
+                rank: comm.rank(),
+                world: comm.world_size(),
+            })
+    {
+        return Err(EngineError::invalid(
+            "tensor_parallel",
+            format!(
+                "a follower runs a rank above 0 with the model sharded for it (rank {} of {})",
+                comm.rank(),
+                comm.world_size()
+            ),
+        ));
+    }
+    protocol::agree_on_model(model.config(), comm.as_ref())?;
+    let (n_blocks, block_size) = match protocol::receive(comm.as_ref())? {
+        Op::Init { n_blocks, block_size } => (n_blocks as usize, block_size as usize),
+        other => {
+            return Err(EngineError::Internal(format!(
+                "the leader's first message is {other:?}, not the pool size"
+            )));
+        }
+    };
+    let mut backend = CpuBackend::new(model, n_blocks, block_size);
+    let local = backend.kv_shape().block_floats();
+    let offset = comm.rank() * local;
+    tracing::info!(rank = comm.rank(), n_blocks, "tensor-parallel follower ready");
+    loop {
+        match protocol::receive(comm.as_ref())? {
+            Op::Forward { gather, chunks } => {
+                let chunks: Vec<SeqChunk<'_>> = chunks.iter().map(OwnedChunk::as_chunk).collect();
+                check_blocks(&chunks, n_blocks)?;
+                if gather {
+                    backend.forward(&chunks, &mut |_, _| {})?;
+                } else {
+                    backend.forward_plain(&chunks)?;
+                }
+            }
+            Op::CopyBlock { src, dst } => {
+                check_block(src, n_blocks)?;
+                check_block(dst, n_blocks)?;
+                backend.copy_block(src, dst)?;
+            }
+            Op::WriteBlockLayer {
+                layer,
+                block,
+                keys,
+                values,
+            } => {
+                check_block(block, n_blocks)?;
+                let mine = offset..offset + local;
+                let (Some(k), Some(v)) = (keys.get(mine.clone()), values.get(mine)) else {
+                    return Err(EngineError::Internal(format!(
+                        "the leader sent a block layer of {} keys; rank {} needs floats {offset}..{}",
+                        keys.len(),
+                        comm.rank(),
+                        offset + local
+                    )));
+                };
+                backend.write_block_layer(layer as usize, block, k, v)?;
+            }
+            Op::Heartbeat => {}
+            Op::Shutdown => {
+                tracing::info!(rank = comm.rank(), "the leader shut the group down");
+                return Ok(());
+            }
+            Op::Init { .. } => return Err(EngineError::Internal("the leader sent the pool size twice".into())),
+        }
+    }
+}
+
+fn check_blocks(chunks: &[SeqChunk<'_>], n_blocks: usize) -> Result<(), EngineError> {
+    chunks
+        .iter()
+        .flat_map(|c| c.blocks)
+        .try_for_each(|&b| check_block(b, n_blocks))
+}
+
+fn check_block(block: u32, n_blocks: usize) -> Result<(), EngineError> {
+    if (block as usize) < n_blocks {
+        Ok(())
+    } else {
+        Err(EngineError::Internal(format!(
+            "the leader named block {block} of a {n_blocks}-block pool"
+        )))
+    }
+}

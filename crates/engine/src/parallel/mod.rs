@@ -1,0 +1,148 @@
+//! Tensor parallelism on the CPU backend: a model's weights split across the ranks of a group
+//! ([`shard_weights`]), the group's leader driving its followers through one forward pass at a time
+//! ([`TensorParallelBackend`], [`run_follower`]), and the KV of several ranks gathered for a transfer
+//! ([`GatheredKv`]).
+//!
+//! Layout (Megatron-style): rank r of W holds query heads `r·H/W..`, KV heads `r·Hkv/W..` (so its KV cache holds
+//! only those heads), gate/up rows `r·I/W..` and the matching columns of the output and down projections. Each
+//! block half ends in one all-reduce of the `[tokens, hidden]` partial sums; embedding, norms and the output head
+//! are whole on every rank, and only rank 0 computes logits.
+
+mod follower;
+mod leader;
+mod protocol;
+
+use cleave_comm::Communicator;
+
+pub use follower::run_follower;
+pub use leader::{GroupFailure, TensorParallelBackend};
+
+use crate::backend::KvBlockReader;
+use crate::config::ModelConfig;
+use crate::error::EngineError;
+use crate::kv::{BlockId, KvCache};
+use crate::weights::{LayerWeights, LlamaWeights};
+
+/// A rank in a tensor-parallel group of `world` ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TpRank {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl TpRank {
+    /// Refuses a group size that does not split the model evenly, naming the size that does not divide.
+    pub fn check(config: &ModelConfig, world: usize) -> Result<(), EngineError> {
+        let sizes = [
+            ("attention heads", config.n_heads),
+            ("KV heads", config.n_kv_heads),
+            ("MLP intermediate size", config.intermediate),
+        ];
+        if world == 0 {
+            return Err(EngineError::invalid("tensor_parallel", "must be at least 1"));
+        }
+        for (what, n) in sizes {
+            if !n.is_multiple_of(world) {
+                let divisors: Vec<String> = (1..=config.n_kv_heads)
+                    .filter(|d| sizes.iter().all(|(_, n)| n.is_multiple_of(*d)))
+                    .map(|d| d.to_string())
+                    .collect();
+                return Err(EngineError::invalid(
+                    "tensor_parallel",
+                    format!(
+                        "{world} ranks cannot split the model's {n} {what} evenly; this model allows {}",
+                        divisors.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `at.rank`'s shard of every layer (see the module docs). Loading reads the whole checkpoint first, so a
+/// rank briefly holds all weights.
+pub fn shard_weights(weights: LlamaWeights, config: &ModelConfig, at: TpRank) -> Result<LlamaWeights, EngineError> {
+    TpRank::check(config, at.world)?;
+    if at.world == 1 {
+        return Ok(weights);
+    }
+    let (q_dim, kv_dim, inter) = (config.q_dim(), config.kv_dim(), config.intermediate);
+    let (q_local, kv_local, inter_local) = (q_dim / at.world, kv_dim / at.world, inter / at.world);
+    let r = at.rank;
+    let qkv_rows: Vec<usize> = (r * q_local..(r + 1) * q_local)
+        .chain(q_dim + r * kv_local..q_dim + (r + 1) * kv_local)
+        .chain(q_dim + kv_dim + r * kv_local..q_dim + kv_dim + (r + 1) * kv_local)
+        .collect();
+    let gate_up_rows: Vec<usize> = (r * inter_local..(r + 1) * inter_local)
+        .chain(inter + r * inter_local..inter + (r + 1) * inter_local)
+        .collect();
+    let layers = weights
+        .layers
+        .into_iter()
+        .map(|layer| LayerWeights {
+            attn_norm: layer.attn_norm,
+            qkv: layer.qkv.permute_rows(&qkv_rows),
+            qkv_bias: layer.qkv_bias.map(|b| qkv_rows.iter().map(|&i| b[i]).collect()),
+            o: layer.o.slice_cols(r * q_local, q_local),
+            mlp_norm: layer.mlp_norm,
+            gate_up: layer.gate_up.permute_rows(&gate_up_rows),
+            down: layer.down.slice_cols(r * inter_local, inter_local),
+        })
+        .collect();
+    Ok(LlamaWeights { layers, ..weights })
+}
+
+/// One layer's keys and values of some blocks with every KV head, gathered from all ranks of a group: what a KV
+/// transfer reads while a tensor-parallel forward pass runs.
+#[derive(Debug)]
+pub struct GatheredKv {
+    blocks: Vec<BlockId>,
+    /// `[rank][block][k then v][local heads · slots · head_dim]`, as the all-gather delivers it.
+    data: Vec<f32>,
+    /// Floats of one block's keys (or values) on one rank.
+    local_floats: usize,
+    world: usize,
+}
+
+impl GatheredKv {
+    /// Gathers `layer` of `blocks` (sorted, the same list on every rank) from every rank of `comm`.
+    pub fn gather(
+        kv: &KvCache,
+        layer: usize,
+        blocks: &[BlockId],
+        comm: &dyn Communicator,
+    ) -> Result<Self, EngineError> {
+        let local_floats = kv.shape().block_floats();
+        let mut local = Vec::with_capacity(blocks.len() * 2 * local_floats);
+        for &block in blocks {
+            let (k, v) = kv.block_layer(layer, block);
+            local.extend_from_slice(k);
+            local.extend_from_slice(v);
+        }
+        let world = comm.world_size();
+        let mut data = vec![0.0f32; local.len() * world];
+        comm.all_gather(local.as_slice().into(), data.as_mut_slice().into())?;
+        Ok(Self {
+            blocks: blocks.to_vec(),
+            data,
+            local_floats,
+            world,
+        })
+    }
+}
+
+impl KvBlockReader for GatheredKv {
+    fn read_block_layer(&self, _layer: usize, block: BlockId, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
+        let Ok(i) = self.blocks.binary_search(&block) else {
+            // Every block of the batch was gathered; a reader asking for another one gets nothing to ship.
+            return;
+        };
+        let per_rank = self.blocks.len() * 2 * self.local_floats;
+        for rank in 0..self.world {
+            let at = rank * per_rank + i * 2 * self.local_floats;
+            keys.extend_from_slice(&self.data[at..at + self.local_floats]);
+            values.extend_from_slice(&self.data[at + self.local_floats..at + 2 * self.local_floats]);
+        }
+    }
+}

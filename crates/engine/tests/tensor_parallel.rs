@@ -1,0 +1,262 @@
+//! Tensor parallelism on the CPU backend with the real default model: three ranks (threads here, each with its
+//! own shard and KV pool) over a real TCP communicator on loopback, against the single-device model and the
+//! golden tokens from transformers.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+mod common;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cleave_comm::{Communicator, TcpCommunicator, TcpConfig};
+use cleave_engine::parallel::{GroupFailure, TensorParallelBackend, TpRank, run_follower};
+use cleave_engine::scheduler::SchedulerConfig;
+use cleave_engine::{Backend, Engine, EngineError, SeqChunk};
+use common::{assert_greedy_matches, golden, greedy, greedy_on_model, load_model};
+
+/// The default model has 9 query heads and 3 KV heads: 3 ranks is its only split above 1.
+const WORLD: usize = 3;
+
+/// A TCP group of `world` members on loopback, one communicator per rank.
+fn group(world: usize, name: &str, op_timeout: Duration) -> Vec<Arc<TcpCommunicator>> {
+    let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let peers: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    let config = TcpConfig {
+        op_timeout,
+        ..TcpConfig::default()
+    };
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, listener)| {
+            let (peers, config, name) = (peers.clone(), config.clone(), name.to_owned());
+            std::thread::spawn(move || TcpCommunicator::connect(&listener, rank, &peers, &name, config).unwrap())
+        })
+        .collect();
+    handles.into_iter().map(|h| Arc::new(h.join().unwrap())).collect()
+}
+
+fn dyn_group(world: usize, name: &str) -> Vec<Arc<dyn Communicator>> {
+    let comms = group(world, name, Duration::from_secs(30));
+    comms.into_iter().map(|c| c as Arc<dyn Communicator>).collect()
+}
+
+type Followers = Vec<JoinHandle<Result<(), EngineError>>>;
+
+/// Followers on threads (each loads and shards the model itself); returns rank 0's communicator.
+fn start_followers(comms: Vec<Arc<dyn Communicator>>) -> (Arc<dyn Communicator>, Followers) {
+    let mut comms = comms.into_iter();
+    let leader = comms.next().unwrap();
+    let followers = comms
+        .map(|comm| {
+            std::thread::spawn(move || {
+                let model = load_model().0.tensor_parallel(comm.clone())?;
+                run_follower(model, comm)
+            })
+        })
+        .collect();
+    (leader, followers)
+}
+
+fn leader_backend(comm: Arc<dyn Communicator>, n_blocks: usize, on_failure: GroupFailure) -> TensorParallelBackend {
+    let model = load_model().0.tensor_parallel(comm.clone()).unwrap();
+    TensorParallelBackend::new(model, comm, n_blocks, 16, Duration::from_millis(200), on_failure).unwrap()
+}
+
+/// Every golden prompt through a scheduler on a 3-rank group gives the golden greedy tokens, and the first
+/// logits match the single-device model's to f32 summation-order noise.
+#[test]
+fn three_ranks_generate_the_golden_tokens_and_single_device_logits() {
+    let (leader, followers) = start_followers(dyn_group(WORLD, "tp-golden"));
+    let mut backend = leader_backend(leader, 256, Arc::new(|_| {}));
+
+    let (single, tokenizer) = load_model();
+    let golden = golden();
+    for p in &golden.prompts {
+        let (want, _) = greedy_on_model(&single, &p.prompt_ids, 0, 16);
+        let blocks: Vec<u32> = (0..p.prompt_ids.len().div_ceil(16) as u32).collect();
+        let got = backend
+            .forward_plain(&[SeqChunk {
+                tokens: &p.prompt_ids,
+                start_pos: 0,
+                blocks: &blocks,
+                want_logits: true,
+            }])
+            .unwrap();
+        let range = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-4 * range.max(1.0),
+            "{}: logits differ by up to {worst}",
+            p.name
+        );
+    }
+
+    let engine = Engine::start_backend(Box::new(backend), tokenizer, SchedulerConfig::default()).unwrap();
+    let streams: Vec<_> = golden
+        .prompts
+        .iter()
+        .map(|p| {
+            engine
+                .submit(p.prompt_ids.clone(), &greedy(golden.new_tokens as u32), 0)
+                .unwrap()
+        })
+        .collect();
+    for (p, mut stream) in golden.prompts.iter().zip(streams) {
+        let mut ids = Vec::new();
+        while let Some(out) = stream.blocking_next() {
+            ids.extend(out.unwrap().token_ids);
+        }
+        assert_greedy_matches(p, &ids);
+    }
+    drop(engine);
+    for follower in followers {
+        follower.join().unwrap().unwrap();
+    }
+}
+
+/// A transfer's view of the KV during a tensor-parallel forward pass holds every KV head, as the single device
+/// stores them; a block written whole (remote KV landing) reads back whole.
+#[test]
+fn gathered_kv_and_written_blocks_hold_every_head() {
+    let (leader, followers) = start_followers(dyn_group(WORLD, "tp-kv"));
+    let mut backend = leader_backend(leader, 8, Arc::new(|_| {}));
+    let (single_model, _) = load_model();
+    let mut single = cleave_engine::CpuBackend::new(single_model, 8, 16);
+    let prompt: Vec<u32> = (0..40).map(|i| 100 + 13 * i).collect();
+    let blocks = [0u32, 1, 2];
+    let chunk = SeqChunk {
+        tokens: &prompt,
+        start_pos: 0,
+        blocks: &blocks,
+        want_logits: false,
+    };
+    let read = |backend: &mut dyn Backend| {
+        let mut seen = Vec::new();
+        backend
+            .forward(&[chunk], &mut |layer, kv| {
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                for &b in &blocks {
+                    kv.read_block_layer(layer, b, &mut k, &mut v);
+                }
+                seen.push((k, v));
+            })
+            .unwrap();
+        seen
+    };
+    let (got, want) = (read(&mut backend), read(&mut single));
+    assert_eq!(got.len(), want.len());
+    for (layer, ((gk, gv), (wk, wv))) in got.iter().zip(&want).enumerate() {
+        assert_eq!(gk.len(), wk.len(), "layer {layer}");
+        let worst = gk
+            .iter()
+            .chain(gv)
+            .zip(wk.iter().chain(wv))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-3, "layer {layer}: KV differs by up to {worst}");
+    }
+
+    let floats = backend.kv_shape().block_floats();
+    let keys: Vec<f32> = (0..floats).map(|i| i as f32 * 0.5).collect();
+    let values: Vec<f32> = (0..floats).map(|i| -(i as f32)).collect();
+    backend.write_block_layer(2, 5, &keys, &values).unwrap();
+    backend.copy_block(5, 6).unwrap();
+    let mut seen = None;
+    backend
+        .forward(
+            &[SeqChunk {
+                tokens: &[7],
+                start_pos: 0,
+                blocks: &[7, 6],
+                want_logits: false,
+            }],
+            &mut |layer, kv| {
+                if layer == 2 {
+                    let (mut k, mut v) = (Vec::new(), Vec::new());
+                    kv.read_block_layer(layer, 6, &mut k, &mut v);
+                    seen = Some((k, v));
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(seen, Some((keys, values)));
+    assert!(backend.write_block_layer(0, 0, &[0.0; 3], &[0.0; 3]).is_err());
+    drop(backend);
+    for follower in followers {
+        follower.join().unwrap().unwrap();
+    }
+}
+
+/// A group size that does not divide the heads is refused, naming the sizes the model allows.
+#[test]
+fn a_size_that_does_not_divide_the_heads_is_refused() {
+    let (model, _) = load_model();
+    let error = TpRank::check(model.config(), 2).unwrap_err().to_string();
+    assert!(
+        error.contains("9 attention heads") && error.contains("allows 1, 3"),
+        "{error}"
+    );
+    let comms = group(2, "tp-two", Duration::from_secs(5));
+    let error = model
+        .tensor_parallel(comms[0].clone() as Arc<dyn Communicator>)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("tensor_parallel"), "{error}");
+}
+
+/// A follower that dies fails the leader's next operation (not a hang) and the failure hook runs once; a leader
+/// that dies while idle ends its followers with an error well before their operation timeout.
+#[test]
+fn a_dead_member_fails_the_group_promptly() {
+    let comms = group(WORLD, "tp-death", Duration::from_secs(20));
+    let victim = comms[2].clone();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let counter = failures.clone();
+    let on_failure: GroupFailure = Arc::new(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let (leader, followers) = start_followers(comms.into_iter().map(|c| c as Arc<dyn Communicator>).collect());
+    let mut backend = leader_backend(leader, 8, on_failure);
+    victim.abort("rank 2 was killed");
+    let started = Instant::now();
+    let chunk = SeqChunk {
+        tokens: &[1, 2, 3],
+        start_pos: 0,
+        blocks: &[0],
+        want_logits: true,
+    };
+    let error = backend.forward_plain(&[chunk]).unwrap_err();
+    assert!(matches!(error, EngineError::Group(_)), "{error}");
+    assert!(backend.forward_plain(&[chunk]).is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(failures.load(Ordering::SeqCst), 1);
+    drop(backend);
+    for follower in followers {
+        assert!(follower.join().unwrap().is_err());
+    }
+
+    let comms = group(WORLD, "tp-leader-death", Duration::from_secs(20));
+    let leader = comms[0].clone();
+    let (_, followers) = start_followers(comms.into_iter().map(|c| c as Arc<dyn Communicator>).collect());
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    leader.abort("rank 0 was killed");
+    for follower in followers {
+        let error = follower.join().unwrap().unwrap_err();
+        assert!(matches!(error, EngineError::Group(_)), "{error}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
