@@ -123,6 +123,29 @@ impl Engine {
         Self::start_backend(Box::new(backend), tokenizer, config.scheduler)
     }
 
+    /// Starts the engine as rank 0 of the tensor-parallel group `comm` (the other ranks run
+    /// `parallel::run_follower`): `model` is sharded here, and every rank's KV pool holds `config.kv_cache_bytes` of
+    /// its share of the KV heads. `on_failure` runs once if the group breaks (see `TensorParallelBackend`).
+    pub fn start_tensor_parallel(
+        model: LlamaModel,
+        comm: Arc<dyn cleave_comm::Communicator>,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        heartbeat: std::time::Duration,
+        on_failure: crate::parallel::GroupFailure,
+    ) -> Result<Engine, EngineError> {
+        let block_size = config.scheduler.block_size;
+        if block_size == 0 {
+            return Err(EngineError::invalid("block_size", "must be at least 1"));
+        }
+        let model = model.tensor_parallel(comm.clone())?;
+        let bytes_per_block = model.kv_shape(1, block_size).bytes_per_token() * block_size;
+        let kv_blocks = kv_blocks_in(config.kv_cache_bytes, bytes_per_block, block_size)?;
+        let backend =
+            crate::parallel::TensorParallelBackend::new(model, comm, kv_blocks, block_size, heartbeat, on_failure)?;
+        Self::start_backend(Box::new(backend), tokenizer, config.scheduler)
+    }
+
     /// Starts the engine thread over a backend whose KV pool is already allocated; the scheduler's block size
     /// must be the pool's.
     pub fn start_backend(
@@ -359,6 +382,14 @@ impl Engine {
             .send(Command::Stats(tx))
             .map_err(|_| EngineError::Unavailable)?;
         rx.blocking_recv().map_err(|_| EngineError::Unavailable)
+    }
+}
+
+impl Engine {
+    /// Stops the engine thread now, even while other handles to this engine remain (they then see
+    /// `Unavailable`); the backend is dropped with it, which ends a tensor-parallel group.
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
     }
 }
 

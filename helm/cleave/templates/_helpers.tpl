@@ -127,6 +127,9 @@ decode: decode
 {{- if and (gt (int $p.gpus) 0) (lt (int $p.gpus) $tp) -}}
 {{- fail (printf "workers.%s.gpus (%d) is below workers.%s.parallel.tensor (%d)" $phase (int $p.gpus) $phase $tp) -}}
 {{- end -}}
+{{- if and (gt $tp 1) (regexMatch "^(cuda|gpu)" (include "cleave.poolDevice" (dict "root" $ "settings" $phase))) -}}
+{{- fail (printf "workers.%s.parallel.tensor (%d) on a cuda device: this cleave runs tensor parallelism on the CPU backend only (GPU tensor parallelism over NCCL is not in it yet); use device cpu for the pool or parallel.tensor 1" $phase $tp) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 

@@ -224,7 +224,39 @@ pub struct WorkerArgs {
     pub disagg: DisaggArgs,
 
     #[command(flatten)]
+    pub parallel: ParallelArgs,
+
+    #[command(flatten)]
     pub cluster_tls: crate::security::ClusterTlsArgs,
+}
+
+/// A worker whose model is split across several ranks acting as one engine replica (CPU backend).
+#[derive(Debug, Args)]
+pub struct ParallelArgs {
+    /// Tensor-parallel ranks: attention heads, KV heads and MLP split across them, one all-reduce after each block
+    /// half. Without --group-rank this worker is rank 0 and starts ranks 1.. on this machine itself; the group
+    /// forms through etcd (--etcd is required).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub tensor_parallel: u16,
+
+    /// This process's rank in a tensor-parallel group whose ranks are started separately (e.g. one per node):
+    /// rank 0 serves and registers; ranks above 0 follow it. Requires --group.
+    #[arg(long, requires = "group")]
+    pub group_rank: Option<u16>,
+
+    /// The tensor-parallel group's name in etcd (under <etcd-prefix>groups/); every rank gives the same one, fresh
+    /// for each start of the group. Default for a group this worker starts itself: <id>-<start time>.
+    #[arg(long)]
+    pub group: Option<String>,
+
+    /// Where this rank accepts its peers' connections (default: the --listen host, a free port); the address is
+    /// announced through etcd.
+    #[arg(long, value_name = "ADDR")]
+    pub group_listen: Option<std::net::SocketAddr>,
+
+    /// Seconds to wait for every rank of the group to arrive before giving up.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub group_timeout_secs: u64,
 }
 
 /// A worker's part in disaggregated serving.

@@ -82,6 +82,16 @@ pub enum CliError {
     MissingSecret { what: &'static str },
     #[error(transparent)]
     Planner(#[from] cleave_planner::PlannerError),
+    #[error("--tensor-parallel above 1 needs --etcd: the group's ranks find each other through etcd")]
+    ParallelNeedsEtcd,
+    #[error("--tensor-parallel runs on the CPU backend in this version; use --device cpu")]
+    ParallelNeedsCpu,
+    #[error("--group-rank {rank} is outside a group of --tensor-parallel {world}")]
+    GroupRank { rank: usize, world: usize },
+    #[error(transparent)]
+    Group(#[from] cleave_comm::FormGroupError),
+    #[error("the tensor-parallel group failed: {0}")]
+    GroupFailed(String),
 }
 
 impl CliError {
@@ -104,7 +114,10 @@ impl CliError {
             | CliError::Tls(_)
             | CliError::ApiKeyFile(_)
             | CliError::ReadFile { .. }
-            | CliError::MissingSecret { .. } => true,
+            | CliError::MissingSecret { .. }
+            | CliError::ParallelNeedsEtcd
+            | CliError::ParallelNeedsCpu
+            | CliError::GroupRank { .. } => true,
             CliError::Planner(e) => matches!(
                 e,
                 cleave_planner::PlannerError::InvalidConfig(_) | cleave_planner::PlannerError::InvalidWorkload(_)
@@ -118,7 +131,9 @@ impl CliError {
             | CliError::RouterServe(_)
             | CliError::RouterModel(_)
             | CliError::Registry(_)
-            | CliError::Runtime(_) => false,
+            | CliError::Runtime(_)
+            | CliError::Group(_)
+            | CliError::GroupFailed(_) => false,
         };
         if invalid { EXIT_INVALID_ARGUMENT } else { EXIT_FAILURE }
     }

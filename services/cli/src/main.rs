@@ -10,6 +10,7 @@ mod error;
 mod generate;
 mod load;
 mod model;
+mod parallel;
 mod planner;
 mod progress;
 mod registry;

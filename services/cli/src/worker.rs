@@ -5,19 +5,41 @@ use std::time::Duration;
 
 use cleave_cluster::registry::{ParallelLayout, WorkerRecord, WorkerRole, register_worker};
 use cleave_cluster::tls::ClusterTls;
+use cleave_engine::parallel::TpRank;
 use cleave_engine::scheduler::SchedulerConfig;
-use cleave_engine::{Engine, EngineConfig, load_model};
+use cleave_engine::{Device, Engine, EngineConfig, load_model};
 use cleave_telemetry::{Telemetry, WorkerLabels};
 use cleave_worker::{KvInbox, WorkerService, register_worker_metrics, serve_with};
 
 use crate::args::{DisaggArgs, WorkerArgs};
 use crate::error::CliError;
 use crate::router::start_metrics;
-use crate::{model, registry};
+use crate::{model, parallel, registry};
 
 pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
     let (weights, tokenizer) = load_model(path.files())?;
+    let world = usize::from(args.parallel.tensor_parallel);
+    TpRank::check(weights.config(), world)?;
+    let rank = args.parallel.group_rank.map_or(0, usize::from);
+    if rank >= world {
+        return Err(CliError::GroupRank { rank, world });
+    }
+    if world > 1 {
+        if args.registry.etcd.is_empty() {
+            return Err(CliError::ParallelNeedsEtcd);
+        }
+        match device {
+            Device::Cuda(_) => return Err(CliError::ParallelNeedsCpu),
+            Device::Auto if device.resolve() != Device::Cpu => {
+                eprintln!("cleave worker: tensor parallelism runs on the CPU backend in this version");
+            }
+            _ => {}
+        }
+    }
+    if rank > 0 {
+        return parallel::follow(args, weights, rank);
+    }
     let scheduler = SchedulerConfig {
         max_batch_tokens: args.max_batch_tokens as usize,
         ..SchedulerConfig::default()
@@ -26,7 +48,6 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         scheduler,
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
     };
-    let engine = Arc::new(model::start_engine_with(weights, tokenizer, config, device)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,6 +61,26 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         let cluster_tls = args.cluster_tls.load()?;
         let scheme = if cluster_tls.is_some() { "https" } else { "http" };
         let grpc_url = args.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
+        let registry = registry::connect(&args.registry).await?;
+        let failure = Arc::new(parallel::FailureSignal::default());
+        // Declared before the engine so it is dropped after it: the ranks this worker started exit once the
+        // engine ends the group.
+        let mut group = None;
+        let engine = match &registry {
+            Some((registry, layout)) if world > 1 => {
+                let led = group.insert(parallel::lead(args, registry.as_ref(), layout, &id, (addr, &grpc_url)).await?);
+                let comm: Arc<dyn cleave_comm::Communicator> = led.comm.clone();
+                Arc::new(Engine::start_tensor_parallel(
+                    weights,
+                    comm,
+                    Arc::new(tokenizer),
+                    config,
+                    led.heartbeat,
+                    failure.hook(),
+                )?)
+            }
+            _ => Arc::new(model::start_engine_with(weights, tokenizer, config, device)?),
+        };
         let telemetry = Telemetry::new();
         let labels = worker_labels(&id, WorkerRole::from(args.disagg.role));
         let (service, mut record) = prepare_worker(
@@ -51,14 +92,15 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             cluster_tls.as_ref(),
         )
         .await?;
+        record.parallel.tensor = u32::from(args.parallel.tensor_parallel);
         // Serve metrics before registering, so the record can say where to scrape them.
         if let Some(local) = start_metrics(args.metrics_listen, &telemetry, "worker").await? {
             record.metrics_addr = advertised(local, &record.grpc_addr);
         }
-        let registration = match registry::connect(&args.registry).await? {
+        let registration = match &registry {
             Some((registry, layout)) => {
                 let ttl = Duration::from_secs(args.lease_ttl_secs);
-                Some(register_worker(registry.as_ref(), &layout, &record, ttl).await?)
+                Some(register_worker(registry.as_ref(), layout, &record, ttl).await?)
             }
             None => None,
         };
@@ -76,9 +118,14 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         // On SIGTERM: deregister first, so routers stop sending here, then let in-flight streams finish (the
         // server stops accepting new calls and waits for the open ones).
         // Requests still running `--drain-secs` after the signal are aborted (their KV blocks freed).
+        // A broken tensor-parallel group leaves the same way, and the worker then exits with its cause.
         let (signalled, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let group_failure = failure.clone();
         let drain = async move {
-            shutdown_signal().await;
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = group_failure.failed() => eprintln!("cleave worker: the tensor-parallel group failed; leaving"),
+            }
             let _ = signalled.send(());
             if let Some(lease) = registration {
                 lease.revoke().await;
@@ -93,7 +140,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
+        let served = tokio::select! {
             served = serve_with(service, listener, cluster_tls.as_ref(), drain) => {
                 served.map_err(CliError::Serve)
             }
@@ -101,6 +148,12 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
                 eprintln!("cleave worker: drain timed out after {drain_timeout:?}; aborting in-flight requests");
                 Ok(())
             }
+        };
+        engine.shutdown();
+        drop(group);
+        match failure.cause() {
+            Some(cause) => Err(CliError::GroupFailed(cause)),
+            None => served,
         }
     })
 }
@@ -165,7 +218,7 @@ pub async fn prepare_worker(
 
 /// A listener's address as others should dial it (`host:port`): on an unspecified IP (`0.0.0.0`), the host the
 /// worker advertises its gRPC API on (`http://host:port`).
-fn advertised(local: std::net::SocketAddr, grpc_url: &str) -> String {
+pub(crate) fn advertised(local: std::net::SocketAddr, grpc_url: &str) -> String {
     if !local.ip().is_unspecified() {
         return local.to_string();
     }

@@ -1,0 +1,229 @@
+//! Tensor parallelism as real processes: `cleave worker --tensor-parallel 3` starts its two follower ranks itself,
+//! forms the group through a real etcd and a TCP mesh, registers once (tensor = 3) and serves the golden tokens
+//! through a router — as a prefill worker too, its KV gathered from every rank and shipped to a decode worker.
+//! SIGTERM ends the whole group cleanly; a follower SIGKILLed in a group started rank by rank fails the next
+//! request (no hang) and takes the leader out of the registry with exit status 1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cleave_proto::v1;
+use cleave_proto::v1::generation_client::GenerationClient;
+use cleave_proto::v1::worker_client::WorkerClient;
+use cleave_testkit::{ChildGuard, EtcdServer, free_port, golden_prompt};
+use common::{registered, spawn_cleave, stream_ids, until};
+use tonic::transport::Channel;
+
+fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        prompt: text.into(),
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+fn worker(etcd: &str, id: &str, port: u16, extra: &[&str]) -> ChildGuard {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "worker",
+        "--device",
+        "cpu",
+        "--listen",
+        &listen,
+        "--kv-cache-mib",
+        "64",
+        "--etcd",
+        etcd,
+        "--id",
+        id,
+        "--lease-ttl-secs",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    spawn_cleave(&args)
+}
+
+async fn router(etcd: &str) -> (ChildGuard, GenerationClient<Channel>) {
+    let port = free_port();
+    let child = spawn_cleave(&[
+        "router",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--etcd",
+        etcd,
+        "--remote-prefill-min-tokens",
+        "16",
+    ]);
+    let mut client = None;
+    until("the router", async || {
+        client = GenerationClient::connect(format!("http://127.0.0.1:{port}")).await.ok();
+        client.is_some()
+    })
+    .await;
+    (child, client.unwrap())
+}
+
+/// Keys under the default prefix's `sub` (e.g. `workers/`, `groups/`), as (key, JSON value).
+async fn listing(etcd: &str, sub: &str) -> Vec<(String, serde_json::Value)> {
+    let mut client = etcd_client::Client::connect([etcd], None).await.unwrap();
+    let opts = etcd_client::GetOptions::new().with_prefix();
+    let response = client.get(format!("/cleave/v1/{sub}"), Some(opts)).await.unwrap();
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let value = serde_json::from_slice(kv.value()).unwrap_or(serde_json::Value::Null);
+            (kv.key_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+/// Asks until `request` streams its tokens (the router may not have seen the workers' load yet).
+async fn first_answer(client: &GenerationClient<Channel>, request: v1::GenerateRequest) -> Vec<u32> {
+    let mut ids = None;
+    until("a first answer", async || {
+        ids = stream_ids(client, request.clone()).await;
+        ids.is_some()
+    })
+    .await;
+    ids.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_rank_worker_serves_the_golden_tokens_as_prefill_and_stops_as_a_group() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let endpoint = etcd.endpoint();
+    let (tp_port, decode_port) = (free_port(), free_port());
+    let mut tp = worker(
+        &endpoint,
+        "tp",
+        tp_port,
+        &["--tensor-parallel", "3", "--role", "prefill"],
+    );
+    let _decode = worker(&endpoint, "decode", decode_port, &["--role", "decode"]);
+    until("both workers registered", async || registered(&endpoint).await == 2).await;
+    let workers = listing(&endpoint, "workers/").await;
+    let record = workers
+        .iter()
+        .find(|(key, _)| key.ends_with("/tp"))
+        .map(|(_, v)| v)
+        .unwrap();
+    assert_eq!(record["parallel"]["tensor"], 3, "{record}");
+    let members = listing(&endpoint, "groups/").await;
+    assert_eq!(members.len(), 3, "one member key per rank: {members:?}");
+
+    let (_router, client) = router(&endpoint).await;
+    let short = golden_prompt("short");
+    assert_eq!(
+        first_answer(&client, greedy(&short.text, 4)).await,
+        short.output_ids[..4]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for name in ["long", "numbers"] {
+        let p = golden_prompt(name);
+        let ids = stream_ids(&client, greedy(&p.text, 8)).await;
+        assert_eq!(ids.unwrap(), p.output_ids[..8], "{name}");
+    }
+    let mut prefill = WorkerClient::connect(format!("http://127.0.0.1:{tp_port}"))
+        .await
+        .unwrap();
+    let published = prefill
+        .kv_snapshot(v1::KvSnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !published.block_hashes.is_empty(),
+        "the tensor-parallel group prefilled the prompts (its prefix cache holds them)"
+    );
+
+    tp.sigterm();
+    let status = tp.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "the leader exited with {status}");
+    until("the followers left the group", async || {
+        listing(&endpoint, "groups/").await.is_empty()
+    })
+    .await;
+    until("the leader deregistered", async || registered(&endpoint).await == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_follower_fails_requests_promptly_and_takes_the_leader_out() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let endpoint = etcd.endpoint();
+    let group = ["--tensor-parallel", "3", "--group", "g1", "--group-rank"];
+    let rank = |r: &'static str, port: u16| {
+        let mut extra = group.to_vec();
+        extra.push(r);
+        worker(&endpoint, &format!("tp-rank-{r}"), port, &extra)
+    };
+    let (p0, p1, p2) = (free_port(), free_port(), free_port());
+    let mut leader = rank("0", p0);
+    let _follower = rank("1", p1);
+    let victim = rank("2", p2);
+    until("the leader registered", async || registered(&endpoint).await == 1).await;
+    let (_router, client) = router(&endpoint).await;
+    let numbers = golden_prompt("numbers");
+    assert_eq!(
+        first_answer(&client, greedy(&numbers.text, 8)).await,
+        numbers.output_ids[..8]
+    );
+
+    drop(victim);
+    let started = Instant::now();
+    let failed = tokio::time::timeout(Duration::from_secs(30), stream_ids(&client, greedy(&numbers.text, 8)))
+        .await
+        .expect("a request to a broken group hangs");
+    assert!(failed.is_none(), "a broken group answered: {failed:?}");
+    let status = leader.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the leader of a broken group exits with status 1"
+    );
+    assert!(started.elapsed() < Duration::from_secs(40));
+    until("the leader deregistered", async || registered(&endpoint).await == 0).await;
+}
+
+#[test]
+fn group_sizes_that_do_not_fit_are_refused_at_start() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cleave"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let etcd = "http://127.0.0.1:1";
+    let (code, err) = run(&["worker", "--device", "cpu", "--tensor-parallel", "2", "--etcd", etcd]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("9 attention heads") && err.contains("allows 1, 3"),
+        "{err}"
+    );
+    let (code, err) = run(&["worker", "--device", "cpu", "--tensor-parallel", "3"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("needs --etcd"), "{err}");
+    let (code, err) = run(&[
+        "worker",
+        "--device",
+        "cpu",
+        "--tensor-parallel",
+        "3",
+        "--etcd",
+        etcd,
+        "--group",
+        "g",
+        "--group-rank",
+        "3",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--group-rank 3 is outside"), "{err}");
+}
