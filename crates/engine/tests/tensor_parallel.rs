@@ -304,3 +304,54 @@ fn cpu_tensor_parallel_benchmark() {
         follower.join().unwrap().unwrap();
     }
 }
+
+/// Two ranks of an f32 safetensors model (the tiny Llama fixture: 4 heads, 2 KV heads, MLP 160) computing one
+/// forward pass collectively, straight on the sharded models: rank 0's logits equal the whole model's.
+#[test]
+fn two_ranks_of_an_f32_model_match_the_whole_model() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let load = || {
+        cleave_engine::load_model(cleave_engine::ModelFiles::HfDir(&dir))
+            .unwrap()
+            .0
+    };
+    let tokens: Vec<u32> = (0..21).map(|i| 3 + (i * 11) % 250).collect();
+    let blocks = [0u32, 1, 2];
+    let chunks = [SeqChunk {
+        tokens: &tokens,
+        start_pos: 0,
+        blocks: &blocks,
+        want_logits: true,
+    }];
+    let whole = load();
+    let mut kv = cleave_engine::kv::KvCache::new(whole.kv_shape(4, 8));
+    let want = whole.forward(&chunks, &mut kv).unwrap();
+
+    let ranks: Vec<_> = group(2, "tp-f32", Duration::from_secs(30))
+        .into_iter()
+        .map(|comm| {
+            let (model, tokens) = (load(), tokens.clone());
+            std::thread::spawn(move || {
+                let model = model.tensor_parallel(comm).unwrap();
+                let mut kv = cleave_engine::kv::KvCache::new(model.kv_shape(4, 8));
+                assert_eq!(model.kv_shape(4, 8).n_kv_heads, 1);
+                let chunks = [SeqChunk {
+                    tokens: &tokens,
+                    start_pos: 0,
+                    blocks: &[0, 1, 2],
+                    want_logits: true,
+                }];
+                model.forward(&chunks, &mut kv).unwrap()
+            })
+        })
+        .collect();
+    let got: Vec<Vec<f32>> = ranks.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(got[1].is_empty(), "only rank 0 computes logits");
+    let worst = want
+        .iter()
+        .zip(&got[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert_eq!(want.len(), got[0].len());
+    assert!(worst < 1e-4, "logits differ by up to {worst}");
+}

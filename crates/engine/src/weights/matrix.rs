@@ -276,3 +276,6 @@ fn dequantize_blocks_portable(ty: GgmlType, src: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
