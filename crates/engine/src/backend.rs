@@ -82,6 +82,10 @@ impl CpuBackend {
     pub fn kv(&self) -> &KvCache {
         &self.kv
     }
+
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
 }
 
 impl Backend for CpuBackend {

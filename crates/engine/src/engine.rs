@@ -123,10 +123,11 @@ impl Engine {
         Self::start_backend(Box::new(backend), tokenizer, config.scheduler)
     }
 
-    /// Starts the engine as rank 0 of the tensor-parallel group `comm` (the other ranks run
-    /// `parallel::run_follower`): `model` is sharded here, and every rank's KV pool holds `config.kv_cache_bytes` of
-    /// its share of the KV heads. `on_failure` runs once if the group breaks (see `TensorParallelBackend`).
-    pub fn start_tensor_parallel(
+    /// Starts the engine as rank 0 of the parallel group `comm` (the other ranks run `parallel::run_follower`):
+    /// `model` is rank 0's part (`LlamaModel::tensor_parallel` or `pipeline_parallel`), and every rank's KV pool
+    /// holds `config.kv_cache_bytes` of its share of the KV. `on_failure` runs once if the group breaks (see
+    /// `ParallelBackend`).
+    pub fn start_parallel(
         model: LlamaModel,
         comm: Arc<dyn cleave_comm::Communicator>,
         tokenizer: Arc<Tokenizer>,
@@ -138,11 +139,9 @@ impl Engine {
         if block_size == 0 {
             return Err(EngineError::invalid("block_size", "must be at least 1"));
         }
-        let model = model.tensor_parallel(comm.clone())?;
         let bytes_per_block = model.kv_shape(1, block_size).bytes_per_token() * block_size;
         let kv_blocks = kv_blocks_in(config.kv_cache_bytes, bytes_per_block, block_size)?;
-        let backend =
-            crate::parallel::TensorParallelBackend::new(model, comm, kv_blocks, block_size, heartbeat, on_failure)?;
+        let backend = crate::parallel::ParallelBackend::new(model, comm, kv_blocks, block_size, heartbeat, on_failure)?;
         Self::start_backend(Box::new(backend), tokenizer, config.scheduler)
     }
 

@@ -4,6 +4,7 @@
 //! through every projection as one `[tokens, features]` matrix, and attention reads each sequence's context
 //! through its block table. Only the chunks that ask for logits pay for the output head.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -38,16 +39,55 @@ pub struct LlamaModel {
     config: ModelConfig,
     weights: LlamaWeights,
     inv_freq: Vec<f32>,
-    /// This model's place in a tensor-parallel group, when its weights are one rank's shard.
-    tp: Option<TensorParallel>,
+    /// This model's place in a parallel group, when its weights are one rank's part.
+    group: Option<Group>,
 }
 
-/// One rank of a tensor-parallel group: the heads, KV heads and MLP columns of `rank`'s shard, and the group's
-/// communicator for the all-reduces after each block half.
+/// A rank of a parallel group: how the model is split, and the group's communicator.
 #[derive(Debug)]
-struct TensorParallel {
-    rank: TpRank,
+struct Group {
+    split: Split,
     comm: Arc<dyn Communicator>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Split {
+    /// This rank's heads, KV heads and MLP columns; an all-reduce after each block half.
+    Tensor(TpRank),
+    /// This rank's contiguous layers; activations from the previous stage, to the next one.
+    Pipeline(PipelineStage),
+}
+
+/// One stage of a pipeline-parallel group: rank `stage` of `stages` runs `layers` (stage 0 also embeds, the last
+/// stage also computes logits), each batch cut into up to `micro_batches` pieces so the stages overlap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineStage {
+    pub stage: usize,
+    pub stages: usize,
+    pub layers: Range<usize>,
+    pub micro_batches: usize,
+}
+
+impl PipelineStage {
+    /// Stage `stage` of `stages` over `n_layers` layers: contiguous ranges as even as possible, the first stages
+    /// taking one more when they do not divide. More stages than layers is refused.
+    pub fn new(n_layers: usize, stages: usize, stage: usize, micro_batches: usize) -> Result<Self, EngineError> {
+        if stages == 0 || stages > n_layers || stage >= stages {
+            return Err(EngineError::invalid(
+                "pipeline_parallel",
+                format!("{stages} stages cannot split the model's {n_layers} layers (stage {stage})"),
+            ));
+        }
+        let (base, extra) = (n_layers / stages, n_layers % stages);
+        let start = stage * base + stage.min(extra);
+        let len = base + usize::from(stage < extra);
+        Ok(Self {
+            stage,
+            stages,
+            layers: start..start + len,
+            micro_batches: micro_batches.max(1),
+        })
+    }
 }
 
 impl LlamaModel {
@@ -57,7 +97,7 @@ impl LlamaModel {
             config,
             weights,
             inv_freq,
-            tp: None,
+            group: None,
         }
     }
 
@@ -80,13 +120,97 @@ impl LlamaModel {
             config,
             weights,
             inv_freq,
-            tp: (rank.world > 1).then_some(TensorParallel { rank, comm }),
+            group: (rank.world > 1).then_some(Group {
+                split: Split::Tensor(rank),
+                comm,
+            }),
         })
     }
 
-    /// This model's rank in its tensor-parallel group (rank 0 of 1 when whole).
+    /// Keeps this rank's stage of the layers (`comm.rank()` of `comm.world_size()` stages, see `PipelineStage`);
+    /// embedding, final norm and head stay on every stage (only the first and last use them).
+    pub fn pipeline_parallel(self, comm: Arc<dyn Communicator>, micro_batches: usize) -> Result<Self, EngineError> {
+        let stage = PipelineStage::new(self.config.n_layers, comm.world_size(), comm.rank(), micro_batches)?;
+        let LlamaModel {
+            config,
+            mut weights,
+            inv_freq,
+            ..
+        } = self;
+        weights.layers = weights.layers.drain(stage.layers.clone()).collect();
+        Ok(LlamaModel {
+            config,
+            weights,
+            inv_freq,
+            group: (stage.stages > 1).then_some(Group {
+                split: Split::Pipeline(stage),
+                comm,
+            }),
+        })
+    }
+
+    /// This model's rank in its tensor-parallel group (rank 0 of 1 when whole or pipeline-split).
     pub fn tp_rank(&self) -> TpRank {
-        self.tp.as_ref().map_or(TpRank { rank: 0, world: 1 }, |tp| tp.rank)
+        match &self.group {
+            Some(Group {
+                split: Split::Tensor(rank),
+                ..
+            }) => *rank,
+            _ => TpRank { rank: 0, world: 1 },
+        }
+    }
+
+    /// `(rank, world)` of the parallel group this model is a part of, if any.
+    pub fn group_rank(&self) -> Option<(usize, usize)> {
+        self.group.as_ref().map(|g| (g.comm.rank(), g.comm.world_size()))
+    }
+
+    /// Whether this model is one stage of a pipeline.
+    pub fn is_pipeline_stage(&self) -> bool {
+        matches!(
+            &self.group,
+            Some(Group {
+                split: Split::Pipeline(_),
+                ..
+            })
+        )
+    }
+
+    /// The whole model's view of a rank's KV pool of shape `local`: every KV head and every layer.
+    pub fn group_kv_shape(&self, local: KvShape) -> KvShape {
+        KvShape {
+            n_layers: self.config.n_layers,
+            n_kv_heads: self.config.n_kv_heads,
+            ..local
+        }
+    }
+
+    /// The part of one whole block layer (`layer` of the model; every KV head in `keys`/`values`) this rank
+    /// stores: its local layer index and its heads' keys and values, or `None` when another stage holds the layer.
+    pub fn local_block_layer<'a>(
+        &self,
+        layer: usize,
+        keys: &'a [f32],
+        values: &'a [f32],
+    ) -> Option<(usize, &'a [f32], &'a [f32])> {
+        match &self.group {
+            None => Some((layer, keys, values)),
+            Some(Group {
+                split: Split::Tensor(rank),
+                ..
+            }) => {
+                let local = keys.len() / rank.world;
+                let mine = rank.rank * local..(rank.rank + 1) * local;
+                Some((layer, keys.get(mine.clone())?, values.get(mine)?))
+            }
+            Some(Group {
+                split: Split::Pipeline(stage),
+                ..
+            }) => stage
+                .layers
+                .contains(&layer)
+                .then(|| (layer - stage.layers.start, keys, values)),
+        }
     }
 
     /// Loads a GGUF file (also returning it, for the tokenizer) — see `weights::load_gguf`.
@@ -114,10 +238,10 @@ impl LlamaModel {
     }
 
     /// The KV pool shape for `n_blocks` blocks of `block_size` tokens (this rank's KV heads under tensor
-    /// parallelism).
+    /// parallelism, its layers under pipeline parallelism).
     pub fn kv_shape(&self, n_blocks: usize, block_size: usize) -> KvShape {
         KvShape {
-            n_layers: self.config.n_layers,
+            n_layers: self.weights.layers.len(),
             n_blocks,
             block_size,
             n_kv_heads: self.config.n_kv_heads / self.tp_rank().world,
@@ -126,7 +250,7 @@ impl LlamaModel {
     }
 
     /// Runs the batch, writes its keys/values into `kv`, and returns `[n, vocab]` logits for the chunks with
-    /// `want_logits`, in batch order (on a tensor-parallel group's rank 0; other ranks return none).
+    /// `want_logits`, in batch order (on a parallel group's rank 0; other ranks return none).
     pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvCache) -> Result<Vec<f32>, EngineError> {
         self.forward_observed(chunks, kv, None)
     }
@@ -134,13 +258,94 @@ impl LlamaModel {
     /// `forward`, calling `layer_done(layer, reader)` as soon as each layer's keys and values for the whole batch
     /// are in `kv` — before that layer's attention and MLP run — so a KV transfer can ship layer `l` while layers
     /// `l..` are still computing. Under tensor parallelism every rank must pass a callback or none: the reader
-    /// holds every KV head of the batch's blocks, gathered from all ranks.
+    /// holds every KV head of the batch's blocks, gathered from all ranks. A pipeline stage takes no callback.
     pub fn forward_observed(
         &self,
         chunks: &[SeqChunk<'_>],
         kv: &mut KvCache,
-        mut layer_done: Option<&mut LayerDone<'_>>,
+        layer_done: Option<&mut LayerDone<'_>>,
     ) -> Result<Vec<f32>, EngineError> {
+        if let Some(Group {
+            split: Split::Pipeline(stage),
+            comm,
+        }) = &self.group
+        {
+            if layer_done.is_some() {
+                return Err(pipeline_kv_read());
+            }
+            return self.forward_stage(chunks, kv, stage, comm.as_ref());
+        }
+        let mut x = self.embed(chunks);
+        self.run_layers(&mut x, chunks, kv, layer_done, 0)?;
+        if self.tp_rank().rank != 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.logits(&x, chunks))
+    }
+
+    /// One pipeline stage's part of a batch, piece by piece: stage 0 embeds each piece and sends its activations
+    /// on as soon as its layers are done, so the next stage works on piece i while this one computes piece i + 1;
+    /// the last stage collects the logits and sends them to stage 0 at the end (one message, in batch order).
+    fn forward_stage(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvCache,
+        stage: &PipelineStage,
+        comm: &dyn Communicator,
+    ) -> Result<Vec<f32>, EngineError> {
+        let (first, last) = (stage.stage == 0, stage.stage + 1 == stage.stages);
+        let hidden = self.config.hidden;
+        let mut logits = Vec::new();
+        for piece in micro_batches(chunks, stage.micro_batches) {
+            let n_tokens: usize = piece.iter().map(|c| c.tokens.len()).sum();
+            let mut x = if first {
+                self.embed(&piece)
+            } else {
+                let mut x = vec![0.0f32; n_tokens * hidden];
+                comm.recv(x.as_mut_slice().into(), stage.stage - 1)?;
+                x
+            };
+            self.run_layers(&mut x, &piece, kv, None, stage.layers.start)?;
+            if last {
+                logits.extend(self.logits(&x, &piece));
+            } else {
+                comm.send(x.as_slice().into(), stage.stage + 1)?;
+            }
+        }
+        if last && !first {
+            comm.send(logits.as_slice().into(), 0)?;
+            return Ok(Vec::new());
+        }
+        if first && !last {
+            let rows = chunks.iter().filter(|c| c.want_logits && !c.tokens.is_empty()).count();
+            let mut logits = vec![0.0f32; rows * self.config.vocab_size];
+            comm.recv(logits.as_mut_slice().into(), stage.stages - 1)?;
+            return Ok(logits);
+        }
+        Ok(logits)
+    }
+
+    /// The batch's token embeddings, `[tokens, hidden]`.
+    fn embed(&self, chunks: &[SeqChunk<'_>]) -> Vec<f32> {
+        let hidden = self.config.hidden;
+        let n_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let mut x = vec![0.0f32; n_tokens * hidden];
+        for (row, &tok) in x.chunks_exact_mut(hidden).zip(chunks.iter().flat_map(|c| c.tokens)) {
+            self.weights.embed.dequantize_rows(tok as usize, row);
+        }
+        x
+    }
+
+    /// Runs this rank's layers over `x` (`[tokens, hidden]`, updated in place); `first_layer` is the model layer
+    /// of the first one (what `layer_done` is told).
+    fn run_layers(
+        &self,
+        x: &mut [f32],
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvCache,
+        mut layer_done: Option<&mut LayerDone<'_>>,
+        first_layer: usize,
+    ) -> Result<(), EngineError> {
         let cfg = &self.config;
         let world = self.tp_rank().world;
         let (hidden, q_dim, kv_dim, inter) = (
@@ -156,28 +361,13 @@ impl LlamaModel {
             .flat_map(|c| (0..c.tokens.len()).map(move |i| c.start_pos + i))
             .collect();
         let (cos, sin) = rope_tables(&positions, &self.inv_freq);
-
-        let mut x = vec![0.0f32; n_tokens * hidden];
-        for (row, &tok) in x.chunks_exact_mut(hidden).zip(chunks.iter().flat_map(|c| c.tokens)) {
-            self.weights.embed.dequantize_rows(tok as usize, row);
-        }
-        let mut attn_chunks = Vec::with_capacity(chunks.len());
-        let mut row = 0;
-        for c in chunks {
-            attn_chunks.push(AttnChunk {
-                row,
-                len: c.tokens.len(),
-                start_pos: c.start_pos,
-                blocks: c.blocks,
-            });
-            row += c.tokens.len();
-        }
+        let attn_chunks = attn_chunks(chunks);
         let dims = AttnDims {
             n_heads,
             n_kv_heads,
             head_dim: cfg.head_dim,
         };
-        let gathered_blocks: Vec<BlockId> = match (&layer_done, &self.tp) {
+        let gathered_blocks: Vec<BlockId> = match (&layer_done, &self.group) {
             (Some(_), Some(_)) => {
                 let mut blocks: Vec<BlockId> = chunks.iter().flat_map(|c| c.blocks.iter().copied()).collect();
                 blocks.sort_unstable();
@@ -201,7 +391,7 @@ impl LlamaModel {
         let mut act = vec![0.0f32; n_tokens * inter];
 
         for (layer, w) in self.weights.layers.iter().enumerate() {
-            rms_norm(&x, &w.attn_norm, cfg.rms_eps, &mut normed);
+            rms_norm(x, &w.attn_norm, cfg.rms_eps, &mut normed);
             matmul(&normed, n_tokens, &w.qkv, &mut qkv);
             let width = q_dim + 2 * kv_dim;
             for t in 0..n_tokens {
@@ -223,31 +413,34 @@ impl LlamaModel {
                 }
             }
             if let Some(done) = layer_done.as_mut() {
-                match &self.tp {
-                    Some(tp) => done(
-                        layer,
-                        &GatheredKv::gather(kv, layer, &gathered_blocks, tp.comm.as_ref())?,
+                match &self.group {
+                    Some(group) => done(
+                        first_layer + layer,
+                        &GatheredKv::gather(kv, layer, &gathered_blocks, group.comm.as_ref())?,
                     ),
-                    None => done(layer, kv),
+                    None => done(first_layer + layer, kv),
                 }
             }
             paged_attention(&q, &attn_chunks, kv, layer, dims, &mut attn);
             matmul(&attn, n_tokens, &w.o, &mut proj);
             self.all_reduce(&mut proj)?;
-            add_assign(&mut x, &proj);
+            add_assign(x, &proj);
 
-            rms_norm(&x, &w.mlp_norm, cfg.rms_eps, &mut normed);
+            rms_norm(x, &w.mlp_norm, cfg.rms_eps, &mut normed);
             matmul(&normed, n_tokens, &w.gate_up, &mut gate_up);
             silu_mul(&gate_up, inter, &mut act);
             matmul(&act, n_tokens, &w.down, &mut proj);
             self.all_reduce(&mut proj)?;
-            add_assign(&mut x, &proj);
+            add_assign(x, &proj);
         }
-        if self.tp_rank().rank != 0 {
-            return Ok(Vec::new());
-        }
+        Ok(())
+    }
 
-        let last_rows: Vec<usize> = attn_chunks
+    /// `[n, vocab]` logits of the last token of each chunk that wants them, from the final activations `x`.
+    fn logits(&self, x: &[f32], chunks: &[SeqChunk<'_>]) -> Vec<f32> {
+        let cfg = &self.config;
+        let hidden = cfg.hidden;
+        let last_rows: Vec<usize> = attn_chunks(chunks)
             .iter()
             .zip(chunks)
             .filter(|(_, c)| c.want_logits && !c.tokens.is_empty())
@@ -261,14 +454,82 @@ impl LlamaModel {
         rms_norm(&selected, &self.weights.norm, cfg.rms_eps, &mut final_norm);
         let mut logits = vec![0.0f32; last_rows.len() * cfg.vocab_size];
         matmul(&final_norm, last_rows.len(), self.weights.head(), &mut logits);
-        Ok(logits)
+        logits
     }
 
-    /// Sums a row-parallel layer's partial outputs over the tensor-parallel group (nothing when whole).
+    /// Sums a row-parallel layer's partial outputs over the tensor-parallel group (nothing otherwise).
     fn all_reduce(&self, partial: &mut [f32]) -> Result<(), EngineError> {
-        match &self.tp {
-            Some(tp) => Ok(tp.comm.all_reduce_sum(partial.into())?),
-            None => Ok(()),
+        match &self.group {
+            Some(Group {
+                split: Split::Tensor(_),
+                comm,
+            }) => Ok(comm.all_reduce_sum(partial.into())?),
+            _ => Ok(()),
         }
     }
+}
+
+/// Why a pipeline stage refuses a per-layer KV callback: each stage holds only its layers' KV.
+pub(crate) fn pipeline_kv_read() -> EngineError {
+    EngineError::invalid(
+        "kv_transfer",
+        "reading KV for a transfer from a pipeline-parallel group is not supported yet (each stage holds only its \
+         layers' KV)",
+    )
+}
+
+/// Each chunk's rows in the batch's `[tokens, ·]` matrices.
+fn attn_chunks<'a>(chunks: &[SeqChunk<'a>]) -> Vec<AttnChunk<'a>> {
+    let mut row = 0;
+    chunks
+        .iter()
+        .map(|c| {
+            let chunk = AttnChunk {
+                row,
+                len: c.tokens.len(),
+                start_pos: c.start_pos,
+                blocks: c.blocks,
+            };
+            row += c.tokens.len();
+            chunk
+        })
+        .collect()
+}
+
+/// Cuts a batch into up to `pieces` pieces of about equal token counts, in order; a chunk may be cut too (its
+/// later tokens then read the earlier ones' KV, written by the previous piece). Only the piece holding a chunk's
+/// last token asks for its logits.
+pub fn micro_batches<'a>(chunks: &[SeqChunk<'a>], pieces: usize) -> Vec<Vec<SeqChunk<'a>>> {
+    let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+    if pieces <= 1 || total <= 1 {
+        return vec![chunks.to_vec()];
+    }
+    let per = total.div_ceil(pieces);
+    let (mut out, mut current, mut room) = (Vec::new(), Vec::new(), per);
+    for c in chunks {
+        if c.tokens.is_empty() {
+            current.push(*c);
+            continue;
+        }
+        let mut off = 0;
+        while off < c.tokens.len() {
+            let take = room.min(c.tokens.len() - off);
+            current.push(SeqChunk {
+                tokens: &c.tokens[off..off + take],
+                start_pos: c.start_pos + off,
+                blocks: c.blocks,
+                want_logits: c.want_logits && off + take == c.tokens.len(),
+            });
+            off += take;
+            room -= take;
+            if room == 0 {
+                out.push(std::mem::take(&mut current));
+                room = per;
+            }
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }

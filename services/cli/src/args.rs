@@ -239,12 +239,22 @@ pub struct ParallelArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub tensor_parallel: u16,
 
-    /// This process's rank in a tensor-parallel group whose ranks are started separately (e.g. one per node):
+    /// Pipeline-parallel stages: contiguous layer ranges per rank, activations passed stage to stage, each batch
+    /// cut into --micro-batches pieces so the stages overlap. Started and formed like --tensor-parallel (not
+    /// combined with it in this version).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub pipeline_parallel: u16,
+
+    /// Pieces each batch is cut into on a pipeline (default: one per stage).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub micro_batches: Option<u16>,
+
+    /// This process's rank in a parallel group whose ranks are started separately (e.g. one per node):
     /// rank 0 serves and registers; ranks above 0 follow it. Requires --group.
     #[arg(long, requires = "group")]
     pub group_rank: Option<u16>,
 
-    /// The tensor-parallel group's name in etcd (under <etcd-prefix>groups/); every rank gives the same one, fresh
+    /// The parallel group's name in etcd (under <etcd-prefix>groups/); every rank gives the same one, fresh
     /// for each start of the group. Default for a group this worker starts itself: <id>-<start time>.
     #[arg(long)]
     pub group: Option<String>,
@@ -257,6 +267,13 @@ pub struct ParallelArgs {
     /// Seconds to wait for every rank of the group to arrive before giving up.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub group_timeout_secs: u64,
+}
+
+impl ParallelArgs {
+    /// Ranks in the group: tensor × pipeline.
+    pub fn world(&self) -> usize {
+        usize::from(self.tensor_parallel) * usize::from(self.pipeline_parallel)
+    }
 }
 
 /// A worker's part in disaggregated serving.

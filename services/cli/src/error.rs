@@ -82,11 +82,18 @@ pub enum CliError {
     MissingSecret { what: &'static str },
     #[error(transparent)]
     Planner(#[from] cleave_planner::PlannerError),
-    #[error("--tensor-parallel above 1 needs --etcd: the group's ranks find each other through etcd")]
+    #[error("--tensor-parallel or --pipeline-parallel above 1 needs --etcd: the group's ranks find each other there")]
     ParallelNeedsEtcd,
-    #[error("--tensor-parallel runs on the CPU backend in this version; use --device cpu")]
+    #[error("--tensor-parallel and --pipeline-parallel run on the CPU backend in this version; use --device cpu")]
     ParallelNeedsCpu,
-    #[error("--group-rank {rank} is outside a group of --tensor-parallel {world}")]
+    #[error("--tensor-parallel and --pipeline-parallel cannot be combined in this version")]
+    ParallelCombined,
+    #[error(
+        "--pipeline-parallel workers cannot take --role prefill in this version: a prefill worker ships its KV layer \
+         by layer from one process, and a pipeline's layers live on different ranks"
+    )]
+    PipelinePrefill,
+    #[error("--group-rank {rank} is outside a group of {world} ranks")]
     GroupRank { rank: usize, world: usize },
     #[error(transparent)]
     Group(#[from] cleave_comm::FormGroupError),
@@ -117,6 +124,8 @@ impl CliError {
             | CliError::MissingSecret { .. }
             | CliError::ParallelNeedsEtcd
             | CliError::ParallelNeedsCpu
+            | CliError::ParallelCombined
+            | CliError::PipelinePrefill
             | CliError::GroupRank { .. } => true,
             CliError::Planner(e) => matches!(
                 e,

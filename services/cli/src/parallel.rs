@@ -1,5 +1,5 @@
-//! `cleave worker --tensor-parallel N`: one engine replica split across N ranks (CPU backend). Rank 0 serves and
-//! registers; ranks above 0 follow it. The group forms through etcd (each rank announces where its communicator
+//! `cleave worker --tensor-parallel N` / `--pipeline-parallel N`: one engine replica split across N ranks (CPU
+//! backend). Rank 0 serves and registers; ranks above 0 follow it. The group forms through etcd (each rank announces where its communicator
 //! listens under `<prefix>groups/<group>/`), then connects a TCP mesh.
 //!
 //! Invariant: a worker that starts its own ranks (no `--group-rank`) runs them as child processes of itself with
@@ -45,7 +45,7 @@ pub async fn lead(
     grpc: (SocketAddr, &str),
 ) -> Result<Group, CliError> {
     let parallel = &args.parallel;
-    let world = usize::from(parallel.tensor_parallel);
+    let world = parallel.world();
     let (group, local_ranks) = match parallel.group_rank {
         Some(_) => (parallel.group.clone().unwrap_or_default(), LocalRanks::default()),
         None => {
@@ -58,7 +58,7 @@ pub async fn lead(
         }
     };
     let (comm, membership) = join(parallel, registry, layout, &group, 0, grpc).await?;
-    eprintln!("cleave worker: leading tensor-parallel group `{group}` of {world} ranks");
+    eprintln!("cleave worker: leading parallel group `{group}` of {world} ranks");
     Ok(Group {
         comm,
         heartbeat: HEARTBEAT,
@@ -96,12 +96,22 @@ pub fn follow(args: &WorkerArgs, model: LlamaModel, rank: usize) -> Result<(), C
             eprintln!("cleave worker: rank {rank} of `{group}` stays until rank 0 ends the group");
         }
     });
-    let model = model.tensor_parallel(comm.clone())?;
+    let model = split(model, comm.clone(), &args.parallel)?;
     eprintln!("cleave worker: rank {rank} of {} following", comm.world_size());
     // The runtime's own threads keep serving the signal task and the membership's leases meanwhile.
     let followed = cleave_engine::parallel::run_follower(model, comm);
     runtime.block_on(membership.leave());
     followed.map_err(CliError::from)
+}
+
+/// This rank's part of `model`: its stage's layers on a pipeline, else its tensor-parallel shard.
+pub fn split(model: LlamaModel, comm: Arc<TcpCommunicator>, args: &ParallelArgs) -> Result<LlamaModel, CliError> {
+    let stages = usize::from(args.pipeline_parallel);
+    if stages > 1 {
+        let micro_batches = args.micro_batches.map_or(stages, usize::from);
+        return Ok(model.pipeline_parallel(comm, micro_batches)?);
+    }
+    Ok(model.tensor_parallel(comm)?)
 }
 
 /// Joins the rendezvous as `rank` and connects the mesh.
@@ -125,7 +135,7 @@ async fn join(
     } else {
         advertised(local, grpc_url)
     };
-    let spec = GroupSpec::new(group, usize::from(parallel.tensor_parallel), rank).with_prefix(layout.prefix());
+    let spec = GroupSpec::new(group, parallel.world(), rank).with_prefix(layout.prefix());
     let config = TcpConfig {
         op_timeout: OP_TIMEOUT,
         ..TcpConfig::default()

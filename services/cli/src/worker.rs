@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cleave_cluster::registry::{ParallelLayout, WorkerRecord, WorkerRole, register_worker};
 use cleave_cluster::tls::ClusterTls;
+use cleave_engine::model::PipelineStage;
 use cleave_engine::parallel::TpRank;
 use cleave_engine::scheduler::SchedulerConfig;
 use cleave_engine::{Device, Engine, EngineConfig, load_model};
@@ -19,8 +20,16 @@ use crate::{model, parallel, registry};
 pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
     let (weights, tokenizer) = load_model(path.files())?;
-    let world = usize::from(args.parallel.tensor_parallel);
-    TpRank::check(weights.config(), world)?;
+    let world = args.parallel.world();
+    let stages = usize::from(args.parallel.pipeline_parallel);
+    if stages > 1 && args.parallel.tensor_parallel > 1 {
+        return Err(CliError::ParallelCombined);
+    }
+    if stages > 1 && WorkerRole::from(args.disagg.role) == WorkerRole::Prefill {
+        return Err(CliError::PipelinePrefill);
+    }
+    TpRank::check(weights.config(), usize::from(args.parallel.tensor_parallel))?;
+    PipelineStage::new(weights.config().n_layers, stages, 0, 1)?;
     let rank = args.parallel.group_rank.map_or(0, usize::from);
     if rank >= world {
         return Err(CliError::GroupRank { rank, world });
@@ -32,7 +41,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         match device {
             Device::Cuda(_) => return Err(CliError::ParallelNeedsCpu),
             Device::Auto if device.resolve() != Device::Cpu => {
-                eprintln!("cleave worker: tensor parallelism runs on the CPU backend in this version");
+                eprintln!("cleave worker: parallel groups run on the CPU backend in this version");
             }
             _ => {}
         }
@@ -70,8 +79,8 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             Some((registry, layout)) if world > 1 => {
                 let led = group.insert(parallel::lead(args, registry.as_ref(), layout, &id, (addr, &grpc_url)).await?);
                 let comm: Arc<dyn cleave_comm::Communicator> = led.comm.clone();
-                Arc::new(Engine::start_tensor_parallel(
-                    weights,
+                Arc::new(Engine::start_parallel(
+                    parallel::split(weights, led.comm.clone(), &args.parallel)?,
                     comm,
                     Arc::new(tokenizer),
                     config,
@@ -93,6 +102,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         )
         .await?;
         record.parallel.tensor = u32::from(args.parallel.tensor_parallel);
+        record.parallel.pipeline = u32::from(args.parallel.pipeline_parallel);
         // Serve metrics before registering, so the record can say where to scrape them.
         if let Some(local) = start_metrics(args.metrics_listen, &telemetry, "worker").await? {
             record.metrics_addr = advertised(local, &record.grpc_addr);

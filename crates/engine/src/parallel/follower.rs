@@ -1,4 +1,4 @@
-//! A follower of a tensor-parallel group (rank ≥ 1): replays the leader's operations on this rank's shard.
+//! A follower of a parallel group (rank ≥ 1; tensor or pipeline): replays the leader's operations on this rank's shard.
 
 use std::sync::Arc;
 
@@ -11,19 +11,13 @@ use crate::model::{LlamaModel, SeqChunk};
 
 /// Runs this rank until the leader shuts the group down (`Ok`) or the group fails (the leader died, a message was
 /// malformed, another rank loaded another model). Blocks the calling thread; `model` must be sharded for `comm`'s
-/// rank (`model.tensor_parallel(comm)`).
+/// rank (`model.tensor_parallel(comm)` or `model.pipeline_parallel(comm, ..)`).
 pub fn run_follower(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<(), EngineError> {
-    if comm.rank() == 0
-        || model.tp_rank()
-            != (super::TpRank {
-                rank: comm.rank(),
-                world: comm.world_size(),
-            })
-    {
+    if comm.rank() == 0 || model.group_rank() != Some((comm.rank(), comm.world_size())) {
         return Err(EngineError::invalid(
-            "tensor_parallel",
+            "parallel",
             format!(
-                "a follower runs a rank above 0 with the model sharded for it (rank {} of {})",
+                "a follower runs a rank above 0 with the model split for it (rank {} of {})",
                 comm.rank(),
                 comm.world_size()
             ),
@@ -39,8 +33,6 @@ pub fn run_follower(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<()
         }
     };
     let mut backend = CpuBackend::new(model, n_blocks, block_size);
-    let local = backend.kv_shape().block_floats();
-    let offset = comm.rank() * local;
     tracing::info!(rank = comm.rank(), n_blocks, "tensor-parallel follower ready");
     loop {
         match protocol::receive(comm.as_ref())? {
@@ -65,16 +57,17 @@ pub fn run_follower(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<()
                 values,
             } => {
                 check_block(block, n_blocks)?;
-                let mine = offset..offset + local;
-                let (Some(k), Some(v)) = (keys.get(mine.clone()), values.get(mine)) else {
+                let whole = backend.model().group_kv_shape(backend.kv_shape()).block_floats();
+                if keys.len() != whole || values.len() != whole {
                     return Err(EngineError::Internal(format!(
-                        "the leader sent a block layer of {} keys; rank {} needs floats {offset}..{}",
+                        "the leader sent a block layer of {} keys and {} values; a whole one holds {whole}",
                         keys.len(),
-                        comm.rank(),
-                        offset + local
+                        values.len()
                     )));
-                };
-                backend.write_block_layer(layer as usize, block, k, v)?;
+                }
+                if let Some((layer, k, v)) = backend.model().local_block_layer(layer as usize, &keys, &values) {
+                    backend.write_block_layer(layer, block, k, v)?;
+                }
             }
             Op::Heartbeat => {}
             Op::Shutdown => {

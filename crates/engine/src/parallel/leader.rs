@@ -1,4 +1,4 @@
-//! The leader of a tensor-parallel group (rank 0): a [`Backend`] whose every call is first sent to the followers,
+//! The leader of a parallel group (rank 0; tensor or pipeline): a [`Backend`] whose every call is first sent to the followers,
 //! then run on this rank's shard, the collectives inside the forward pass keeping the ranks in step.
 //!
 //! Invariant: one group operation at a time — backend calls and heartbeats share one session lock, so a
@@ -20,21 +20,21 @@ use crate::backend::{Backend, CpuBackend, KvBlockReader};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvShape};
-use crate::model::{LlamaModel, SeqChunk};
+use crate::model::{LlamaModel, SeqChunk, pipeline_kv_read};
 
 /// Called once, from the engine or heartbeat thread, when the group can no longer work.
 pub type GroupFailure = Arc<dyn Fn(&EngineError) + Send + Sync>;
 
 /// Rank 0 of a tensor-parallel group, as the engine's backend. See the module docs.
-pub struct TensorParallelBackend {
+pub struct ParallelBackend {
     local: CpuBackend,
     link: Arc<Link>,
     heartbeat: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for TensorParallelBackend {
+impl std::fmt::Debug for ParallelBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TensorParallelBackend")
+        f.debug_struct("ParallelBackend")
             .field("local", &self.local)
             .field("comm", &self.link.comm)
             .finish_non_exhaustive()
@@ -74,7 +74,7 @@ impl Link {
     }
 }
 
-impl TensorParallelBackend {
+impl ParallelBackend {
     /// Leads the group `model` was sharded for (`model.tensor_parallel(comm)` with `comm.rank() == 0`): checks
     /// that every rank loaded the same model, has each follower allocate a pool of `n_blocks` blocks of
     /// `block_size` tokens (each rank spends the same memory on its share of the KV heads), and sends a heartbeat
@@ -88,14 +88,14 @@ impl TensorParallelBackend {
         heartbeat: Duration,
         on_failure: GroupFailure,
     ) -> Result<Self, EngineError> {
-        if comm.rank() != 0 || model.tp_rank().world != comm.world_size() {
+        let world = model.group_rank().map_or(1, |(_, world)| world);
+        if comm.rank() != 0 || world != comm.world_size() {
             return Err(EngineError::invalid(
-                "tensor_parallel",
+                "parallel",
                 format!(
-                    "the leader must be rank 0 of a model sharded for its group (rank {} of {}, model for {})",
+                    "the leader must be rank 0 of a model split for its group (rank {} of {}, model for {world})",
                     comm.rank(),
                     comm.world_size(),
-                    model.tp_rank().world
                 ),
             ));
         }
@@ -140,7 +140,7 @@ fn beat(link: &Link, every: Duration) {
     }
 }
 
-impl Drop for TensorParallelBackend {
+impl Drop for ParallelBackend {
     fn drop(&mut self) {
         self.link.stopping.store(true, Ordering::Release);
         {
@@ -155,18 +155,14 @@ impl Drop for TensorParallelBackend {
     }
 }
 
-impl Backend for TensorParallelBackend {
+impl Backend for ParallelBackend {
     fn model_config(&self) -> &ModelConfig {
         self.local.model_config()
     }
 
-    /// The pool as the engine sees it: every KV head (KV crosses the backend interface whole).
+    /// The pool as the engine sees it: every KV head and layer (KV crosses the backend interface whole).
     fn kv_shape(&self) -> KvShape {
-        let local = self.local.kv_shape();
-        KvShape {
-            n_kv_heads: local.n_kv_heads * self.link.comm.world_size(),
-            ..local
-        }
+        self.local.model().group_kv_shape(self.local.kv_shape())
     }
 
     fn forward(
@@ -174,6 +170,9 @@ impl Backend for TensorParallelBackend {
         chunks: &[SeqChunk<'_>],
         layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
     ) -> Result<Vec<f32>, EngineError> {
+        if self.local.model().is_pipeline_stage() {
+            return Err(pipeline_kv_read());
+        }
         let mut session = self.link.lock();
         self.link.send(&mut session, &encode_forward(true, chunks))?;
         self.link.check(self.local.forward(chunks, layer_done))
@@ -198,13 +197,12 @@ impl Backend for TensorParallelBackend {
         keys: &[f32],
         values: &[f32],
     ) -> Result<(), EngineError> {
-        let local = self.local.kv_shape().block_floats();
-        if keys.len() != local * self.link.comm.world_size() || values.len() != keys.len() {
+        let whole = self.kv_shape().block_floats();
+        if keys.len() != whole || values.len() != whole {
             return Err(EngineError::invalid(
                 "kv",
                 format!(
-                    "a block layer holds {} keys and as many values; got {} and {}",
-                    local * self.link.comm.world_size(),
+                    "a block layer holds {whole} keys and as many values; got {} and {}",
                     keys.len(),
                     values.len()
                 ),
@@ -218,7 +216,9 @@ impl Backend for TensorParallelBackend {
         };
         let mut session = self.link.lock();
         self.link.send(&mut session, &op.encode())?;
-        self.local
-            .write_block_layer(layer, block, &keys[..local], &values[..local])
+        match self.local.model().local_block_layer(layer, keys, values) {
+            Some((layer, keys, values)) => self.local.write_block_layer(layer, block, keys, values),
+            None => Ok(()),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Tensor parallelism on the CPU backend: a model's weights split across the ranks of a group
 //! ([`shard_weights`]), the group's leader driving its followers through one forward pass at a time
-//! ([`TensorParallelBackend`], [`run_follower`]), and the KV of several ranks gathered for a transfer
+//! ([`ParallelBackend`], [`run_follower`]), and the KV of several ranks gathered for a transfer
 //! ([`GatheredKv`]).
 //!
 //! Layout (Megatron-style): rank r of W holds query heads `r·H/W..`, KV heads `r·Hkv/W..` (so its KV cache holds
@@ -15,7 +15,7 @@ mod protocol;
 use cleave_comm::Communicator;
 
 pub use follower::run_follower;
-pub use leader::{GroupFailure, TensorParallelBackend};
+pub use leader::{GroupFailure, ParallelBackend};
 
 use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;

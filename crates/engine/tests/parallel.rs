@@ -1,6 +1,6 @@
-//! Tensor parallelism on the CPU backend with the real default model: three ranks (threads here, each with its
-//! own shard and KV pool) over a real TCP communicator on loopback, against the single-device model and the
-//! golden tokens from transformers.
+//! Tensor and pipeline parallelism on the CPU backend with the real default model: ranks on threads here (each
+//! with its part of the model and its KV pool) over a real TCP communicator on loopback, against the
+//! single-device model and the golden tokens from transformers.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
@@ -13,9 +13,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cleave_comm::{Communicator, TcpCommunicator, TcpConfig};
-use cleave_engine::parallel::{GroupFailure, TensorParallelBackend, TpRank, run_follower};
+use cleave_engine::parallel::{GroupFailure, ParallelBackend, TpRank, run_follower};
 use cleave_engine::scheduler::SchedulerConfig;
-use cleave_engine::{Backend, Engine, EngineError, SeqChunk};
+use cleave_engine::{Backend, Engine, EngineError, LlamaModel, SeqChunk};
 use common::{assert_greedy_matches, golden, greedy, greedy_on_model, load_model};
 
 /// The default model has 9 query heads and 3 KV heads: 3 ranks is its only split above 1.
@@ -48,13 +48,28 @@ fn dyn_group(world: usize, name: &str) -> Vec<Arc<dyn Communicator>> {
 type Followers = Vec<JoinHandle<Result<(), EngineError>>>;
 
 /// Followers on threads (each loads and shards the model itself); returns rank 0's communicator.
+/// How a rank takes its part of the model.
+type Split = fn(LlamaModel, Arc<dyn Communicator>) -> Result<LlamaModel, EngineError>;
+
+fn tensor(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel, EngineError> {
+    model.tensor_parallel(comm)
+}
+
+fn pipeline(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel, EngineError> {
+    model.pipeline_parallel(comm, 3)
+}
+
 fn start_followers(comms: Vec<Arc<dyn Communicator>>) -> (Arc<dyn Communicator>, Followers) {
+    start_split_followers(comms, tensor)
+}
+
+fn start_split_followers(comms: Vec<Arc<dyn Communicator>>, split: Split) -> (Arc<dyn Communicator>, Followers) {
     let mut comms = comms.into_iter();
     let leader = comms.next().unwrap();
     let followers = comms
         .map(|comm| {
             std::thread::spawn(move || {
-                let model = load_model().0.tensor_parallel(comm.clone())?;
+                let model = split(load_model().0, comm.clone())?;
                 run_follower(model, comm)
             })
         })
@@ -62,18 +77,47 @@ fn start_followers(comms: Vec<Arc<dyn Communicator>>) -> (Arc<dyn Communicator>,
     (leader, followers)
 }
 
-fn leader_backend(comm: Arc<dyn Communicator>, n_blocks: usize, on_failure: GroupFailure) -> TensorParallelBackend {
-    let model = load_model().0.tensor_parallel(comm.clone()).unwrap();
-    TensorParallelBackend::new(model, comm, n_blocks, 16, Duration::from_millis(200), on_failure).unwrap()
+fn leader_backend(comm: Arc<dyn Communicator>, n_blocks: usize, on_failure: GroupFailure) -> ParallelBackend {
+    split_leader(comm, n_blocks, on_failure, tensor)
 }
 
-/// Every golden prompt through a scheduler on a 3-rank group gives the golden greedy tokens, and the first
-/// logits match the single-device model's to f32 summation-order noise.
+fn split_leader(
+    comm: Arc<dyn Communicator>,
+    n_blocks: usize,
+    on_failure: GroupFailure,
+    split: Split,
+) -> ParallelBackend {
+    let model = split(load_model().0, comm.clone()).unwrap();
+    ParallelBackend::new(model, comm, n_blocks, 16, Duration::from_millis(200), on_failure).unwrap()
+}
+
+/// A group of `world` ranks split by `split`: rank 0's backend and the followers.
+fn split_group(world: usize, name: &str, split: Split, n_blocks: usize) -> (ParallelBackend, Followers) {
+    let (leader, followers) = start_split_followers(dyn_group(world, name), split);
+    (split_leader(leader, n_blocks, Arc::new(|_| {}), split), followers)
+}
+
+/// Every golden prompt through a scheduler on a 3-rank tensor-parallel group gives the golden greedy tokens, and
+/// the first logits match the single-device model's to f32 summation-order noise.
 #[test]
 fn three_ranks_generate_the_golden_tokens_and_single_device_logits() {
-    let (leader, followers) = start_followers(dyn_group(WORLD, "tp-golden"));
-    let mut backend = leader_backend(leader, 256, Arc::new(|_| {}));
+    let (backend, followers) = split_group(WORLD, "tp-golden", tensor, 256);
+    golden_through(backend, followers);
+}
 
+/// The same through pipelines of 2 and 3 stages, each batch cut into 3 micro-batches (a prefill chunk into
+/// pieces, a decode batch by sequence).
+#[test]
+fn pipeline_stages_generate_the_golden_tokens_and_single_device_logits() {
+    for stages in [2, 3] {
+        let (backend, followers) = split_group(stages, &format!("pp-golden-{stages}"), pipeline, 256);
+        golden_through(backend, followers);
+    }
+}
+
+/// Rank 0's logits for each golden prompt against the single-device model, then the golden tokens through a
+/// scheduler on the group; the followers end cleanly when the engine stops.
+fn golden_through(mut backend: ParallelBackend, followers: Followers) {
     let (single, tokenizer) = load_model();
     let golden = golden();
     for p in &golden.prompts {
@@ -89,6 +133,7 @@ fn three_ranks_generate_the_golden_tokens_and_single_device_logits() {
             .unwrap();
         let range = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert_eq!(got.len(), want.len(), "{}", p.name);
         assert!(
             worst <= 1e-4 * range.max(1.0),
             "{}: logits differ by up to {worst}",
@@ -114,6 +159,61 @@ fn three_ranks_generate_the_golden_tokens_and_single_device_logits() {
         assert_greedy_matches(p, &ids);
     }
     drop(engine);
+    for follower in followers {
+        follower.join().unwrap().unwrap();
+    }
+}
+
+/// Remote KV landing on a pipeline: every layer of a prompt's blocks, computed on one device, written through
+/// rank 0 (each stage keeps its layers), then a decode step on both gives the same logits. A forward pass that
+/// would read KV for a transfer is refused up front, and the group keeps working.
+#[test]
+fn a_pipeline_takes_remote_kv_and_refuses_to_read_it() {
+    let (mut backend, followers) = split_group(3, "pp-kv", pipeline, 8);
+    let mut single = cleave_engine::CpuBackend::new(load_model().0, 8, 16);
+    let prompt: Vec<u32> = (0..40).map(|i| 100 + 13 * i).collect();
+    let blocks = [0u32, 1, 2];
+    let mut layers = Vec::new();
+    single
+        .forward(
+            &[SeqChunk {
+                tokens: &prompt,
+                start_pos: 0,
+                blocks: &blocks,
+                want_logits: false,
+            }],
+            &mut |layer, kv| {
+                for &b in &blocks {
+                    let (mut k, mut v) = (Vec::new(), Vec::new());
+                    kv.read_block_layer(layer, b, &mut k, &mut v);
+                    layers.push((layer, b, k, v));
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(layers.len(), 30 * 3);
+    for (layer, block, k, v) in &layers {
+        backend.write_block_layer(*layer, *block, k, v).unwrap();
+    }
+    let step = [SeqChunk {
+        tokens: &[77],
+        start_pos: 40,
+        blocks: &blocks,
+        want_logits: true,
+    }];
+    let want = single.forward_plain(&step).unwrap();
+    let got = backend.forward_plain(&step).unwrap();
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "decode after remote KV differs by {worst}");
+
+    let error = backend.forward(&step, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(error.contains("pipeline-parallel"), "{error}");
+    assert!(
+        backend.forward_plain(&step).is_ok(),
+        "the group broke after a refused read"
+    );
+    assert_eq!(backend.kv_shape().n_layers, 30);
+    drop(backend);
     for follower in followers {
         follower.join().unwrap().unwrap();
     }
@@ -264,7 +364,7 @@ fn a_dead_member_fails_the_group_promptly() {
 /// Batch-1 decode and a 256-token prefill on one device and on 3 ranks over loopback TCP, for docs/perf.md: the
 /// cost of two all-reduces per layer on this machine.
 #[test]
-#[ignore = "a benchmark: cargo test --release -p cleave-engine --test tensor_parallel -- --ignored --nocapture"]
+#[ignore = "a benchmark: cargo test --release -p cleave-engine --test parallel -- --ignored --nocapture"]
 fn cpu_tensor_parallel_benchmark() {
     let prompt: Vec<u32> = (0..256).map(|i| 100 + 7 * i).collect();
     let blocks: Vec<u32> = (0..20).collect();

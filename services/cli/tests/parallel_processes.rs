@@ -1,8 +1,10 @@
-//! Tensor parallelism as real processes: `cleave worker --tensor-parallel 3` starts its two follower ranks itself,
+//! Parallel groups as real processes: `cleave worker --tensor-parallel 3` starts its two follower ranks itself,
 //! forms the group through a real etcd and a TCP mesh, registers once (tensor = 3) and serves the golden tokens
 //! through a router — as a prefill worker too, its KV gathered from every rank and shipped to a decode worker.
-//! SIGTERM ends the whole group cleanly; a follower SIGKILLed in a group started rank by rank fails the next
-//! request (no hang) and takes the leader out of the registry with exit status 1.
+//! A two-stage `--pipeline-parallel 2` decode worker takes its prompts' KV from a prefill worker, each stage
+//! writing its own layers, and decodes the golden tokens. SIGTERM ends a whole group cleanly; a follower SIGKILLed
+//! in a group started rank by rank fails the next request (no hang) and takes the leader out of the registry with
+//! exit status 1.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
@@ -84,6 +86,32 @@ async fn listing(etcd: &str, sub: &str) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// The registry record of worker `id`.
+async fn record(etcd: &str, id: &str) -> serde_json::Value {
+    let workers = listing(etcd, "workers/").await;
+    let found = workers.into_iter().find(|(key, _)| key.ends_with(&format!("/{id}")));
+    found.map(|(_, v)| v).unwrap()
+}
+
+/// The golden tokens of three prompts through the router (the first retried until the router sees the workers),
+/// then whether the worker at `port` computed some of them (its prefix cache publishes blocks).
+async fn golden_through(client: &GenerationClient<Channel>, port: u16) -> usize {
+    let short = golden_prompt("short");
+    assert_eq!(
+        first_answer(client, greedy(&short.text, 4)).await,
+        short.output_ids[..4]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for name in ["long", "numbers"] {
+        let p = golden_prompt(name);
+        let ids = stream_ids(client, greedy(&p.text, 8)).await;
+        assert_eq!(ids.unwrap(), p.output_ids[..8], "{name}");
+    }
+    let mut worker = WorkerClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+    let snapshot = worker.kv_snapshot(v1::KvSnapshotRequest {}).await.unwrap();
+    snapshot.into_inner().block_hashes.len()
+}
+
 /// Asks until `request` streams its tokens (the router may not have seen the workers' load yet).
 async fn first_answer(client: &GenerationClient<Channel>, request: v1::GenerateRequest) -> Vec<u32> {
     let mut ids = None;
@@ -108,38 +136,14 @@ async fn a_three_rank_worker_serves_the_golden_tokens_as_prefill_and_stops_as_a_
     );
     let _decode = worker(&endpoint, "decode", decode_port, &["--role", "decode"]);
     until("both workers registered", async || registered(&endpoint).await == 2).await;
-    let workers = listing(&endpoint, "workers/").await;
-    let record = workers
-        .iter()
-        .find(|(key, _)| key.ends_with("/tp"))
-        .map(|(_, v)| v)
-        .unwrap();
+    let record = record(&endpoint, "tp").await;
     assert_eq!(record["parallel"]["tensor"], 3, "{record}");
     let members = listing(&endpoint, "groups/").await;
     assert_eq!(members.len(), 3, "one member key per rank: {members:?}");
 
     let (_router, client) = router(&endpoint).await;
-    let short = golden_prompt("short");
-    assert_eq!(
-        first_answer(&client, greedy(&short.text, 4)).await,
-        short.output_ids[..4]
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for name in ["long", "numbers"] {
-        let p = golden_prompt(name);
-        let ids = stream_ids(&client, greedy(&p.text, 8)).await;
-        assert_eq!(ids.unwrap(), p.output_ids[..8], "{name}");
-    }
-    let mut prefill = WorkerClient::connect(format!("http://127.0.0.1:{tp_port}"))
-        .await
-        .unwrap();
-    let published = prefill
-        .kv_snapshot(v1::KvSnapshotRequest {})
-        .await
-        .unwrap()
-        .into_inner();
     assert!(
-        !published.block_hashes.is_empty(),
+        golden_through(&client, tp_port).await > 0,
         "the tensor-parallel group prefilled the prompts (its prefix cache holds them)"
     );
 
@@ -151,6 +155,38 @@ async fn a_three_rank_worker_serves_the_golden_tokens_as_prefill_and_stops_as_a_
     })
     .await;
     until("the leader deregistered", async || registered(&endpoint).await == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_stage_pipeline_decodes_the_golden_tokens_from_a_prefill_workers_kv() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let endpoint = etcd.endpoint();
+    let (pp_port, prefill_port) = (free_port(), free_port());
+    let mut pp = worker(
+        &endpoint,
+        "pp",
+        pp_port,
+        &["--pipeline-parallel", "2", "--micro-batches", "2", "--role", "decode"],
+    );
+    let _prefill = worker(&endpoint, "prefill", prefill_port, &["--role", "prefill"]);
+    until("both workers registered", async || registered(&endpoint).await == 2).await;
+    let record = record(&endpoint, "pp").await;
+    assert_eq!(record["parallel"]["pipeline"], 2, "{record}");
+    assert_eq!(listing(&endpoint, "groups/").await.len(), 2, "one member key per stage");
+
+    let (_router, client) = router(&endpoint).await;
+    assert!(
+        golden_through(&client, prefill_port).await > 0,
+        "the prefill worker computed the prompts whose KV the pipeline decoded from"
+    );
+
+    pp.sigterm();
+    let status = pp.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "the first stage exited with {status}");
+    until("the second stage left the group", async || {
+        listing(&endpoint, "groups/").await.is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,4 +262,24 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--group-rank 3 is outside"), "{err}");
+    let cpu_worker = ["worker", "--device", "cpu", "--etcd", etcd];
+    let refused = [
+        (
+            &["--pipeline-parallel", "2", "--tensor-parallel", "3"][..],
+            "cannot be combined",
+        ),
+        (
+            &["--pipeline-parallel", "31"][..],
+            "31 stages cannot split the model's 30 layers",
+        ),
+        (
+            &["--pipeline-parallel", "2", "--role", "prefill"][..],
+            "cannot take --role prefill",
+        ),
+    ];
+    for (extra, expected) in refused {
+        let (code, err) = run(&[&cpu_worker[..], extra].concat());
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
 }
