@@ -43,7 +43,20 @@ fn missing_parallel_layout_defaults_to_one_device() {
         "kv_transports":["tcp"],"block_size":16,"capacity_blocks":10}"#;
     let parsed = WorkerRecord::from_json("/k/p1", json).unwrap();
     assert_eq!(parsed.role, WorkerRole::Prefill);
-    assert_eq!(parsed.parallel, ParallelLayout { tensor: 1, pipeline: 1 });
+    assert_eq!(parsed.parallel, ParallelLayout::default());
+    let older = json.replace(
+        r#""capacity_blocks":10"#,
+        r#""capacity_blocks":10,"parallel":{"tensor":3,"pipeline":1}"#,
+    );
+    let parsed = WorkerRecord::from_json("/k/p1", &older).unwrap();
+    assert_eq!(
+        parsed.parallel,
+        ParallelLayout {
+            tensor: 3,
+            pipeline: 1,
+            expert: 1
+        }
+    );
 }
 
 #[test]

@@ -37,6 +37,11 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// Qwen2-style biases on the q/k/v projections.
     pub qkv_bias: bool,
+    /// Routed experts per layer (Mixtral-style mixture of experts); 0 for a dense MLP. Each expert is a SwiGLU MLP
+    /// of width `intermediate`.
+    pub n_experts: usize,
+    /// Experts each token is routed to (top-k of the router's softmax, renormalised); 0 for a dense MLP.
+    pub n_experts_used: usize,
 }
 
 impl ModelConfig {
@@ -51,6 +56,12 @@ impl ModelConfig {
         }
         let key = |k: &str| format!("{arch}.{k}");
         let usize_key = |k: &str| -> Result<usize, EngineError> { Ok(file.get_u64(&key(k))? as usize) };
+        let optional = |k: &str| -> Result<usize, EngineError> {
+            match file.get(&key(k)) {
+                Some(_) => usize_key(k),
+                None => Ok(0),
+            }
+        };
         let hidden = usize_key("embedding_length")?;
         let n_heads = usize_key("attention.head_count")?;
         let n_kv_heads = match file.get(&key("attention.head_count_kv")) {
@@ -105,6 +116,8 @@ impl ModelConfig {
             max_context: usize_key("context_length")?,
             tie_embeddings: file.tensor("output.weight").is_none(),
             qkv_bias: file.tensor("blk.0.attn_q.bias").is_some(),
+            n_experts: optional("expert_count")?,
+            n_experts_used: optional("expert_used_count")?,
             architecture: arch,
         };
         config.validate(file.path())
@@ -116,10 +129,10 @@ impl ModelConfig {
         let raw: HfConfig =
             serde_json::from_str(&text).map_err(|e| EngineError::model(path, format!("invalid config.json: {e}")))?;
         let model_type = raw.model_type.unwrap_or_else(|| "llama".to_string());
-        if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2") {
+        if !matches!(model_type.as_str(), "llama" | "mistral" | "mixtral" | "qwen2") {
             return Err(EngineError::model(
                 path,
-                format!("unsupported model_type '{model_type}' (supported: llama, mistral, qwen2)"),
+                format!("unsupported model_type '{model_type}' (supported: llama, mistral, mixtral, qwen2)"),
             ));
         }
         let rope = raw.rope_parameters.or(raw.rope_scaling);
@@ -161,6 +174,8 @@ impl ModelConfig {
             max_context: raw.max_position_embeddings.unwrap_or(4096),
             tie_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias: raw.attention_bias.unwrap_or(model_type == "qwen2"),
+            n_experts: raw.num_local_experts.unwrap_or(0),
+            n_experts_used: raw.num_experts_per_tok.unwrap_or(0),
         };
         config.validate(path)
     }
@@ -179,6 +194,15 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
+        if self.n_experts > 0 && (self.n_experts_used == 0 || self.n_experts_used > self.n_experts) {
+            return bad(format!(
+                "experts per token ({}) must be between 1 and the number of experts ({})",
+                self.n_experts_used, self.n_experts
+            ));
+        }
+        if self.n_experts == 0 && self.n_experts_used > 0 {
+            return bad(format!("{} experts per token but no experts", self.n_experts_used));
+        }
         if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} must be even for RoPE", self.head_dim));
         }
@@ -196,10 +220,15 @@ impl ModelConfig {
         self.n_kv_heads * self.head_dim
     }
 
+    /// Whether each layer's MLP is a mixture of routed experts.
+    pub fn is_moe(&self) -> bool {
+        self.n_experts > 0
+    }
+
     /// Parameters, counting the output head once when tied.
     pub fn n_params(&self) -> usize {
         let attn = self.hidden * (self.q_dim() + 2 * self.kv_dim()) + self.q_dim() * self.hidden;
-        let mlp = 3 * self.hidden * self.intermediate;
+        let mlp = 3 * self.hidden * self.intermediate * self.n_experts.max(1) + self.hidden * self.n_experts;
         let per_layer = attn + mlp + 2 * self.hidden;
         let head = if self.tie_embeddings {
             0
@@ -256,6 +285,8 @@ struct HfConfig {
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
 }
 
 #[derive(Deserialize)]

@@ -14,11 +14,12 @@ use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;
 use crate::cpu::attention::{AttnChunk, AttnDims, paged_attention};
 use crate::cpu::matmul::matmul;
+use crate::cpu::moe;
 use crate::cpu::ops::{add_assign, apply_rope, rms_norm, rope_tables, silu_mul};
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvCache, KvShape};
-use crate::parallel::{GatheredKv, TpRank, shard_weights};
-use crate::weights::{LlamaWeights, load_gguf, load_hf_dir};
+use crate::parallel::{GatheredKv, TpRank, shard_experts, shard_weights};
+use crate::weights::{LlamaWeights, Mlp, load_gguf, load_hf_dir};
 
 /// One sequence's contribution to a forward pass: `tokens` at positions `start_pos..`, whose KV is written into
 /// (and whose earlier context is read from) `blocks`, which must already cover `start_pos + tokens.len()`.
@@ -54,6 +55,9 @@ struct Group {
 enum Split {
     /// This rank's heads, KV heads and MLP columns; an all-reduce after each block half.
     Tensor(TpRank),
+    /// Attention split as `Tensor`; this rank's share of each layer's experts, tokens dispatched to them and
+    /// combined back with all-to-alls.
+    Expert(TpRank),
     /// This rank's contiguous layers; activations from the previous stage, to the next one.
     Pipeline(PipelineStage),
 }
@@ -105,6 +109,23 @@ impl LlamaModel {
     /// split across ranks, MLP rows (gate/up) and columns (down) likewise; embedding, norms and the output head
     /// stay whole. Sizes that do not divide are refused, naming them.
     pub fn tensor_parallel(self, comm: Arc<dyn Communicator>) -> Result<Self, EngineError> {
+        self.sharded(comm, shard_weights, Split::Tensor)
+    }
+
+    /// Keeps this rank's expert-parallel shard (`comm.rank()` of `comm.world_size()`): attention heads and KV heads
+    /// split as under tensor parallelism, and a contiguous share of every layer's experts (routers stay whole).
+    /// A dense model, or expert or head counts that do not divide, are refused.
+    pub fn expert_parallel(self, comm: Arc<dyn Communicator>) -> Result<Self, EngineError> {
+        self.sharded(comm, shard_experts, Split::Expert)
+    }
+
+    /// This model with its weights cut by `shard` for its rank of `comm`, in the group as `split`.
+    fn sharded(
+        self,
+        comm: Arc<dyn Communicator>,
+        shard: fn(LlamaWeights, &ModelConfig, TpRank) -> Result<LlamaWeights, EngineError>,
+        split: fn(TpRank) -> Split,
+    ) -> Result<Self, EngineError> {
         let rank = TpRank {
             rank: comm.rank(),
             world: comm.world_size(),
@@ -115,13 +136,13 @@ impl LlamaModel {
             inv_freq,
             ..
         } = self;
-        let weights = shard_weights(weights, &config, rank)?;
+        let weights = shard(weights, &config, rank)?;
         Ok(LlamaModel {
             config,
             weights,
             inv_freq,
             group: (rank.world > 1).then_some(Group {
-                split: Split::Tensor(rank),
+                split: split(rank),
                 comm,
             }),
         })
@@ -149,11 +170,12 @@ impl LlamaModel {
         })
     }
 
-    /// This model's rank in its tensor-parallel group (rank 0 of 1 when whole or pipeline-split).
+    /// This model's rank in the group its attention heads are split across (rank 0 of 1 when whole or
+    /// pipeline-split).
     pub fn tp_rank(&self) -> TpRank {
         match &self.group {
             Some(Group {
-                split: Split::Tensor(rank),
+                split: Split::Tensor(rank) | Split::Expert(rank),
                 ..
             }) => *rank,
             _ => TpRank { rank: 0, world: 1 },
@@ -196,7 +218,7 @@ impl LlamaModel {
         match &self.group {
             None => Some((layer, keys, values)),
             Some(Group {
-                split: Split::Tensor(rank),
+                split: Split::Tensor(rank) | Split::Expert(rank),
                 ..
             }) => {
                 let local = keys.len() / rank.world;
@@ -427,10 +449,25 @@ impl LlamaModel {
             add_assign(x, &proj);
 
             rms_norm(x, &w.mlp_norm, cfg.rms_eps, &mut normed);
-            matmul(&normed, n_tokens, &w.gate_up, &mut gate_up);
-            silu_mul(&gate_up, inter, &mut act);
-            matmul(&act, n_tokens, &w.down, &mut proj);
-            self.all_reduce(&mut proj)?;
+            match (&w.mlp, &self.group) {
+                (Mlp::Dense(ff), _) => {
+                    matmul(&normed, n_tokens, &ff.gate_up, &mut gate_up);
+                    silu_mul(&gate_up, inter, &mut act);
+                    matmul(&act, n_tokens, &ff.down, &mut proj);
+                    self.all_reduce(&mut proj)?;
+                }
+                (
+                    Mlp::Experts(experts),
+                    Some(Group {
+                        split: Split::Expert(_),
+                        comm,
+                    }),
+                ) => moe::expert_parallel(experts, &normed, n_tokens, cfg.n_experts_used, comm.as_ref(), &mut proj)?,
+                (Mlp::Experts(experts), _) => {
+                    moe::mixture(experts, &normed, n_tokens, cfg.n_experts_used, &mut proj)?;
+                    self.all_reduce(&mut proj)?;
+                }
+            }
             add_assign(x, &proj);
         }
         Ok(())
@@ -457,11 +494,12 @@ impl LlamaModel {
         logits
     }
 
-    /// Sums a row-parallel layer's partial outputs over the tensor-parallel group (nothing otherwise).
+    /// Sums a row-parallel layer's partial outputs over the group its heads (and, under tensor parallelism, MLP
+    /// columns) are split across (nothing otherwise).
     fn all_reduce(&self, partial: &mut [f32]) -> Result<(), EngineError> {
         match &self.group {
             Some(Group {
-                split: Split::Tensor(_),
+                split: Split::Tensor(_) | Split::Expert(_),
                 comm,
             }) => Ok(comm.all_reduce_sum(partial.into())?),
             _ => Ok(()),

@@ -338,8 +338,10 @@ fn rounded_to_bf16(model: cleave_engine::LlamaModel) -> cleave_engine::LlamaMode
     for l in &mut w.layers {
         l.qkv = round(&l.qkv);
         l.o = round(&l.o);
-        l.gate_up = round(&l.gate_up);
-        l.down = round(&l.down);
+        if let cleave_engine::weights::Mlp::Dense(ff) = &mut l.mlp {
+            ff.gate_up = round(&ff.gate_up);
+            ff.down = round(&ff.down);
+        }
     }
     cleave_engine::LlamaModel::new(config, w)
 }

@@ -1,6 +1,6 @@
-//! Tensor and pipeline parallelism on the CPU backend with the real default model: ranks on threads here (each
-//! with its part of the model and its KV pool) over a real TCP communicator on loopback, against the
-//! single-device model and the golden tokens from transformers.
+//! Tensor, pipeline and expert parallelism on the CPU backend with the real default model (and the tiny Llama and
+//! Mixtral fixtures): ranks on threads here (each with its part of the model and its KV pool) over a real TCP
+//! communicator on loopback, against the single-device model and the golden tokens from transformers.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
@@ -409,49 +409,91 @@ fn cpu_tensor_parallel_benchmark() {
 /// forward pass collectively, straight on the sharded models: rank 0's logits equal the whole model's.
 #[test]
 fn two_ranks_of_an_f32_model_match_the_whole_model() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let kv_heads = ranks_match_the_whole_model("tiny-llama", 2, tensor);
+    assert_eq!(kv_heads, 1);
+}
+
+fn expert(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel, EngineError> {
+    model.expert_parallel(comm)
+}
+
+/// The tiny Mixtral (8 experts, top-2; 8 heads, 4 KV heads) split by experts over 2 and 4 ranks — tokens dispatched
+/// to the experts' ranks and combined back with all-to-alls, attention split by heads — and by tensor parallelism
+/// (every expert's width split) over 2 ranks: each matches the whole model through a prefill and decode steps.
+#[test]
+fn expert_and_tensor_parallel_mixtures_of_experts_match_the_whole_model() {
+    assert_eq!(ranks_match_the_whole_model("tiny-mixtral", 2, expert), 2);
+    assert_eq!(ranks_match_the_whole_model("tiny-mixtral", 4, expert), 1);
+    assert_eq!(ranks_match_the_whole_model("tiny-mixtral", 2, tensor), 2);
+    let dense = cleave_engine::load_model(cleave_engine::ModelFiles::HfDir(&fixture("tiny-llama")))
+        .unwrap()
+        .0;
+    let comm = dyn_group(1, "ep-dense").remove(0);
+    let err = dense.expert_parallel(comm).unwrap_err().to_string();
+    assert!(err.contains("has no experts"), "{err}");
+    let comms = dyn_group(3, "ep-3");
+    let moe = cleave_engine::load_model(cleave_engine::ModelFiles::HfDir(&fixture("tiny-mixtral")))
+        .unwrap()
+        .0;
+    let err = moe.expert_parallel(comms[0].clone()).unwrap_err().to_string();
+    assert!(err.contains("3 ranks cannot split the model's 8 experts"), "{err}");
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A 21-token prefill, then three decode steps.
+fn prefill_and_decode() -> Vec<(usize, Vec<u32>)> {
+    let prompt: Vec<u32> = (0..21).map(|i| 3 + (i * 11) % 250).collect();
+    vec![(0, prompt), (21, vec![7]), (22, vec![90]), (23, vec![211])]
+}
+
+/// Each step's logits from `model` (none on a group's ranks above 0), in a fresh KV pool of 4 blocks of 8.
+fn run_steps(model: &LlamaModel, steps: &[(usize, Vec<u32>)]) -> Vec<Vec<f32>> {
+    let mut kv = cleave_engine::kv::KvCache::new(model.kv_shape(4, 8));
+    let blocks = [0u32, 1, 2];
+    steps
+        .iter()
+        .map(|(start_pos, tokens)| {
+            let chunk = SeqChunk {
+                tokens,
+                start_pos: *start_pos,
+                blocks: &blocks,
+                want_logits: true,
+            };
+            model.forward(&[chunk], &mut kv).unwrap()
+        })
+        .collect()
+}
+
+/// Runs [`prefill_and_decode`] on `world` ranks of fixture `name` split by `split`, each on its thread, against
+/// the whole model: rank 0's logits within 1e-4 every step, other ranks none. Returns the KV heads each rank holds.
+fn ranks_match_the_whole_model(name: &str, world: usize, split: Split) -> usize {
     let load = || {
-        cleave_engine::load_model(cleave_engine::ModelFiles::HfDir(&dir))
+        cleave_engine::load_model(cleave_engine::ModelFiles::HfDir(&fixture(name)))
             .unwrap()
             .0
     };
-    let tokens: Vec<u32> = (0..21).map(|i| 3 + (i * 11) % 250).collect();
-    let blocks = [0u32, 1, 2];
-    let chunks = [SeqChunk {
-        tokens: &tokens,
-        start_pos: 0,
-        blocks: &blocks,
-        want_logits: true,
-    }];
-    let whole = load();
-    let mut kv = cleave_engine::kv::KvCache::new(whole.kv_shape(4, 8));
-    let want = whole.forward(&chunks, &mut kv).unwrap();
-
-    let ranks: Vec<_> = group(2, "tp-f32", Duration::from_secs(30))
+    let want = run_steps(&load(), &prefill_and_decode());
+    let label = format!("{name}-{world}");
+    let models: Vec<LlamaModel> = dyn_group(world, &label)
         .into_iter()
-        .map(|comm| {
-            let (model, tokens) = (load(), tokens.clone());
-            std::thread::spawn(move || {
-                let model = model.tensor_parallel(comm).unwrap();
-                let mut kv = cleave_engine::kv::KvCache::new(model.kv_shape(4, 8));
-                assert_eq!(model.kv_shape(4, 8).n_kv_heads, 1);
-                let chunks = [SeqChunk {
-                    tokens: &tokens,
-                    start_pos: 0,
-                    blocks: &[0, 1, 2],
-                    want_logits: true,
-                }];
-                model.forward(&chunks, &mut kv).unwrap()
-            })
-        })
+        .map(|comm| split(load(), comm).unwrap())
         .collect();
-    let got: Vec<Vec<f32>> = ranks.into_iter().map(|r| r.join().unwrap()).collect();
-    assert!(got[1].is_empty(), "only rank 0 computes logits");
-    let worst = want
-        .iter()
-        .zip(&got[0])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert_eq!(want.len(), got[0].len());
-    assert!(worst < 1e-4, "logits differ by up to {worst}");
+    let kv_heads = models[0].kv_shape(4, 8).n_kv_heads;
+    let ranks: Vec<_> = models
+        .into_iter()
+        .map(|model| std::thread::spawn(move || run_steps(&model, &prefill_and_decode())))
+        .collect();
+    let got: Vec<Vec<Vec<f32>>> = ranks.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(got[1].iter().all(Vec::is_empty), "only rank 0 computes logits");
+    for (step, (want, got)) in want.iter().zip(&got[0]).enumerate() {
+        assert_eq!(want.len(), got.len());
+        let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{label}: step {step} logits differ by up to {worst}");
+    }
+    kv_heads
 }

@@ -1,6 +1,7 @@
-//! A Hugging Face model directory (config.json + model.safetensors + tokenizer.json), written by transformers with
-//! random weights, against the logits transformers computed for it (fixtures/make_tiny_llama.py). The shape covers
-//! grouped-query attention, an untied output head and Llama-3 RoPE scaling.
+//! Hugging Face model directories (config.json + model.safetensors + tokenizer.json), written by transformers with
+//! random weights, against the logits transformers computed for them (fixtures/make_tiny_llama.py,
+//! fixtures/make_tiny_mixtral.py). The shapes cover grouped-query attention, an untied output head, Llama-3 RoPE
+//! scaling, and a Mixtral mixture of experts (8 experts, top-2 routing), also as llama.cpp lays it out in GGUF.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
@@ -25,21 +26,58 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn reference() -> Reference {
-    let text = std::fs::read_to_string(fixtures().join("tiny-llama-reference.json")).unwrap();
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixtures().join(format!("{name}-reference.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 #[test]
 fn tiny_llama_logits_and_greedy_tokens_match_transformers() {
-    let r = reference();
+    let r = reference("tiny-llama");
     let (model, tokenizer) = load_model(ModelFiles::HfDir(&fixtures().join("tiny-llama"))).unwrap();
     let cfg = model.config();
     assert_eq!((cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size), (4, 2, r.vocab_size));
-    assert!(cfg.rope_scaling.is_some() && !cfg.tie_embeddings);
+    assert!(cfg.rope_scaling.is_some() && !cfg.tie_embeddings && !cfg.is_moe());
     assert_eq!(tokenizer.encode(&r.text, false).unwrap(), r.input_ids);
+    matches_reference(&model, &r);
+}
 
-    // Logits at every position: feed the prompt one token at a time so each position's logits come out.
+#[test]
+fn tiny_mixtral_logits_and_greedy_tokens_match_transformers() {
+    let r = reference("tiny-mixtral");
+    let (model, tokenizer) = load_model(ModelFiles::HfDir(&fixtures().join("tiny-mixtral"))).unwrap();
+    let cfg = model.config();
+    assert_eq!((cfg.n_experts, cfg.n_experts_used, cfg.n_kv_heads), (8, 2, 4));
+    assert_eq!(tokenizer.encode(&r.text, false).unwrap(), r.input_ids);
+    matches_reference(&model, &r);
+}
+
+/// The same Mixtral as llama.cpp's converter writes it (architecture `llama` with `expert_count`, each projection's
+/// experts stacked in one 3-D tensor, interleaved q/k rows): the GGUF loader matches transformers too.
+#[test]
+fn tiny_mixtral_from_gguf_with_stacked_experts_matches_transformers() {
+    let r = reference("tiny-mixtral");
+    let (_, model) = cleave_engine::LlamaModel::load_gguf(&fixtures().join("tiny-mixtral.gguf")).unwrap();
+    let cfg = model.config();
+    assert_eq!(
+        (cfg.architecture.as_str(), cfg.n_experts, cfg.n_experts_used),
+        ("llama", 8, 2)
+    );
+    matches_reference(&model, &r);
+}
+
+/// Logits at every prompt position within 1e-4 of transformers', and the same greedy continuation (from a single
+/// prefill of the whole prompt).
+fn matches_reference(model: &cleave_engine::LlamaModel, r: &Reference) {
+    let worst = worst_logit_error(model, r);
+    assert!(worst < 1e-4, "logits differ from transformers by up to {worst}");
+    let (_, out) = common::greedy_on_model(model, &r.input_ids, r.greedy_ids.len(), 4);
+    assert_eq!(out, r.greedy_ids);
+}
+
+/// The largest difference from transformers' logits over every prompt position, feeding the prompt one token at a
+/// time so each position's logits come out.
+fn worst_logit_error(model: &cleave_engine::LlamaModel, r: &Reference) -> f32 {
     let block_size = 4;
     let n_blocks = (r.input_ids.len() + r.greedy_ids.len()).div_ceil(block_size);
     let blocks: Vec<u32> = (0..n_blocks as u32).collect();
@@ -55,11 +93,7 @@ fn tiny_llama_logits_and_greedy_tokens_match_transformers() {
         let got = model.forward(&[chunk], &mut kv).unwrap();
         worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
     }
-    assert!(worst < 1e-4, "logits differ from transformers by up to {worst}");
-
-    // Greedy continuation from a single prefill of the whole prompt.
-    let (_, out) = common::greedy_on_model(&model, &r.input_ids, r.greedy_ids.len(), block_size);
-    assert_eq!(out, r.greedy_ids);
+    worst
 }
 
 fn copy_fixture(dir: &std::path::Path) {

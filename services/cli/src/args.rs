@@ -245,6 +245,12 @@ pub struct ParallelArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pipeline_parallel: u16,
 
+    /// Expert-parallel ranks for a mixture-of-experts model (Mixtral-style): each rank holds 1/N of every layer's
+    /// experts and attention is split by heads; tokens go to their experts' ranks and back with all-to-alls.
+    /// Started and formed like --tensor-parallel (not combined with the other kinds in this version).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub expert_parallel: u16,
+
     /// Pieces each batch is cut into on a pipeline (default: one per stage).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub micro_batches: Option<u16>,
@@ -270,9 +276,14 @@ pub struct ParallelArgs {
 }
 
 impl ParallelArgs {
-    /// Ranks in the group: tensor × pipeline.
+    /// Ranks in the group: tensor × pipeline × expert.
     pub fn world(&self) -> usize {
-        usize::from(self.tensor_parallel) * usize::from(self.pipeline_parallel)
+        self.kinds().iter().product()
+    }
+
+    /// Tensor, pipeline and expert sizes.
+    pub fn kinds(&self) -> [usize; 3] {
+        [self.tensor_parallel, self.pipeline_parallel, self.expert_parallel].map(usize::from)
     }
 }
 

@@ -82,11 +82,11 @@ pub enum CliError {
     MissingSecret { what: &'static str },
     #[error(transparent)]
     Planner(#[from] cleave_planner::PlannerError),
-    #[error("--tensor-parallel or --pipeline-parallel above 1 needs --etcd: the group's ranks find each other there")]
+    #[error("a parallel group (--tensor-, --pipeline- or --expert-parallel above 1) needs --etcd to form")]
     ParallelNeedsEtcd,
-    #[error("--tensor-parallel and --pipeline-parallel run on the CPU backend in this version; use --device cpu")]
+    #[error("parallel groups run on the CPU backend in this version; use --device cpu")]
     ParallelNeedsCpu,
-    #[error("--tensor-parallel and --pipeline-parallel cannot be combined in this version")]
+    #[error("--tensor-parallel, --pipeline-parallel and --expert-parallel cannot be combined in this version")]
     ParallelCombined,
     #[error(
         "--pipeline-parallel workers cannot take --role prefill in this version: a prefill worker ships its KV layer \

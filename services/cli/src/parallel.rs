@@ -1,6 +1,7 @@
-//! `cleave worker --tensor-parallel N` / `--pipeline-parallel N`: one engine replica split across N ranks (CPU
-//! backend). Rank 0 serves and registers; ranks above 0 follow it. The group forms through etcd (each rank announces where its communicator
-//! listens under `<prefix>groups/<group>/`), then connects a TCP mesh.
+//! `cleave worker --tensor-parallel N` / `--pipeline-parallel N` / `--expert-parallel N`: one engine replica
+//! split across N ranks (CPU backend). Rank 0 serves and registers; ranks above 0 follow it. The group forms
+//! through etcd (each rank announces where its communicator listens under `<prefix>groups/<group>/`), then
+//! connects a TCP mesh.
 //!
 //! Invariant: a worker that starts its own ranks (no `--group-rank`) runs them as child processes of itself with
 //! the same flags, and reaps them when it exits; a follower outlives SIGINT/SIGTERM only until its leader ends the
@@ -104,12 +105,16 @@ pub fn follow(args: &WorkerArgs, model: LlamaModel, rank: usize) -> Result<(), C
     followed.map_err(CliError::from)
 }
 
-/// This rank's part of `model`: its stage's layers on a pipeline, else its tensor-parallel shard.
+/// This rank's part of `model`: its stage's layers on a pipeline, its experts under expert parallelism, else its
+/// tensor-parallel shard.
 pub fn split(model: LlamaModel, comm: Arc<TcpCommunicator>, args: &ParallelArgs) -> Result<LlamaModel, CliError> {
     let stages = usize::from(args.pipeline_parallel);
     if stages > 1 {
         let micro_batches = args.micro_batches.map_or(stages, usize::from);
         return Ok(model.pipeline_parallel(comm, micro_batches)?);
+    }
+    if args.expert_parallel > 1 {
+        return Ok(model.expert_parallel(comm)?);
     }
     Ok(model.tensor_parallel(comm)?)
 }

@@ -22,7 +22,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
     let (weights, tokenizer) = load_model(path.files())?;
     let world = args.parallel.world();
     let stages = usize::from(args.parallel.pipeline_parallel);
-    if stages > 1 && args.parallel.tensor_parallel > 1 {
+    if args.parallel.kinds().iter().filter(|&&n| n > 1).count() > 1 {
         return Err(CliError::ParallelCombined);
     }
     if stages > 1 && WorkerRole::from(args.disagg.role) == WorkerRole::Prefill {
@@ -30,6 +30,9 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
     }
     TpRank::check(weights.config(), usize::from(args.parallel.tensor_parallel))?;
     PipelineStage::new(weights.config().n_layers, stages, 0, 1)?;
+    if args.parallel.expert_parallel > 1 {
+        TpRank::check_experts(weights.config(), usize::from(args.parallel.expert_parallel))?;
+    }
     let rank = args.parallel.group_rank.map_or(0, usize::from);
     if rank >= world {
         return Err(CliError::GroupRank { rank, world });
@@ -103,6 +106,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         .await?;
         record.parallel.tensor = u32::from(args.parallel.tensor_parallel);
         record.parallel.pipeline = u32::from(args.parallel.pipeline_parallel);
+        record.parallel.expert = u32::from(args.parallel.expert_parallel);
         // Serve metrics before registering, so the record can say where to scrape them.
         if let Some(local) = start_metrics(args.metrics_listen, &telemetry, "worker").await? {
             record.metrics_addr = advertised(local, &record.grpc_addr);

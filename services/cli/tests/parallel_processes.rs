@@ -1,6 +1,7 @@
 //! Parallel groups as real processes: `cleave worker --tensor-parallel 3` starts its two follower ranks itself,
 //! forms the group through a real etcd and a TCP mesh, registers once (tensor = 3) and serves the golden tokens
 //! through a router — as a prefill worker too, its KV gathered from every rank and shipped to a decode worker.
+//! `--expert-parallel 2` serves the tiny Mixtral fixture with transformers' greedy tokens.
 //! A two-stage `--pipeline-parallel 2` decode worker takes its prompts' KV from a prefill worker, each stage
 //! writing its own layers, and decodes the golden tokens. SIGTERM ends a whole group cleanly; a follower SIGKILLed
 //! in a group started rank by rank fails the next request (no hang) and takes the leader out of the registry with
@@ -51,17 +52,20 @@ fn worker(etcd: &str, id: &str, port: u16, extra: &[&str]) -> ChildGuard {
     spawn_cleave(&args)
 }
 
-async fn router(etcd: &str) -> (ChildGuard, GenerationClient<Channel>) {
+async fn router(etcd: &str, extra: &[&str]) -> (ChildGuard, GenerationClient<Channel>) {
     let port = free_port();
-    let child = spawn_cleave(&[
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
         "router",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        &listen,
         "--etcd",
         etcd,
         "--remote-prefill-min-tokens",
         "16",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let child = spawn_cleave(&args);
     let mut client = None;
     until("the router", async || {
         client = GenerationClient::connect(format!("http://127.0.0.1:{port}")).await.ok();
@@ -141,7 +145,7 @@ async fn a_three_rank_worker_serves_the_golden_tokens_as_prefill_and_stops_as_a_
     let members = listing(&endpoint, "groups/").await;
     assert_eq!(members.len(), 3, "one member key per rank: {members:?}");
 
-    let (_router, client) = router(&endpoint).await;
+    let (_router, client) = router(&endpoint, &[]).await;
     assert!(
         golden_through(&client, tp_port).await > 0,
         "the tensor-parallel group prefilled the prompts (its prefix cache holds them)"
@@ -174,7 +178,7 @@ async fn a_two_stage_pipeline_decodes_the_golden_tokens_from_a_prefill_workers_k
     assert_eq!(record["parallel"]["pipeline"], 2, "{record}");
     assert_eq!(listing(&endpoint, "groups/").await.len(), 2, "one member key per stage");
 
-    let (_router, client) = router(&endpoint).await;
+    let (_router, client) = router(&endpoint, &[]).await;
     assert!(
         golden_through(&client, prefill_port).await > 0,
         "the prefill worker computed the prompts whose KV the pipeline decoded from"
@@ -184,6 +188,52 @@ async fn a_two_stage_pipeline_decodes_the_golden_tokens_from_a_prefill_workers_k
     let status = pp.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "the first stage exited with {status}");
     until("the second stage left the group", async || {
+        listing(&endpoint, "groups/").await.is_empty()
+    })
+    .await;
+}
+
+/// The tiny Mixtral fixture (8 experts, top-2) and transformers' greedy continuation of its reference text.
+fn tiny_mixtral() -> (String, String, Vec<u32>) {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/engine/tests/fixtures");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("tiny-mixtral-reference.json")).unwrap()).unwrap();
+    let greedy = reference["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let dir = fixtures.join("tiny-mixtral").to_string_lossy().into_owned();
+    (dir, reference["text"].as_str().unwrap().to_owned(), greedy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_rank_expert_parallel_worker_serves_a_mixture_of_experts() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let endpoint = etcd.endpoint();
+    let (dir, text, greedy_ids) = tiny_mixtral();
+    let mut ep = worker(
+        &endpoint,
+        "ep",
+        free_port(),
+        &["--model", &dir, "--expert-parallel", "2"],
+    );
+    until("the group registered", async || registered(&endpoint).await == 1).await;
+    let record = record(&endpoint, "ep").await;
+    assert_eq!(record["parallel"]["expert"], 2, "{record}");
+    assert_eq!(listing(&endpoint, "groups/").await.len(), 2, "one member key per rank");
+
+    let (_router, client) = router(&endpoint, &["--model", &dir]).await;
+    let ids = first_answer(&client, greedy(&text, greedy_ids.len() as u32)).await;
+    assert_eq!(
+        ids, greedy_ids,
+        "transformers' greedy tokens through two expert-parallel ranks"
+    );
+
+    ep.sigterm();
+    assert!(ep.wait_exit(Duration::from_secs(30)).success());
+    until("the group ended", async || {
         listing(&endpoint, "groups/").await.is_empty()
     })
     .await;
@@ -204,7 +254,7 @@ async fn a_killed_follower_fails_requests_promptly_and_takes_the_leader_out() {
     let _follower = rank("1", p1);
     let victim = rank("2", p2);
     until("the leader registered", async || registered(&endpoint).await == 1).await;
-    let (_router, client) = router(&endpoint).await;
+    let (_router, client) = router(&endpoint, &[]).await;
     let numbers = golden_prompt("numbers");
     assert_eq!(
         first_answer(&client, greedy(&numbers.text, 8)).await,

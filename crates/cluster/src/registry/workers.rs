@@ -27,11 +27,23 @@ pub enum WorkerRole {
 pub struct ParallelLayout {
     pub tensor: u32,
     pub pipeline: u32,
+    /// Expert-parallel ranks (a mixture-of-experts model's experts split across them); 1 in records written
+    /// before expert parallelism.
+    #[serde(default = "one")]
+    pub expert: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for ParallelLayout {
     fn default() -> Self {
-        Self { tensor: 1, pipeline: 1 }
+        Self {
+            tensor: 1,
+            pipeline: 1,
+            expert: 1,
+        }
     }
 }
 
@@ -86,8 +98,11 @@ impl WorkerRecord {
         if self.block_size == 0 {
             return Err(invalid("block_size", "must be at least 1"));
         }
-        if self.parallel.tensor == 0 || self.parallel.pipeline == 0 {
-            return Err(invalid("parallel", "tensor and pipeline sizes must be at least 1"));
+        if self.parallel.tensor == 0 || self.parallel.pipeline == 0 || self.parallel.expert == 0 {
+            return Err(invalid(
+                "parallel",
+                "tensor, pipeline and expert sizes must be at least 1",
+            ));
         }
         Ok(())
     }

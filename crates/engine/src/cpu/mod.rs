@@ -2,5 +2,6 @@
 
 pub mod attention;
 pub mod matmul;
+pub mod moe;
 pub mod ops;
 mod qdot;

@@ -50,12 +50,14 @@ pub enum CudaError {
     Blas(#[from] cudarc::cublas::result::CublasError),
     #[error("the KV pool of {bytes} bytes holds no {block_size}-token block")]
     NoKvBlocks { bytes: usize, block_size: usize },
+    #[error("mixture-of-experts models run on the CPU backend in this version; use --device cpu")]
+    MixtureOfExperts,
 }
 
 impl From<CudaError> for EngineError {
     fn from(e: CudaError) -> Self {
         match e {
-            CudaError::NoDevice => EngineError::invalid("device", e.to_string()),
+            CudaError::NoDevice | CudaError::MixtureOfExperts => EngineError::invalid("device", e.to_string()),
             other => EngineError::Internal(other.to_string()),
         }
     }
@@ -118,6 +120,9 @@ fn open(options: &CudaOptions<'_>) -> Result<Device, CudaError> {
 impl CudaBackend {
     /// Uploads a loaded model (GGUF or safetensors) to the GPU in bf16.
     pub fn from_model(model: LlamaModel, options: &CudaOptions<'_>) -> Result<Self, CudaError> {
+        if model.config().is_moe() {
+            return Err(CudaError::MixtureOfExperts);
+        }
         let device = open(options)?;
         let (config, host) = model.into_parts();
         let weights = DeviceWeights::upload(&device.stream, &host)?;

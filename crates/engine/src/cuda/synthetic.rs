@@ -43,5 +43,7 @@ pub fn synthetic_config(shape: &str) -> Result<ModelConfig, EngineError> {
         max_context: 131_072,
         tie_embeddings: tie,
         qkv_bias: false,
+        n_experts: 0,
+        n_experts_used: 0,
     })
 }

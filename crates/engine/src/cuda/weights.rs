@@ -62,14 +62,15 @@ impl DeviceWeights {
         let floats = |v: &[f32]| stream.clone_htod(v).map_err(CudaError::from);
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
+            let ff = l.mlp.dense().ok_or(CudaError::MixtureOfExperts)?;
             layers.push(DeviceLayer {
                 attn_norm: floats(&l.attn_norm)?,
                 qkv: matrix(&l.qkv)?,
                 qkv_bias: l.qkv_bias.as_deref().map(floats).transpose()?,
                 o: matrix(&l.o)?,
                 mlp_norm: floats(&l.mlp_norm)?,
-                gate_up: matrix(&l.gate_up)?,
-                down: matrix(&l.down)?,
+                gate_up: matrix(&ff.gate_up)?,
+                down: matrix(&ff.down)?,
             });
         }
         Ok(DeviceWeights {

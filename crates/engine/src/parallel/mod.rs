@@ -1,12 +1,14 @@
-//! Tensor parallelism on the CPU backend: a model's weights split across the ranks of a group
-//! ([`shard_weights`]), the group's leader driving its followers through one forward pass at a time
+//! Tensor and expert parallelism on the CPU backend: a model's weights split across the ranks of a group
+//! ([`shard_weights`], [`shard_experts`]), the group's leader driving its followers through one forward pass at a time
 //! ([`ParallelBackend`], [`run_follower`]), and the KV of several ranks gathered for a transfer
 //! ([`GatheredKv`]).
 //!
 //! Layout (Megatron-style): rank r of W holds query heads `r·H/W..`, KV heads `r·Hkv/W..` (so its KV cache holds
 //! only those heads), gate/up rows `r·I/W..` and the matching columns of the output and down projections. Each
 //! block half ends in one all-reduce of the `[tokens, hidden]` partial sums; embedding, norms and the output head
-//! are whole on every rank, and only rank 0 computes logits.
+//! are whole on every rank, and only rank 0 computes logits. A mixture-of-experts model under tensor parallelism
+//! splits every expert that way. Under expert parallelism attention is split the same way, while each rank holds
+//! whole experts, `r·E/W..` (see `cpu::moe`).
 
 mod follower;
 mod leader;
@@ -21,7 +23,7 @@ use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvCache};
-use crate::weights::{LayerWeights, LlamaWeights};
+use crate::weights::{Experts, FeedForward, LayerWeights, LlamaWeights, Mlp};
 
 /// A rank in a tensor-parallel group of `world` ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,26 +40,41 @@ impl TpRank {
             ("KV heads", config.n_kv_heads),
             ("MLP intermediate size", config.intermediate),
         ];
-        if world == 0 {
-            return Err(EngineError::invalid("tensor_parallel", "must be at least 1"));
-        }
-        for (what, n) in sizes {
-            if !n.is_multiple_of(world) {
-                let divisors: Vec<String> = (1..=config.n_kv_heads)
-                    .filter(|d| sizes.iter().all(|(_, n)| n.is_multiple_of(*d)))
-                    .map(|d| d.to_string())
-                    .collect();
-                return Err(EngineError::invalid(
-                    "tensor_parallel",
-                    format!(
-                        "{world} ranks cannot split the model's {n} {what} evenly; this model allows {}",
-                        divisors.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_sizes(config, world, "tensor_parallel", &sizes)
     }
+}
+
+/// Refuses a group that cannot split the model's attention heads and KV heads evenly.
+fn check_heads(config: &ModelConfig, world: usize, field: &'static str) -> Result<(), EngineError> {
+    let sizes = [("attention heads", config.n_heads), ("KV heads", config.n_kv_heads)];
+    check_sizes(config, world, field, &sizes)
+}
+
+fn check_sizes(
+    config: &ModelConfig,
+    world: usize,
+    field: &'static str,
+    sizes: &[(&str, usize)],
+) -> Result<(), EngineError> {
+    if world == 0 {
+        return Err(EngineError::invalid(field, "must be at least 1"));
+    }
+    for (what, n) in sizes {
+        if !n.is_multiple_of(world) {
+            let divisors: Vec<String> = (1..=config.n_kv_heads)
+                .filter(|d| sizes.iter().all(|(_, n)| n.is_multiple_of(*d)))
+                .map(|d| d.to_string())
+                .collect();
+            return Err(EngineError::invalid(
+                field,
+                format!(
+                    "{world} ranks cannot split the model's {n} {what} evenly; this model allows {}",
+                    divisors.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Keeps `at.rank`'s shard of every layer (see the module docs). Loading reads the whole checkpoint first, so a
@@ -67,15 +84,76 @@ pub fn shard_weights(weights: LlamaWeights, config: &ModelConfig, at: TpRank) ->
     if at.world == 1 {
         return Ok(weights);
     }
-    let (q_dim, kv_dim, inter) = (config.q_dim(), config.kv_dim(), config.intermediate);
-    let (q_local, kv_local, inter_local) = (q_dim / at.world, kv_dim / at.world, inter / at.world);
+    let inter = config.intermediate;
+    let inter_local = inter / at.world;
+    let r = at.rank;
+    let gate_up_rows: Vec<usize> = (r * inter_local..(r + 1) * inter_local)
+        .chain(inter + r * inter_local..inter + (r + 1) * inter_local)
+        .collect();
+    let split = |ff: FeedForward| FeedForward {
+        gate_up: ff.gate_up.permute_rows(&gate_up_rows),
+        down: ff.down.slice_cols(r * inter_local, inter_local),
+    };
+    Ok(shard_attention(weights, config, at, |mlp| match mlp {
+        Mlp::Dense(ff) => Mlp::Dense(split(ff)),
+        Mlp::Experts(e) => Mlp::Experts(Experts {
+            local: e.local.into_iter().map(split).collect(),
+            ..e
+        }),
+    }))
+}
+
+/// Keeps `at.rank`'s expert-parallel shard: attention split as [`shard_weights`] splits it, and the contiguous
+/// experts `r·E/W..(r+1)·E/W` of every layer, whole. Refuses dense models and expert counts that do not divide.
+pub fn shard_experts(weights: LlamaWeights, config: &ModelConfig, at: TpRank) -> Result<LlamaWeights, EngineError> {
+    TpRank::check_experts(config, at.world)?;
+    if at.world == 1 {
+        return Ok(weights);
+    }
+    let per_rank = config.n_experts / at.world;
+    let mine = at.rank * per_rank..(at.rank + 1) * per_rank;
+    Ok(shard_attention(weights, config, at, |mlp| match mlp {
+        Mlp::Experts(e) => Mlp::Experts(Experts {
+            router: e.router,
+            first: mine.start,
+            local: e.local.into_iter().skip(mine.start).take(per_rank).collect(),
+        }),
+        dense => dense,
+    }))
+}
+
+impl TpRank {
+    /// Refuses an expert-parallel group of `world` ranks for a dense model, or one that does not split the
+    /// experts, attention heads or KV heads evenly.
+    pub fn check_experts(config: &ModelConfig, world: usize) -> Result<(), EngineError> {
+        if !config.is_moe() {
+            return Err(EngineError::invalid(
+                "expert_parallel",
+                "the model has no experts (a dense MLP); use tensor or pipeline parallelism",
+            ));
+        }
+        if world == 0 || !config.n_experts.is_multiple_of(world) {
+            return Err(EngineError::invalid(
+                "expert_parallel",
+                format!(
+                    "{world} ranks cannot split the model's {} experts evenly",
+                    config.n_experts
+                ),
+            ));
+        }
+        check_heads(config, world, "expert_parallel")
+    }
+}
+
+/// Every layer with rank `at.rank`'s query heads, KV heads and output-projection columns, and its MLP as `mlp`
+/// makes it.
+fn shard_attention(weights: LlamaWeights, config: &ModelConfig, at: TpRank, mlp: impl Fn(Mlp) -> Mlp) -> LlamaWeights {
+    let (q_dim, kv_dim) = (config.q_dim(), config.kv_dim());
+    let (q_local, kv_local) = (q_dim / at.world, kv_dim / at.world);
     let r = at.rank;
     let qkv_rows: Vec<usize> = (r * q_local..(r + 1) * q_local)
         .chain(q_dim + r * kv_local..q_dim + (r + 1) * kv_local)
         .chain(q_dim + kv_dim + r * kv_local..q_dim + kv_dim + (r + 1) * kv_local)
-        .collect();
-    let gate_up_rows: Vec<usize> = (r * inter_local..(r + 1) * inter_local)
-        .chain(inter + r * inter_local..inter + (r + 1) * inter_local)
         .collect();
     let layers = weights
         .layers
@@ -86,11 +164,10 @@ pub fn shard_weights(weights: LlamaWeights, config: &ModelConfig, at: TpRank) ->
             qkv_bias: layer.qkv_bias.map(|b| qkv_rows.iter().map(|&i| b[i]).collect()),
             o: layer.o.slice_cols(r * q_local, q_local),
             mlp_norm: layer.mlp_norm,
-            gate_up: layer.gate_up.permute_rows(&gate_up_rows),
-            down: layer.down.slice_cols(r * inter_local, inter_local),
+            mlp: mlp(layer.mlp),
         })
         .collect();
-    Ok(LlamaWeights { layers, ..weights })
+    LlamaWeights { layers, ..weights }
 }
 
 /// One layer's keys and values of some blocks with every KV head, gathered from all ranks of a group: what a KV

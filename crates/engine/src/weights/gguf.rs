@@ -35,7 +35,23 @@ impl TensorSource for GgufSource<'_> {
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix, EngineError> {
-        let info = self.info(name, &[rows, cols])?;
+        self.shaped(name, &[rows, cols], rows, cols)
+    }
+
+    fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Matrix, EngineError> {
+        self.shaped(name, &[n, rows, cols], n * rows, cols)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
+        self.info(name, &[len])?;
+        Ok(self.file.tensor_f32(name)?)
+    }
+}
+
+impl GgufSource<'_> {
+    /// Tensor `name` of shape `shape`, read as a `[rows, cols]` matrix.
+    fn shaped(&self, name: &str, shape: &[usize], rows: usize, cols: usize) -> Result<Matrix, EngineError> {
+        let info = self.info(name, shape)?;
         let bytes = self.file.tensor_data(info);
         let data = match info.ty {
             GgmlType::F32 => WeightData::F32(
@@ -77,11 +93,6 @@ impl TensorSource for GgufSource<'_> {
             }
         };
         Ok(Matrix { rows, cols, data })
-    }
-
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
-        self.info(name, &[len])?;
-        Ok(self.file.tensor_f32(name)?)
     }
 }
 

@@ -137,22 +137,33 @@ impl Matrix {
     /// Gathers rows: row `i` of the result is row `order[i]` of `self`. Used to undo GGUF's Q/K head permutation
     /// and to take a tensor-parallel shard of a column-parallel layer.
     pub fn permute_rows(self, order: &[usize]) -> Matrix {
-        let Matrix { cols, data, .. } = self;
-        let rows = order.len();
+        self.gather_rows(order)
+    }
+
+    /// `parts` matrices of `rows / parts` rows each, in order (the experts of a stacked expert tensor).
+    pub fn split_rows(self, parts: usize) -> Vec<Matrix> {
+        let each = self.rows / parts.max(1);
+        (0..parts)
+            .map(|p| self.gather_rows(&(p * each..(p + 1) * each).collect::<Vec<_>>()))
+            .collect()
+    }
+
+    fn gather_rows(&self, order: &[usize]) -> Matrix {
+        let (rows, cols) = (order.len(), self.cols);
         fn gather<T: Copy>(v: &[T], order: &[usize], width: usize) -> Vec<T> {
             order
                 .iter()
                 .flat_map(|&r| v[r * width..(r + 1) * width].iter().copied())
                 .collect()
         }
-        let data = match data {
-            WeightData::F32(v) => WeightData::F32(gather(&v, order, cols)),
-            WeightData::Bf16(v) => WeightData::Bf16(gather(&v, order, cols)),
-            WeightData::F16(v) => WeightData::F16(gather(&v, order, cols)),
+        let data = match &self.data {
+            WeightData::F32(v) => WeightData::F32(gather(v, order, cols)),
+            WeightData::Bf16(v) => WeightData::Bf16(gather(v, order, cols)),
+            WeightData::F16(v) => WeightData::F16(gather(v, order, cols)),
             WeightData::Quantized { ty, bytes, row_bytes } => WeightData::Quantized {
-                ty,
-                bytes: gather(&bytes, order, row_bytes),
-                row_bytes,
+                ty: *ty,
+                bytes: gather(bytes, order, *row_bytes),
+                row_bytes: *row_bytes,
             },
         };
         Matrix { rows, cols, data }

@@ -68,6 +68,15 @@ impl TensorSource for SafetensorsSource<'_> {
         })
     }
 
+    fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Matrix, EngineError> {
+        let (path, view) = self.view(name, &[n, rows, cols])?;
+        Ok(Matrix {
+            rows: n * rows,
+            cols,
+            data: weight_data(path, name, &view)?,
+        })
+    }
+
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
         let (path, view) = self.view(name, &[len])?;
         let as_row = Matrix {
