@@ -54,7 +54,8 @@ fn missing_parallel_layout_defaults_to_one_device() {
         ParallelLayout {
             tensor: 3,
             pipeline: 1,
-            expert: 1
+            expert: 1,
+            context: 1,
         }
     );
 }

@@ -4,6 +4,8 @@
 //! through every projection as one `[tokens, features]` matrix, and attention reads each sequence's context
 //! through its block table. Only the chunks that ask for logits pay for the output head.
 
+mod context;
+
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -60,6 +62,8 @@ enum Split {
     Expert(TpRank),
     /// This rank's contiguous layers; activations from the previous stage, to the next one.
     Pipeline(PipelineStage),
+    /// The whole model; this rank's part of every chunk's tokens, attention as ring attention (`context`).
+    Context,
 }
 
 /// One stage of a pipeline-parallel group: rank `stage` of `stages` runs `layers` (stage 0 also embeds, the last
@@ -117,6 +121,16 @@ impl LlamaModel {
     /// A dense model, or expert or head counts that do not divide, are refused.
     pub fn expert_parallel(self, comm: Arc<dyn Communicator>) -> Result<Self, EngineError> {
         self.sharded(comm, shard_experts, Split::Expert)
+    }
+
+    /// Makes this model rank `comm.rank()` of a context-parallel group: whole weights, 1/W of every chunk's tokens,
+    /// ring attention (see `model::context`); every rank keeps the whole KV.
+    pub fn context_parallel(self, comm: Arc<dyn Communicator>) -> Self {
+        let group = (comm.world_size() > 1).then_some(Group {
+            split: Split::Context,
+            comm,
+        });
+        LlamaModel { group, ..self }
     }
 
     /// This model with its weights cut by `shard` for its rank of `comm`, in the group as `split`.
@@ -232,6 +246,9 @@ impl LlamaModel {
                 .layers
                 .contains(&layer)
                 .then(|| (layer - stage.layers.start, keys, values)),
+            Some(Group {
+                split: Split::Context, ..
+            }) => Some((layer, keys, values)),
         }
     }
 
@@ -297,12 +314,60 @@ impl LlamaModel {
             }
             return self.forward_stage(chunks, kv, stage, comm.as_ref());
         }
+        if let Some(Group {
+            split: Split::Context,
+            comm,
+        }) = &self.group
+        {
+            return self.forward_context(chunks, kv, layer_done, comm.as_ref());
+        }
         let mut x = self.embed(chunks);
-        self.run_layers(&mut x, chunks, kv, layer_done, 0)?;
+        self.run_layers(&mut x, chunks, kv, layer_done, 0, None)?;
         if self.tp_rank().rank != 0 {
             return Ok(Vec::new());
         }
         Ok(self.logits(&x, chunks))
+    }
+
+    /// One context-parallel rank's part of a batch: its rows through every layer with ring attention; the last rank
+    /// holds every chunk's last token, computes the logits and sends them to rank 0.
+    fn forward_context(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvCache,
+        layer_done: Option<&mut LayerDone<'_>>,
+        comm: &dyn Communicator,
+    ) -> Result<Vec<f32>, EngineError> {
+        let ring = context::Ring::new(chunks, comm);
+        let local = ring.local_chunks();
+        let mut x = self.embed(&local);
+        self.run_layers(&mut x, &local, kv, layer_done, 0, Some(&ring))?;
+        let (rank, last) = (comm.rank(), ring.last_rank());
+        if rank == last {
+            let logits = self.logits(&x, &local);
+            if rank == 0 {
+                return Ok(logits);
+            }
+            comm.send(logits.as_slice().into(), 0)?;
+            return Ok(Vec::new());
+        }
+        if rank == 0 {
+            return self.receive_logits(chunks, last, comm);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Rank 0 receiving the batch's logits rows from rank `from`, which computed them.
+    fn receive_logits(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        from: usize,
+        comm: &dyn Communicator,
+    ) -> Result<Vec<f32>, EngineError> {
+        let rows = chunks.iter().filter(|c| c.want_logits && !c.tokens.is_empty()).count();
+        let mut logits = vec![0.0f32; rows * self.config.vocab_size];
+        comm.recv(logits.as_mut_slice().into(), from)?;
+        Ok(logits)
     }
 
     /// One pipeline stage's part of a batch, piece by piece: stage 0 embeds each piece and sends its activations
@@ -327,7 +392,7 @@ impl LlamaModel {
                 comm.recv(x.as_mut_slice().into(), stage.stage - 1)?;
                 x
             };
-            self.run_layers(&mut x, &piece, kv, None, stage.layers.start)?;
+            self.run_layers(&mut x, &piece, kv, None, stage.layers.start, None)?;
             if last {
                 logits.extend(self.logits(&x, &piece));
             } else {
@@ -339,10 +404,7 @@ impl LlamaModel {
             return Ok(Vec::new());
         }
         if first && !last {
-            let rows = chunks.iter().filter(|c| c.want_logits && !c.tokens.is_empty()).count();
-            let mut logits = vec![0.0f32; rows * self.config.vocab_size];
-            comm.recv(logits.as_mut_slice().into(), stage.stages - 1)?;
-            return Ok(logits);
+            return self.receive_logits(chunks, stage.stages - 1, comm);
         }
         Ok(logits)
     }
@@ -367,6 +429,7 @@ impl LlamaModel {
         kv: &mut KvCache,
         mut layer_done: Option<&mut LayerDone<'_>>,
         first_layer: usize,
+        ring: Option<&context::Ring<'_, '_>>,
     ) -> Result<(), EngineError> {
         let cfg = &self.config;
         let world = self.tp_rank().world;
@@ -434,16 +497,27 @@ impl LlamaModel {
                     kv.write(layer, c.blocks[pos / block_size], pos % block_size, kt, vt);
                 }
             }
-            if let Some(done) = layer_done.as_mut() {
-                match &self.group {
-                    Some(group) => done(
-                        first_layer + layer,
-                        &GatheredKv::gather(kv, layer, &gathered_blocks, group.comm.as_ref())?,
-                    ),
-                    None => done(first_layer + layer, kv),
+            match ring {
+                // Every rank's cache holds the whole batch's KV once the ring has gone round.
+                Some(ring) => {
+                    ring.attend((&q, &k, &v), kv, layer, dims, &mut attn)?;
+                    if let Some(done) = layer_done.as_mut() {
+                        done(first_layer + layer, kv);
+                    }
+                }
+                None => {
+                    if let Some(done) = layer_done.as_mut() {
+                        match &self.group {
+                            Some(group) => done(
+                                first_layer + layer,
+                                &GatheredKv::gather(kv, layer, &gathered_blocks, group.comm.as_ref())?,
+                            ),
+                            None => done(first_layer + layer, kv),
+                        }
+                    }
+                    paged_attention(&q, &attn_chunks, kv, layer, dims, &mut attn);
                 }
             }
-            paged_attention(&q, &attn_chunks, kv, layer, dims, &mut attn);
             matmul(&attn, n_tokens, &w.o, &mut proj);
             self.all_reduce(&mut proj)?;
             add_assign(x, &proj);

@@ -59,6 +59,10 @@ fn pipeline(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel
     model.pipeline_parallel(comm, 3)
 }
 
+fn context(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel, EngineError> {
+    Ok(model.context_parallel(comm))
+}
+
 fn start_followers(comms: Vec<Arc<dyn Communicator>>) -> (Arc<dyn Communicator>, Followers) {
     start_split_followers(comms, tensor)
 }
@@ -112,6 +116,62 @@ fn pipeline_stages_generate_the_golden_tokens_and_single_device_logits() {
     for stages in [2, 3] {
         let (backend, followers) = split_group(stages, &format!("pp-golden-{stages}"), pipeline, 256);
         golden_through(backend, followers);
+    }
+}
+
+/// The same through context-parallel groups of 2 and 3 ranks: every chunk's tokens split across the ranks, ring
+/// attention, every rank left holding the whole KV (later chunks and decode steps read it).
+#[test]
+fn context_parallel_ranks_generate_the_golden_tokens_and_single_device_logits() {
+    for world in [2, 3] {
+        let (backend, followers) = split_group(world, &format!("cp-golden-{world}"), context, 256);
+        golden_through(backend, followers);
+    }
+}
+
+/// A context-parallel prefill as a prefill worker runs it (a KV read after each layer): rank 0's reader holds every
+/// block of every layer as the single device computes it, though rank 0 computed only its third of the tokens —
+/// what lets a context-parallel prefill pool feed any decode worker.
+#[test]
+fn a_context_parallel_prefill_exposes_the_whole_kv_to_a_transfer() {
+    let (mut backend, followers) = split_group(3, "cp-kv", context, 8);
+    let mut single = cleave_engine::CpuBackend::new(load_model().0, 8, 16);
+    let prompt: Vec<u32> = (0..40).map(|i| 100 + 13 * i).collect();
+    let blocks = [0u32, 1, 2];
+    let chunk = [SeqChunk {
+        tokens: &prompt,
+        start_pos: 0,
+        blocks: &blocks,
+        want_logits: false,
+    }];
+    let read = |backend: &mut dyn Backend| {
+        let mut layers = Vec::new();
+        backend
+            .forward(&chunk, &mut |layer, kv| {
+                for &b in &blocks {
+                    let (mut k, mut v) = (Vec::new(), Vec::new());
+                    kv.read_block_layer(layer, b, &mut k, &mut v);
+                    layers.push((k, v));
+                }
+            })
+            .unwrap();
+        layers
+    };
+    let (want, got) = (read(&mut single), read(&mut backend));
+    assert_eq!((want.len(), got.len()), (30 * 3, 30 * 3));
+    for (i, ((wk, wv), (gk, gv))) in want.iter().zip(&got).enumerate() {
+        assert_eq!((wk.len(), wv.len()), (gk.len(), gv.len()));
+        let worst = wk
+            .iter()
+            .chain(wv)
+            .zip(gk.iter().chain(gv))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "layer {} block {}: KV differs by {worst}", i / 3, i % 3);
+    }
+    drop(backend);
+    for follower in followers {
+        follower.join().unwrap().unwrap();
     }
 }
 
@@ -413,6 +473,14 @@ fn two_ranks_of_an_f32_model_match_the_whole_model() {
     assert_eq!(kv_heads, 1);
 }
 
+/// Context parallelism on the f32 tiny Llama, 2 and 3 ranks: ring attention equals the whole model's attention
+/// through a chunked prefill (the second chunk reading the first from every rank's cache) and decode steps.
+#[test]
+fn context_parallel_ranks_of_an_f32_model_match_the_whole_model() {
+    assert_eq!(ranks_match_the_whole_model("tiny-llama", 2, context), 2);
+    assert_eq!(ranks_match_the_whole_model("tiny-llama", 3, context), 2);
+}
+
 fn expert(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel, EngineError> {
     model.expert_parallel(comm)
 }
@@ -445,10 +513,17 @@ fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-/// A 21-token prefill, then three decode steps.
+/// A 21-token prefill in chunks of 13 and 8, then three decode steps.
 fn prefill_and_decode() -> Vec<(usize, Vec<u32>)> {
     let prompt: Vec<u32> = (0..21).map(|i| 3 + (i * 11) % 250).collect();
-    vec![(0, prompt), (21, vec![7]), (22, vec![90]), (23, vec![211])]
+    let (first, second) = prompt.split_at(13);
+    vec![
+        (0, first.to_vec()),
+        (13, second.to_vec()),
+        (21, vec![7]),
+        (22, vec![90]),
+        (23, vec![211]),
+    ]
 }
 
 /// Each step's logits from `model` (none on a group's ranks above 0), in a fresh KV pool of 4 blocks of 8.

@@ -251,6 +251,13 @@ pub struct ParallelArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub expert_parallel: u16,
 
+    /// Context-parallel ranks: each holds the whole model and takes 1/N of every prompt chunk's tokens, attention
+    /// runs as ring attention (key/value blocks passed rank to rank), and every rank keeps the whole KV, so a
+    /// context-parallel prefill worker ships KV like any other. Started and formed like --tensor-parallel (not
+    /// combined with the other kinds in this version).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub context_parallel: u16,
+
     /// Pieces each batch is cut into on a pipeline (default: one per stage).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub micro_batches: Option<u16>,
@@ -276,14 +283,20 @@ pub struct ParallelArgs {
 }
 
 impl ParallelArgs {
-    /// Ranks in the group: tensor × pipeline × expert.
+    /// Ranks in the group: tensor × pipeline × expert × context.
     pub fn world(&self) -> usize {
         self.kinds().iter().product()
     }
 
-    /// Tensor, pipeline and expert sizes.
-    pub fn kinds(&self) -> [usize; 3] {
-        [self.tensor_parallel, self.pipeline_parallel, self.expert_parallel].map(usize::from)
+    /// Tensor, pipeline, expert and context sizes.
+    pub fn kinds(&self) -> [usize; 4] {
+        [
+            self.tensor_parallel,
+            self.pipeline_parallel,
+            self.expert_parallel,
+            self.context_parallel,
+        ]
+        .map(usize::from)
     }
 }
 

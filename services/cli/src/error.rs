@@ -82,11 +82,11 @@ pub enum CliError {
     MissingSecret { what: &'static str },
     #[error(transparent)]
     Planner(#[from] cleave_planner::PlannerError),
-    #[error("a parallel group (--tensor-, --pipeline- or --expert-parallel above 1) needs --etcd to form")]
+    #[error("a parallel group (--tensor-, --pipeline-, --expert- or --context-parallel above 1) needs --etcd to form")]
     ParallelNeedsEtcd,
     #[error("parallel groups run on the CPU backend in this version; use --device cpu")]
     ParallelNeedsCpu,
-    #[error("--tensor-parallel, --pipeline-parallel and --expert-parallel cannot be combined in this version")]
+    #[error("--tensor-, --pipeline-, --expert- and --context-parallel cannot be combined in this version")]
     ParallelCombined,
     #[error(
         "--pipeline-parallel workers cannot take --role prefill in this version: a prefill worker ships its KV layer \

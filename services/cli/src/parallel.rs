@@ -1,5 +1,5 @@
-//! `cleave worker --tensor-parallel N` / `--pipeline-parallel N` / `--expert-parallel N`: one engine replica
-//! split across N ranks (CPU backend). Rank 0 serves and registers; ranks above 0 follow it. The group forms
+//! `cleave worker --tensor-parallel N` (or `--pipeline-`, `--expert-`, `--context-parallel N`): one engine
+//! replica split across N ranks (CPU backend). Rank 0 serves and registers; ranks above 0 follow it. The group forms
 //! through etcd (each rank announces where its communicator listens under `<prefix>groups/<group>/`), then
 //! connects a TCP mesh.
 //!
@@ -105,8 +105,8 @@ pub fn follow(args: &WorkerArgs, model: LlamaModel, rank: usize) -> Result<(), C
     followed.map_err(CliError::from)
 }
 
-/// This rank's part of `model`: its stage's layers on a pipeline, its experts under expert parallelism, else its
-/// tensor-parallel shard.
+/// This rank's part of `model`: its stage's layers on a pipeline, its experts under expert parallelism, the whole
+/// model under context parallelism, else its tensor-parallel shard.
 pub fn split(model: LlamaModel, comm: Arc<TcpCommunicator>, args: &ParallelArgs) -> Result<LlamaModel, CliError> {
     let stages = usize::from(args.pipeline_parallel);
     if stages > 1 {
@@ -115,6 +115,9 @@ pub fn split(model: LlamaModel, comm: Arc<TcpCommunicator>, args: &ParallelArgs)
     }
     if args.expert_parallel > 1 {
         return Ok(model.expert_parallel(comm)?);
+    }
+    if args.context_parallel > 1 {
+        return Ok(model.context_parallel(comm));
     }
     Ok(model.tensor_parallel(comm)?)
 }

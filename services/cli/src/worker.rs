@@ -107,6 +107,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         record.parallel.tensor = u32::from(args.parallel.tensor_parallel);
         record.parallel.pipeline = u32::from(args.parallel.pipeline_parallel);
         record.parallel.expert = u32::from(args.parallel.expert_parallel);
+        record.parallel.context = u32::from(args.parallel.context_parallel);
         // Serve metrics before registering, so the record can say where to scrape them.
         if let Some(local) = start_metrics(args.metrics_listen, &telemetry, "worker").await? {
             record.metrics_addr = advertised(local, &record.grpc_addr);

@@ -1,7 +1,8 @@
 //! Parallel groups as real processes: `cleave worker --tensor-parallel 3` starts its two follower ranks itself,
 //! forms the group through a real etcd and a TCP mesh, registers once (tensor = 3) and serves the golden tokens
 //! through a router — as a prefill worker too, its KV gathered from every rank and shipped to a decode worker.
-//! `--expert-parallel 2` serves the tiny Mixtral fixture with transformers' greedy tokens.
+//! `--expert-parallel 2` serves the tiny Mixtral fixture with transformers' greedy tokens; a `--context-parallel 2`
+//! prefill worker (ring attention) feeds a decode worker the golden prompts' KV.
 //! A two-stage `--pipeline-parallel 2` decode worker takes its prompts' KV from a prefill worker, each stage
 //! writing its own layers, and decodes the golden tokens. SIGTERM ends a whole group cleanly; a follower SIGKILLed
 //! in a group started rank by rank fails the next request (no hang) and takes the leader out of the registry with
@@ -233,6 +234,35 @@ async fn a_two_rank_expert_parallel_worker_serves_a_mixture_of_experts() {
 
     ep.sigterm();
     assert!(ep.wait_exit(Duration::from_secs(30)).success());
+    until("the group ended", async || {
+        listing(&endpoint, "groups/").await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_parallel_prefill_worker_feeds_a_decode_worker() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let endpoint = etcd.endpoint();
+    let cp_port = free_port();
+    let mut cp = worker(
+        &endpoint,
+        "cp",
+        cp_port,
+        &["--context-parallel", "2", "--role", "prefill"],
+    );
+    let _decode = worker(&endpoint, "decode", free_port(), &["--role", "decode"]);
+    until("both workers registered", async || registered(&endpoint).await == 2).await;
+    let record = record(&endpoint, "cp").await;
+    assert_eq!(record["parallel"]["context"], 2, "{record}");
+
+    let (_router, client) = router(&endpoint, &[]).await;
+    assert!(
+        golden_through(&client, cp_port).await > 0,
+        "the context-parallel group prefilled the prompts (ring attention) and the decode worker continued them"
+    );
+    cp.sigterm();
+    assert!(cp.wait_exit(Duration::from_secs(30)).success());
     until("the group ended", async || {
         listing(&endpoint, "groups/").await.is_empty()
     })

@@ -31,6 +31,9 @@ pub struct ParallelLayout {
     /// before expert parallelism.
     #[serde(default = "one")]
     pub expert: u32,
+    /// Context-parallel ranks (every chunk's tokens split across them, ring attention); 1 in older records.
+    #[serde(default = "one")]
+    pub context: u32,
 }
 
 fn one() -> u32 {
@@ -43,6 +46,7 @@ impl Default for ParallelLayout {
             tensor: 1,
             pipeline: 1,
             expert: 1,
+            context: 1,
         }
     }
 }

@@ -5,3 +5,4 @@ pub mod matmul;
 pub mod moe;
 pub mod ops;
 mod qdot;
+pub mod ring;
