@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 
 use crate::element::Element;
@@ -156,7 +156,8 @@ impl NcclCommunicator {
     }
 
     /// Sums `data` over all ranks, in place.
-    pub fn all_reduce_sum<T: NcclElement>(&self, data: &mut CudaSlice<T>) -> Result<(), CommError> {
+    /// `data` is any device buffer on the communicator's stream: a whole `CudaSlice` or a view of its first rows.
+    pub fn all_reduce_sum<T: NcclElement, R: DevicePtrMut<T>>(&self, data: &mut R) -> Result<(), CommError> {
         let comm = self.comm("all_reduce")?;
         comm.all_reduce_in_place(data, &ReduceOp::Sum)
             .map(drop)

@@ -15,6 +15,8 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 
+use cleave_comm::NcclCommunicator;
+
 use super::kv::DeviceKv;
 use super::weights::{DeviceMatrix, DeviceWeights};
 use super::{CudaBackend, CudaError};
@@ -230,6 +232,8 @@ pub(super) struct Model<'a> {
     pub kernels: &'a Kernels,
     pub weights: &'a DeviceWeights,
     pub inv_freq: &'a CudaSlice<f32>,
+    /// This rank's tensor-parallel group (NCCL on the same stream), when the weights are one rank's shard.
+    pub tp: Option<&'a NcclCommunicator>,
 }
 
 /// One batch on the device: its token ids, attention layout and the rows that want logits.
@@ -260,6 +264,9 @@ pub(super) fn run_pass(
     };
     let (hidden, eps) = (cfg.hidden, cfg.rms_eps);
     let on = (m.blas, &**stream);
+    // Row-parallel projections under tensor parallelism: rank 0 adds its partial sum to the residual, the others
+    // write theirs alone, and the all-reduce of the residual rows leaves residual + every partial on every rank.
+    let residual = if m.tp.is_some_and(|c| c.rank() > 0) { 0.0 } else { 1.0 };
     let Scratch {
         buffers: Some(b),
         final_normed: Some(final_normed),
@@ -310,7 +317,8 @@ pub(super) fn run_pass(
                 counters: split_counters,
             }),
         )?;
-        gemm(on, &b.attn, t, &w.o, &mut b.x, cudaDataType_t::CUDA_R_32F, 1.0)?;
+        gemm(on, &b.attn, t, &w.o, &mut b.x, cudaDataType_t::CUDA_R_32F, residual)?;
+        all_reduce_rows(m.tp, &mut b.x, t * hidden)?;
         kernels.rms_norm(stream, &b.x, None, &w.mlp_norm, &mut b.normed, t, hidden, eps)?;
         gemm(
             on,
@@ -322,7 +330,8 @@ pub(super) fn run_pass(
             0.0,
         )?;
         kernels.silu_mul(stream, &b.gate_up, &mut b.act, t, cfg.intermediate)?;
-        gemm(on, &b.act, t, &w.down, &mut b.x, cudaDataType_t::CUDA_R_32F, 1.0)?;
+        gemm(on, &b.act, t, &w.down, &mut b.x, cudaDataType_t::CUDA_R_32F, residual)?;
+        all_reduce_rows(m.tp, &mut b.x, t * hidden)?;
     }
     let n = batch.n_logits;
     if n > 0 {
@@ -401,9 +410,23 @@ impl CudaBackend {
             kernels: &self.kernels,
             weights: &self.weights,
             inv_freq: &self.inv_freq,
+            tp: self.tp.as_ref().map(|c| &c.0),
         };
+        if model.tp.is_some() && layer_done.is_some() {
+            return Err(CudaError::Unsupported(
+                "reading KV for a transfer from a GPU tensor-parallel group",
+            ));
+        }
         run_pass(&model, kv, scratch, &batch, layer_done)?;
         read_logits(&stream, scratch, batch.n_logits * cfg.vocab_size)
+    }
+}
+
+/// Sums the first `n` values of `x` over the tensor-parallel group, on the stream (nothing when whole).
+fn all_reduce_rows(tp: Option<&NcclCommunicator>, x: &mut CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
+    match tp {
+        Some(comm) => Ok(comm.all_reduce_sum(&mut x.slice_mut(..n))?),
+        None => Ok(()),
     }
 }
 

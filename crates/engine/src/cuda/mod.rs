@@ -29,6 +29,7 @@ use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvShape};
 use crate::model::{LlamaModel, SeqChunk};
+use crate::parallel::{TpRank, shard_weights};
 use forward::Scratch;
 use graphs::DecodeGraphs;
 
@@ -52,6 +53,10 @@ pub enum CudaError {
     NoKvBlocks { bytes: usize, block_size: usize },
     #[error("mixture-of-experts models run on the CPU backend in this version; use --device cpu")]
     MixtureOfExperts,
+    #[error("tensor-parallel group: {0}")]
+    Group(#[from] cleave_comm::CommError),
+    #[error("not supported on the CUDA backend yet: {0}")]
+    Unsupported(&'static str),
 }
 
 impl From<CudaError> for EngineError {
@@ -88,7 +93,17 @@ pub struct CudaBackend {
     /// cuBLAS's workspace, set once so no GEMM allocates inside a graph capture.
     _blas_workspace: CudaSlice<u8>,
     device_name: String,
+    /// This rank's tensor-parallel group, when the weights are one rank's shard.
+    tp: Option<GroupComm>,
 }
+
+/// The NCCL communicator a backend owns. cudarc leaves `Comm` `!Send` (it holds a raw `ncclComm_t`).
+#[derive(Debug)]
+struct GroupComm(cleave_comm::NcclCommunicator);
+
+// SAFETY: NCCL communicators may be used from any thread as long as calls on one communicator do not overlap; the
+// backend is `Send` but not `Sync`, and every call goes through `&mut self` on whichever one thread owns it.
+unsafe impl Send for GroupComm {}
 
 struct Device {
     ctx: Arc<CudaContext>,
@@ -128,6 +143,37 @@ impl CudaBackend {
         let weights = DeviceWeights::upload(&device.stream, &host)?;
         drop(host);
         Self::assemble(device, config, weights, options)
+    }
+
+    /// Rank `at.rank`'s shard of `model` (see `parallel::shard_weights`), with a KV pool for its share of the KV
+    /// heads; `join_tensor_parallel` then connects it to the other ranks. `model_config` reports the rank's shape.
+    pub fn from_model_shard(model: LlamaModel, options: &CudaOptions<'_>, at: TpRank) -> Result<Self, EngineError> {
+        let device = open(options)?;
+        let (config, host) = model.into_parts();
+        let host = shard_weights(host, &config, at)?;
+        let weights = DeviceWeights::upload(&device.stream, &host)?;
+        drop(host);
+        Ok(Self::assemble(
+            device,
+            TpRank::local_config(&config, at.world),
+            weights,
+            options,
+        )?)
+    }
+
+    /// Joins the NCCL group `unique_id` names as `rank` of `world` (every rank calls this at once; it blocks until
+    /// all have). Forward passes then all-reduce the residual after each block half.
+    pub fn join_tensor_parallel(&mut self, rank: usize, world: usize, unique_id: &[u8]) -> Result<(), CudaError> {
+        let comm = cleave_comm::NcclCommunicator::from_rank(
+            self.stream.clone(),
+            rank,
+            world,
+            unique_id,
+            std::time::Duration::from_secs(60),
+        )?;
+        self.graphs = DecodeGraphs::default();
+        self.tp = Some(GroupComm(comm));
+        Ok(())
     }
 
     /// Random bf16 weights of `config`'s shape, built on the GPU from `seed`.
@@ -177,6 +223,7 @@ impl CudaBackend {
             scratch: Scratch::default(),
             graphs: DecodeGraphs::default(),
             _blas_workspace: blas_workspace,
+            tp: None,
         })
     }
 
@@ -284,6 +331,7 @@ impl Backend for CudaBackend {
                 kernels: &self.kernels,
                 weights: &self.weights,
                 inv_freq: &self.inv_freq,
+                tp: self.tp.as_ref().map(|c| &c.0),
             };
             if let Some(logits) = self.graphs.run(&model, &mut self.kv, &mut self.scratch, chunks)? {
                 return Ok(logits);

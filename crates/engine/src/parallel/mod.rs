@@ -77,6 +77,19 @@ fn check_sizes(
     Ok(())
 }
 
+impl TpRank {
+    /// One rank's model shape: attention heads, KV heads and MLP width divided by `world` (checked by `check`).
+    pub fn local_config(config: &ModelConfig, world: usize) -> ModelConfig {
+        let world = world.max(1);
+        ModelConfig {
+            n_heads: config.n_heads / world,
+            n_kv_heads: config.n_kv_heads / world,
+            intermediate: config.intermediate / world,
+            ..config.clone()
+        }
+    }
+}
+
 /// Keeps `at.rank`'s shard of every layer (see the module docs). Loading reads the whole checkpoint first, so a
 /// rank briefly holds all weights.
 pub fn shard_weights(weights: LlamaWeights, config: &ModelConfig, at: TpRank) -> Result<LlamaWeights, EngineError> {

@@ -1,0 +1,222 @@
+//! Tensor parallelism on the CUDA backend over NCCL: one process, one thread per GPU, each rank a `CudaBackend`
+//! holding its shard. Skips (passing, with a message) without a CUDA driver, NCCL or two GPUs; `scripts/gpu-check`
+//! runs it on the GPU machine. The benchmark (`tp_decode_benchmark`, ignored by default) prints batch-1 decode of
+//! the Llama-3.1-8B shape at each group size the machine allows, for docs/perf.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use cleave_comm::{NcclCommunicator, nccl_available};
+use cleave_engine::backend::Backend;
+use cleave_engine::cuda::{CudaBackend, CudaOptions, cuda_available, synthetic_config};
+use cleave_engine::parallel::TpRank;
+use cleave_engine::{ModelFiles, SeqChunk, load_model};
+use cudarc::driver::CudaContext;
+
+fn gpus() -> usize {
+    if !cuda_available() || !nccl_available() {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n as usize)
+}
+
+fn skip(world: usize) -> bool {
+    let n = gpus();
+    if n < world {
+        eprintln!("skipped: {world} GPUs with CUDA and NCCL wanted, {n} here");
+        return true;
+    }
+    false
+}
+
+fn options(ordinal: usize, kv_cache_bytes: usize, block_size: usize) -> CudaOptions<'static> {
+    CudaOptions {
+        ordinal,
+        kv_cache_bytes,
+        block_size,
+        kernel_cache: None,
+    }
+}
+
+/// Runs `work(rank, backend)` on one thread per rank, each backend joined to one NCCL group.
+fn on_ranks<T: Send + 'static>(
+    world: usize,
+    make: impl Fn(usize) -> CudaBackend + Send + Sync + 'static,
+    work: impl Fn(usize, &mut CudaBackend) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let id = NcclCommunicator::new_unique_id().unwrap();
+    let (make, work) = (Arc::new(make), Arc::new(work));
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let (make, work, id) = (make.clone(), work.clone(), id.clone());
+            std::thread::spawn(move || {
+                let mut backend = make(rank);
+                if world > 1 {
+                    backend.join_tensor_parallel(rank, world, &id).unwrap();
+                }
+                work(rank, &mut backend)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn chunk<'a>(tokens: &'a [u32], start_pos: usize, blocks: &'a [u32]) -> [SeqChunk<'a>; 1] {
+    [SeqChunk {
+        tokens,
+        start_pos,
+        blocks,
+        want_logits: true,
+    }]
+}
+
+fn tiny_llama() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+}
+
+/// Prefill two sequences, then decode steps through the CUDA-graph path: rank 0's logits at TP 2 equal one GPU's
+/// to bf16 summation-order noise.
+#[test]
+fn two_ranks_match_one_gpu_through_prefill_and_graph_decode() {
+    if skip(2) {
+        return;
+    }
+    let a: Vec<u32> = (0..23).map(|i| 3 + (i * 11) % 250).collect();
+    let b: Vec<u32> = (0..9).map(|i| 7 + (i * 5) % 250).collect();
+    let run = move |_rank: usize, backend: &mut CudaBackend| {
+        let (ta, tb): (Vec<u32>, Vec<u32>) = ((0..8).collect(), (20..24).collect());
+        let mut out = Vec::new();
+        out.push(
+            backend
+                .forward_plain(&[
+                    SeqChunk {
+                        tokens: &a,
+                        start_pos: 0,
+                        blocks: &ta,
+                        want_logits: true,
+                    },
+                    SeqChunk {
+                        tokens: &b,
+                        start_pos: 0,
+                        blocks: &tb,
+                        want_logits: true,
+                    },
+                ])
+                .unwrap(),
+        );
+        for step in 0..4u32 {
+            let (na, nb) = ([10 + step], [20 + step]);
+            let chunks = [
+                SeqChunk {
+                    tokens: &na,
+                    start_pos: 23 + step as usize,
+                    blocks: &ta,
+                    want_logits: true,
+                },
+                SeqChunk {
+                    tokens: &nb,
+                    start_pos: 9 + step as usize,
+                    blocks: &tb,
+                    want_logits: true,
+                },
+            ];
+            out.push(backend.forward_plain(&chunks).unwrap());
+        }
+        out
+    };
+    let single = on_ranks(
+        1,
+        |_| {
+            let (model, _) = load_model(ModelFiles::HfDir(&tiny_llama())).unwrap();
+            CudaBackend::from_model(model, &options(0, 16 << 20, 4)).unwrap()
+        },
+        run.clone(),
+    )
+    .remove(0);
+    let split = on_ranks(
+        2,
+        |rank| {
+            let (model, _) = load_model(ModelFiles::HfDir(&tiny_llama())).unwrap();
+            CudaBackend::from_model_shard(model, &options(rank, 16 << 20, 4), TpRank { rank, world: 2 }).unwrap()
+        },
+        run,
+    )
+    .remove(0);
+    for (step, (want, got)) in single.iter().zip(&split).enumerate() {
+        assert_eq!(want.len(), got.len());
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+        let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("step {step}: TP 2 vs 1 GPU, max |Δlogit| {worst:.4} of {scale:.2}");
+        assert!(
+            worst <= 0.03 * scale,
+            "step {step}: logits differ by {worst} (scale {scale})"
+        );
+    }
+}
+
+/// Batch-1 decode of the Llama-3.1-8B shape (random weights) at 1, 2 and 4 GPUs, CUDA graphs on: step time and
+/// the share of the per-GPU memory-bandwidth roofline (the bytes each rank reads per step over the device's copy
+/// bandwidth).
+#[test]
+#[ignore = "a benchmark: scripts/gpu-check runs it"]
+fn tp_decode_benchmark() {
+    if skip(1) {
+        return;
+    }
+    let shape = std::env::var("CLEAVE_TP_SHAPE").unwrap_or_else(|_| "llama-3.1-8b".to_owned());
+    let config = synthetic_config(&shape).unwrap();
+    let gpus = gpus();
+    for world in [1usize, 2, 4, 8].into_iter().filter(|w| *w <= gpus) {
+        if TpRank::check(&config, world).is_err() {
+            continue;
+        }
+        let local = TpRank::local_config(&config, world);
+        let barrier = Arc::new(Barrier::new(world));
+        let results = on_ranks(
+            world,
+            move |rank| CudaBackend::synthetic(local.clone(), 7 + rank as u64, &options(rank, 2 << 30, 16)).unwrap(),
+            move |_rank, backend| {
+                let blocks: Vec<u32> = (0..16).collect();
+                let prompt: Vec<u32> = (0..128).map(|i| 100 + i).collect();
+                backend.forward_plain(&chunk(&prompt, 0, &blocks)).unwrap();
+                let mut pos = prompt.len();
+                for _ in 0..16 {
+                    backend.forward_plain(&chunk(&[5], pos, &blocks)).unwrap();
+                    pos += 1;
+                }
+                let bandwidth = backend.copy_bandwidth(1 << 30, 10).unwrap();
+                barrier.wait();
+                let steps = 100;
+                let started = Instant::now();
+                for _ in 0..steps {
+                    backend.forward_plain(&chunk(&[5], pos, &blocks)).unwrap();
+                    pos += 1;
+                }
+                let step_s = started.elapsed().as_secs_f64() / steps as f64;
+                (
+                    step_s,
+                    backend.weights_bytes(),
+                    bandwidth,
+                    backend.device_name().to_owned(),
+                )
+            },
+        );
+        let (step_s, bytes, bandwidth, device) = results[0].clone();
+        let slowest = results.iter().map(|r| r.0).fold(0.0, f64::max);
+        let roofline = bandwidth / bytes as f64;
+        eprintln!(
+            "{shape} TP {world} on {device}: b1 decode {:.3} ms/step = {:.1} tok/s (slowest rank {:.3} ms); rank 0 \
+             reads {:.2} GB/step at {:.0} GB/s copy bandwidth: roofline {:.1} tok/s, {:.0}%",
+            step_s * 1e3,
+            1.0 / step_s,
+            slowest * 1e3,
+            bytes as f64 / 1e9,
+            bandwidth / 1e9,
+            roofline,
+            100.0 / step_s / roofline
+        );
+    }
+}
