@@ -54,3 +54,30 @@ pub fn start_engine(
         _ => Engine::start(model, tokenizer, config),
     }
 }
+
+/// Rank `rank` of a GPU tensor-parallel group of `world`: its shard of `model` (whole as loaded) on GPU
+/// `first_ordinal + rank`, with a KV pool of `config.kv_cache_bytes` for its KV heads. Joined to the other ranks'
+/// GPUs by `ParallelBackend::lead` / `parallel::run_member`.
+pub fn cuda_shard(
+    model: LlamaModel,
+    rank: usize,
+    world: usize,
+    first_ordinal: usize,
+    config: &EngineConfig,
+    kernel_cache: Option<&Path>,
+) -> Result<Box<dyn crate::parallel::GroupMember>, EngineError> {
+    let options = CudaOptions {
+        ordinal: first_ordinal + rank,
+        kv_cache_bytes: config.kv_cache_bytes,
+        block_size: config.scheduler.block_size,
+        kernel_cache,
+    };
+    let backend = CudaBackend::from_model_shard(model, &options, crate::parallel::TpRank { rank, world })?;
+    tracing::info!(
+        device = backend.device_name(),
+        rank,
+        world,
+        "tensor-parallel rank on CUDA"
+    );
+    Ok(Box::new(backend))
+}

@@ -145,6 +145,20 @@ impl Engine {
         Self::start_backend(Box::new(backend), tokenizer, config.scheduler)
     }
 
+    /// Starts the engine as rank 0 of the parallel group `comm` with `local` as this rank's backend (a GPU shard,
+    /// say; the other ranks run `parallel::run_member`). See `ParallelBackend::lead`.
+    pub fn start_group(
+        local: Box<dyn crate::parallel::GroupMember>,
+        comm: Arc<dyn cleave_comm::Communicator>,
+        tokenizer: Arc<Tokenizer>,
+        scheduler: SchedulerConfig,
+        heartbeat: std::time::Duration,
+        on_failure: crate::parallel::GroupFailure,
+    ) -> Result<Engine, EngineError> {
+        let backend = crate::parallel::ParallelBackend::lead(local, comm, heartbeat, on_failure)?;
+        Self::start_backend(Box::new(backend), tokenizer, scheduler)
+    }
+
     /// Starts the engine thread over a backend whose KV pool is already allocated; the scheduler's block size
     /// must be the pool's.
     pub fn start_backend(

@@ -234,11 +234,7 @@ impl LlamaModel {
             Some(Group {
                 split: Split::Tensor(rank) | Split::Expert(rank),
                 ..
-            }) => {
-                let local = keys.len() / rank.world;
-                let mine = rank.rank * local..(rank.rank + 1) * local;
-                Some((layer, keys.get(mine.clone())?, values.get(mine)?))
-            }
+            }) => rank.kv_slice(keys, values).map(|(k, v)| (layer, k, v)),
             Some(Group {
                 split: Split::Pipeline(stage),
                 ..

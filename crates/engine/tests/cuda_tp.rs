@@ -1,9 +1,12 @@
 //! Tensor parallelism on the CUDA backend over NCCL: one process, one thread per GPU, each rank a `CudaBackend`
-//! holding its shard. Skips (passing, with a message) without a CUDA driver, NCCL or two GPUs; `scripts/gpu-check`
+//! holding its shard — directly, and as a parallel group's members (leader and follower over a loopback TCP
+//! communicator, the NCCL id sent through it) under a real engine. Skips (passing, with a message) without a CUDA driver, NCCL or two GPUs; `scripts/gpu-check`
 //! runs it on the GPU machine. The benchmark (`tp_decode_benchmark`, ignored by default) prints batch-1 decode of
 //! the Llama-3.1-8B shape at each group size the machine allows, for docs/perf.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
@@ -155,6 +158,127 @@ fn two_ranks_match_one_gpu_through_prefill_and_graph_decode() {
             "step {step}: logits differ by {worst} (scale {scale})"
         );
     }
+}
+
+/// A two-GPU group as `cleave worker --device cuda --tensor-parallel 2` forms it: rank 0 a `ParallelBackend`
+/// leading, rank 1 `run_member` following over loopback TCP, NCCL joined through the group's protocol. Remote KV
+/// computed on one GPU lands whole and is split by KV head (a decode step after it matches one GPU's), a KV read
+/// for a transfer is refused with a clear error, and an engine on the group generates one GPU's greedy tokens.
+#[test]
+fn a_gpu_group_under_an_engine_matches_one_gpu() {
+    if skip(2) {
+        return;
+    }
+    use cleave_engine::parallel::{ParallelBackend, run_member};
+    use cleave_engine::{Engine, EngineConfig, device::cuda_shard};
+    let config = EngineConfig {
+        kv_cache_bytes: 16 << 20,
+        ..EngineConfig::default()
+    };
+    let load = || load_model(ModelFiles::HfDir(&tiny_llama())).unwrap();
+    let comms = tcp_pair();
+    let follower = {
+        let (comm, config) = (comms[1].clone(), config.clone());
+        std::thread::spawn(move || {
+            let model = load().0;
+            let local = TpRank::local_config(model.config(), 2);
+            run_member(&local, comm, |_, _| cuda_shard(model, 1, 2, 0, &config, None))
+        })
+    };
+    let (model, tokenizer) = load();
+    let tokenizer = Arc::new(tokenizer);
+    let leader = cuda_shard(model, 0, 2, 0, &config, None).unwrap();
+    let mut group = ParallelBackend::lead(
+        leader,
+        comms[0].clone(),
+        std::time::Duration::from_millis(200),
+        Arc::new(|_| {}),
+    )
+    .unwrap();
+    let mut single = CudaBackend::from_model(load().0, &options(0, 16 << 20, 16)).unwrap();
+
+    // Remote KV: a 40-token prompt computed on one GPU, every layer of its 3 blocks written into the group.
+    let prompt: Vec<u32> = (0..40).map(|i| 3 + (i * 7) % 250).collect();
+    let blocks = [0u32, 1, 2];
+    let mut layers = Vec::new();
+    single
+        .forward(
+            &chunk(&prompt, 0, &blocks).map(|c| SeqChunk {
+                want_logits: false,
+                ..c
+            }),
+            &mut |layer, kv| {
+                for &b in &blocks {
+                    let (mut k, mut v) = (Vec::new(), Vec::new());
+                    kv.read_block_layer(layer, b, &mut k, &mut v);
+                    layers.push((layer, b, k, v));
+                }
+            },
+        )
+        .unwrap();
+    for (layer, block, k, v) in &layers {
+        group.write_block_layer(*layer, *block, k, v).unwrap();
+    }
+    let want = single.forward_plain(&chunk(&[9], 40, &blocks)).unwrap();
+    let got = group.forward_plain(&chunk(&[9], 40, &blocks)).unwrap();
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    eprintln!("decode after remote KV: max |Δlogit| {worst:.4} of {scale:.2}");
+    assert!(worst <= 0.03 * scale, "decode after remote KV differs by {worst}");
+    let refused = group
+        .forward(&chunk(&[9], 41, &blocks), &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not supported yet"), "{refused}");
+
+    // An engine on the group against an engine on one GPU, greedy.
+    let prompts: Vec<Vec<u32>> = vec![prompt.clone(), (0..17).map(|i| 11 + (i * 13) % 250).collect()];
+    let generate = |engine: &Engine| -> Vec<Vec<u32>> {
+        let streams: Vec<_> = prompts
+            .iter()
+            .map(|p| engine.submit(p.clone(), &common::greedy(12), 0).unwrap())
+            .collect();
+        streams
+            .into_iter()
+            .map(|mut s| {
+                let mut ids = Vec::new();
+                while let Some(out) = s.blocking_next() {
+                    ids.extend(out.unwrap().token_ids);
+                }
+                ids
+            })
+            .collect()
+    };
+    let on_group = Engine::start_backend(Box::new(group), tokenizer.clone(), config.scheduler.clone()).unwrap();
+    let got = generate(&on_group);
+    drop(on_group);
+    follower.join().unwrap().unwrap();
+    let on_one = Engine::start_backend(Box::new(single), tokenizer, config.scheduler.clone()).unwrap();
+    let want = generate(&on_one);
+    assert_eq!(got, want, "greedy tokens of the GPU group and of one GPU");
+}
+
+/// Two host communicators connected over loopback TCP.
+fn tcp_pair() -> Vec<Arc<dyn cleave_comm::Communicator>> {
+    let listeners: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, listener)| {
+            let peers = peers.clone();
+            std::thread::spawn(move || {
+                let config = cleave_comm::TcpConfig::default();
+                cleave_comm::TcpCommunicator::connect(&listener, rank, &peers, "gpu-group", config).unwrap()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| Arc::new(h.join().unwrap()) as Arc<dyn cleave_comm::Communicator>)
+        .collect()
 }
 
 /// Batch-1 decode of the Llama-3.1-8B shape (random weights) at 1, 2 and 4 GPUs, CUDA graphs on: step time and

@@ -84,8 +84,16 @@ pub enum CliError {
     Planner(#[from] cleave_planner::PlannerError),
     #[error("a parallel group (--tensor-, --pipeline-, --expert- or --context-parallel above 1) needs --etcd to form")]
     ParallelNeedsEtcd,
-    #[error("parallel groups run on the CPU backend in this version; use --device cpu")]
+    #[error(
+        "on GPUs only --tensor-parallel runs in this version (pipeline, expert and context parallelism run on the \
+         CPU backend); use --device cpu"
+    )]
     ParallelNeedsCpu,
+    #[error(
+        "a GPU tensor-parallel worker cannot take --role prefill in this version (KV export from GPU shards is not \
+         implemented); run it as a decode or both-role worker"
+    )]
+    GpuTensorPrefill,
     #[error("--tensor-, --pipeline-, --expert- and --context-parallel cannot be combined in this version")]
     ParallelCombined,
     #[error(
@@ -124,6 +132,7 @@ impl CliError {
             | CliError::MissingSecret { .. }
             | CliError::ParallelNeedsEtcd
             | CliError::ParallelNeedsCpu
+            | CliError::GpuTensorPrefill
             | CliError::ParallelCombined
             | CliError::PipelinePrefill
             | CliError::GroupRank { .. } => true,

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use cleave_cluster::registry::{KeyLayout, Registry};
 use cleave_comm::{Communicator, GroupSpec, Membership, TcpCommunicator, TcpConfig, form_tcp_group};
-use cleave_engine::LlamaModel;
-use cleave_engine::parallel::GroupFailure;
+use cleave_engine::parallel::{GroupFailure, TpRank};
+use cleave_engine::{EngineConfig, LlamaModel};
 
 use crate::args::{ParallelArgs, WorkerArgs};
 use crate::error::CliError;
@@ -68,8 +68,14 @@ pub async fn lead(
     })
 }
 
-/// Runs a follower rank (`--group-rank` above 0) until its leader ends the group.
-pub fn follow(args: &WorkerArgs, model: LlamaModel, rank: usize) -> Result<(), CliError> {
+/// Runs a follower rank (`--group-rank` above 0) until its leader ends the group: on the CPU, or with `gpu` (the
+/// group's first GPU and the engine configuration) on GPU `first + rank`.
+pub fn follow(
+    args: &WorkerArgs,
+    model: LlamaModel,
+    rank: usize,
+    gpu: Option<(usize, &EngineConfig)>,
+) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,10 +103,19 @@ pub fn follow(args: &WorkerArgs, model: LlamaModel, rank: usize) -> Result<(), C
             eprintln!("cleave worker: rank {rank} of `{group}` stays until rank 0 ends the group");
         }
     });
-    let model = split(model, comm.clone(), &args.parallel)?;
-    eprintln!("cleave worker: rank {rank} of {} following", comm.world_size());
+    let world = comm.world_size();
+    eprintln!("cleave worker: rank {rank} of {world} following");
     // The runtime's own threads keep serving the signal task and the membership's leases meanwhile.
-    let followed = cleave_engine::parallel::run_follower(model, comm);
+    let followed = match gpu {
+        Some((first, config)) => {
+            let local_config = TpRank::local_config(model.config(), world);
+            let cache = crate::model::kernel_cache_dir();
+            cleave_engine::parallel::run_member(&local_config, comm, |_, _| {
+                cleave_engine::device::cuda_shard(model, rank, world, first, config, cache.as_deref())
+            })
+        }
+        None => cleave_engine::parallel::run_follower(split(model, comm.clone(), &args.parallel)?, comm),
+    };
     runtime.block_on(membership.leave());
     followed.map_err(CliError::from)
 }

@@ -37,29 +37,35 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
     if rank >= world {
         return Err(CliError::GroupRank { rank, world });
     }
+    // The first GPU of a GPU tensor-parallel group (rank r runs on the one r above it).
+    let mut gpus = None;
     if world > 1 {
         if args.registry.etcd.is_empty() {
             return Err(CliError::ParallelNeedsEtcd);
         }
-        match device {
-            Device::Cuda(_) => return Err(CliError::ParallelNeedsCpu),
-            Device::Auto if device.resolve() != Device::Cpu => {
-                eprintln!("cleave worker: parallel groups run on the CPU backend in this version");
+        if let Device::Cuda(first) = device.resolve() {
+            if args.parallel.tensor_parallel == 1 {
+                if matches!(device, Device::Cuda(_)) {
+                    return Err(CliError::ParallelNeedsCpu);
+                }
+                eprintln!("cleave worker: this kind of parallel group runs on the CPU backend");
+            } else if WorkerRole::from(args.disagg.role) == WorkerRole::Prefill {
+                return Err(CliError::GpuTensorPrefill);
+            } else {
+                gpus = Some(first);
             }
-            _ => {}
         }
     }
-    if rank > 0 {
-        return parallel::follow(args, weights, rank);
-    }
-    let scheduler = SchedulerConfig {
-        max_batch_tokens: args.max_batch_tokens as usize,
-        ..SchedulerConfig::default()
-    };
     let config = EngineConfig {
-        scheduler,
+        scheduler: SchedulerConfig {
+            max_batch_tokens: args.max_batch_tokens as usize,
+            ..SchedulerConfig::default()
+        },
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
     };
+    if rank > 0 {
+        return parallel::follow(args, weights, rank, gpus.map(|first| (first, &config)));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,14 +88,23 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             Some((registry, layout)) if world > 1 => {
                 let led = group.insert(parallel::lead(args, registry.as_ref(), layout, &id, (addr, &grpc_url)).await?);
                 let comm: Arc<dyn cleave_comm::Communicator> = led.comm.clone();
-                Arc::new(Engine::start_parallel(
-                    parallel::split(weights, led.comm.clone(), &args.parallel)?,
-                    comm,
-                    Arc::new(tokenizer),
-                    config,
-                    led.heartbeat,
-                    failure.hook(),
-                )?)
+                let (tokenizer, heartbeat) = (Arc::new(tokenizer), led.heartbeat);
+                Arc::new(match gpus {
+                    Some(first) => {
+                        let cache = model::kernel_cache_dir();
+                        let local =
+                            cleave_engine::device::cuda_shard(weights, 0, world, first, &config, cache.as_deref())?;
+                        Engine::start_group(local, comm, tokenizer, config.scheduler, heartbeat, failure.hook())?
+                    }
+                    None => Engine::start_parallel(
+                        parallel::split(weights, led.comm.clone(), &args.parallel)?,
+                        comm,
+                        tokenizer,
+                        config,
+                        heartbeat,
+                        failure.hook(),
+                    )?,
+                })
             }
             _ => Arc::new(model::start_engine_with(weights, tokenizer, config, device)?),
         };

@@ -357,9 +357,23 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
             "cannot take --role prefill",
         ),
     ];
-    for (extra, expected) in refused {
-        let (code, err) = run(&[&cpu_worker[..], extra].concat());
-        assert_eq!(code, Some(2), "{extra:?}: {err}");
-        assert!(err.contains(expected), "{extra:?}: {err}");
+    let gpu_worker = ["worker", "--device", "cuda", "--etcd", etcd];
+    let refused_on_gpus = [
+        (&["--pipeline-parallel", "2"][..], "on GPUs only --tensor-parallel runs"),
+        (
+            &["--tensor-parallel", "3", "--role", "prefill"][..],
+            "cannot take --role prefill",
+        ),
+    ];
+    let cases = refused
+        .iter()
+        .map(|(extra, expected)| ([&cpu_worker[..], extra].concat(), expected));
+    let gpu_cases = refused_on_gpus
+        .iter()
+        .map(|(extra, expected)| ([&gpu_worker[..], extra].concat(), expected));
+    for (args, expected) in cases.chain(gpu_cases) {
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
     }
 }

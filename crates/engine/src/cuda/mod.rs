@@ -29,7 +29,7 @@ use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvShape};
 use crate::model::{LlamaModel, SeqChunk};
-use crate::parallel::{TpRank, shard_weights};
+use crate::parallel::{GroupMember, TpRank, shard_weights};
 use forward::Scratch;
 use graphs::DecodeGraphs;
 
@@ -63,6 +63,7 @@ impl From<CudaError> for EngineError {
     fn from(e: CudaError) -> Self {
         match e {
             CudaError::NoDevice | CudaError::MixtureOfExperts => EngineError::invalid("device", e.to_string()),
+            CudaError::Group(e) => EngineError::Group(e),
             other => EngineError::Internal(other.to_string()),
         }
     }
@@ -95,6 +96,8 @@ pub struct CudaBackend {
     device_name: String,
     /// This rank's tensor-parallel group, when the weights are one rank's shard.
     tp: Option<GroupComm>,
+    /// Which shard the weights are (rank 0 of 1 when whole).
+    shard: TpRank,
 }
 
 /// The NCCL communicator a backend owns. cudarc leaves `Comm` `!Send` (it holds a raw `ncclComm_t`).
@@ -153,12 +156,9 @@ impl CudaBackend {
         let host = shard_weights(host, &config, at)?;
         let weights = DeviceWeights::upload(&device.stream, &host)?;
         drop(host);
-        Ok(Self::assemble(
-            device,
-            TpRank::local_config(&config, at.world),
-            weights,
-            options,
-        )?)
+        let mut backend = Self::assemble(device, TpRank::local_config(&config, at.world), weights, options)?;
+        backend.shard = at;
+        Ok(backend)
     }
 
     /// Joins the NCCL group `unique_id` names as `rank` of `world` (every rank calls this at once; it blocks until
@@ -171,6 +171,11 @@ impl CudaBackend {
             unique_id,
             std::time::Duration::from_secs(60),
         )?;
+        // NCCL connects its channels lazily, on the first collective, which must not happen inside a CUDA graph
+        // capture (a decode step may be the first pass): one small all-reduce now, on every rank.
+        let mut warm = self.stream.alloc_zeros::<f32>(1024)?;
+        comm.all_reduce_sum(&mut warm)?;
+        self.stream.synchronize()?;
         self.graphs = DecodeGraphs::default();
         self.tp = Some(GroupComm(comm));
         Ok(())
@@ -224,6 +229,7 @@ impl CudaBackend {
             graphs: DecodeGraphs::default(),
             _blas_workspace: blas_workspace,
             tp: None,
+            shard: TpRank { rank: 0, world: 1 },
         })
     }
 
@@ -302,6 +308,56 @@ impl CudaBackend {
     /// Waits until every queued kernel finished (benchmarks time whole steps).
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.stream.synchronize().map_err(CudaError::from)
+    }
+}
+
+impl GroupMember for CudaBackend {
+    fn whole_kv_shape(&self) -> KvShape {
+        let local = self.kv.shape();
+        KvShape {
+            n_kv_heads: local.n_kv_heads * self.shard.world,
+            ..local
+        }
+    }
+
+    fn local_block_layer<'a>(
+        &self,
+        layer: usize,
+        keys: &'a [f32],
+        values: &'a [f32],
+    ) -> Option<(usize, &'a [f32], &'a [f32])> {
+        self.shard.kv_slice(keys, values).map(|(k, v)| (layer, k, v))
+    }
+
+    fn check_kv_read(&self) -> Result<(), EngineError> {
+        if self.shard.world > 1 {
+            return Err(EngineError::invalid(
+                "kv_transfer",
+                "reading KV for a transfer from a GPU tensor-parallel group is not supported yet (each GPU holds \
+                 its KV heads only); run GPU tensor-parallel workers as decode or both-role workers",
+            ));
+        }
+        Ok(())
+    }
+
+    fn device_group_id(&self) -> Result<Option<Vec<u8>>, EngineError> {
+        if self.shard.world == 1 {
+            return Ok(None);
+        }
+        Ok(Some(cleave_comm::NcclCommunicator::new_unique_id()?))
+    }
+
+    fn join_device_group(&mut self, rank: usize, world: usize, id: &[u8]) -> Result<(), EngineError> {
+        if rank != self.shard.rank || world != self.shard.world {
+            return Err(EngineError::invalid(
+                "parallel",
+                format!(
+                    "rank {rank} of {world} joining with the shard of rank {} of {}",
+                    self.shard.rank, self.shard.world
+                ),
+            ));
+        }
+        Ok(self.join_tensor_parallel(rank, world, id)?)
     }
 }
 

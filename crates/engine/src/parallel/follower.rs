@@ -1,11 +1,13 @@
-//! A follower of a parallel group (rank ≥ 1; tensor or pipeline): replays the leader's operations on this rank's shard.
+//! A follower of a parallel group (rank ≥ 1): replays the leader's operations on this rank's part of the model.
 
 use std::sync::Arc;
 
 use cleave_comm::Communicator;
 
+use super::GroupMember;
 use super::protocol::{self, Op, OwnedChunk};
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::CpuBackend;
+use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::model::{LlamaModel, SeqChunk};
 
@@ -23,7 +25,21 @@ pub fn run_follower(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<()
             ),
         ));
     }
-    protocol::agree_on_model(model.config(), comm.as_ref())?;
+    let config = model.config().clone();
+    run_member(&config, comm, |n_blocks, block_size| {
+        Ok(Box::new(CpuBackend::new(model, n_blocks, block_size)))
+    })
+}
+
+/// [`run_follower`] for any backend: `config` is this rank's model shape (what the ranks compare), and
+/// `make(n_blocks, block_size)` builds this rank's backend once the leader has sized the pool (a pool of at least
+/// `n_blocks` blocks).
+pub fn run_member(
+    config: &ModelConfig,
+    comm: Arc<dyn Communicator>,
+    make: impl FnOnce(usize, usize) -> Result<Box<dyn GroupMember>, EngineError>,
+) -> Result<(), EngineError> {
+    protocol::agree_on_model(config, comm.as_ref())?;
     let (n_blocks, block_size) = match protocol::receive(comm.as_ref())? {
         Op::Init { n_blocks, block_size } => (n_blocks as usize, block_size as usize),
         other => {
@@ -32,8 +48,15 @@ pub fn run_follower(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<()
             )));
         }
     };
-    let mut backend = CpuBackend::new(model, n_blocks, block_size);
-    tracing::info!(rank = comm.rank(), n_blocks, "tensor-parallel follower ready");
+    let mut backend = make(n_blocks, block_size)?;
+    if backend.kv_shape().n_blocks < n_blocks {
+        return Err(EngineError::ResourceExhausted(format!(
+            "rank {} holds {} KV blocks, fewer than the leader's {n_blocks}",
+            comm.rank(),
+            backend.kv_shape().n_blocks
+        )));
+    }
+    tracing::info!(rank = comm.rank(), n_blocks, "parallel group follower ready");
     loop {
         match protocol::receive(comm.as_ref())? {
             Op::Forward { gather, chunks } => {
@@ -57,7 +80,7 @@ pub fn run_follower(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<()
                 values,
             } => {
                 check_block(block, n_blocks)?;
-                let whole = backend.model().group_kv_shape(backend.kv_shape()).block_floats();
+                let whole = backend.whole_kv_shape().block_floats();
                 if keys.len() != whole || values.len() != whole {
                     return Err(EngineError::Internal(format!(
                         "the leader sent a block layer of {} keys and {} values; a whole one holds {whole}",
@@ -65,10 +88,11 @@ pub fn run_follower(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<()
                         values.len()
                     )));
                 }
-                if let Some((layer, k, v)) = backend.model().local_block_layer(layer as usize, &keys, &values) {
+                if let Some((layer, k, v)) = backend.local_block_layer(layer as usize, &keys, &values) {
                     backend.write_block_layer(layer, block, k, v)?;
                 }
             }
+            Op::JoinDevice { id } => backend.join_device_group(comm.rank(), comm.world_size(), &id)?,
             Op::Heartbeat => {}
             Op::Shutdown => {
                 tracing::info!(rank = comm.rank(), "the leader shut the group down");

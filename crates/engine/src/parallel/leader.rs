@@ -15,19 +15,20 @@ use std::time::{Duration, Instant};
 
 use cleave_comm::Communicator;
 
+use super::GroupMember;
 use super::protocol::{self, Op, encode_forward};
 use crate::backend::{Backend, CpuBackend, KvBlockReader};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvShape};
-use crate::model::{LlamaModel, SeqChunk, pipeline_kv_read};
+use crate::model::{LlamaModel, SeqChunk};
 
 /// Called once, from the engine or heartbeat thread, when the group can no longer work.
 pub type GroupFailure = Arc<dyn Fn(&EngineError) + Send + Sync>;
 
 /// Rank 0 of a tensor-parallel group, as the engine's backend. See the module docs.
 pub struct ParallelBackend {
-    local: CpuBackend,
+    local: Box<dyn GroupMember>,
     link: Arc<Link>,
     heartbeat: Option<JoinHandle<()>>,
 }
@@ -35,7 +36,6 @@ pub struct ParallelBackend {
 impl std::fmt::Debug for ParallelBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParallelBackend")
-            .field("local", &self.local)
             .field("comm", &self.link.comm)
             .finish_non_exhaustive()
     }
@@ -99,7 +99,25 @@ impl ParallelBackend {
                 ),
             ));
         }
-        protocol::agree_on_model(model.config(), comm.as_ref())?;
+        Self::lead(
+            Box::new(CpuBackend::new(model, n_blocks, block_size)),
+            comm,
+            heartbeat,
+            on_failure,
+        )
+    }
+
+    /// Leads the group with `local` as rank 0's backend (its part of the model and its KV pool, already
+    /// allocated): checks that every rank loaded the same model shape, has each follower allocate as many blocks,
+    /// forms the device-level group when `local` has one (NCCL: the id goes to every follower, then all join), and
+    /// starts the heartbeat (see `new`).
+    pub fn lead(
+        mut local: Box<dyn GroupMember>,
+        comm: Arc<dyn Communicator>,
+        heartbeat: Duration,
+        on_failure: GroupFailure,
+    ) -> Result<Self, EngineError> {
+        protocol::agree_on_model(local.model_config(), comm.as_ref())?;
         let link = Arc::new(Link {
             comm,
             session: Mutex::new(Instant::now()),
@@ -107,18 +125,24 @@ impl ParallelBackend {
             failed: Once::new(),
             on_failure,
         });
+        let shape = local.kv_shape();
         let init = Op::Init {
-            n_blocks: n_blocks as u32,
-            block_size: block_size as u32,
+            n_blocks: shape.n_blocks as u32,
+            block_size: shape.block_size as u32,
         };
         link.send(&mut link.lock(), &init.encode())?;
+        if let Some(id) = local.device_group_id()? {
+            link.send(&mut link.lock(), &Op::JoinDevice { id: id.clone() }.encode())?;
+            let world = link.comm.world_size();
+            link.check(local.join_device_group(0, world, &id))?;
+        }
         let beats = link.clone();
         let heartbeat = std::thread::Builder::new()
             .name("cleave-tp-heartbeat".into())
             .spawn(move || beat(&beats, heartbeat))
             .map_err(|e| EngineError::Internal(format!("cannot start the heartbeat thread: {e}")))?;
         Ok(Self {
-            local: CpuBackend::new(model, n_blocks, block_size),
+            local,
             link,
             heartbeat: Some(heartbeat),
         })
@@ -162,7 +186,7 @@ impl Backend for ParallelBackend {
 
     /// The pool as the engine sees it: every KV head and layer (KV crosses the backend interface whole).
     fn kv_shape(&self) -> KvShape {
-        self.local.model().group_kv_shape(self.local.kv_shape())
+        self.local.whole_kv_shape()
     }
 
     fn forward(
@@ -170,9 +194,7 @@ impl Backend for ParallelBackend {
         chunks: &[SeqChunk<'_>],
         layer_done: &mut dyn FnMut(usize, &dyn KvBlockReader),
     ) -> Result<Vec<f32>, EngineError> {
-        if self.local.model().is_pipeline_stage() {
-            return Err(pipeline_kv_read());
-        }
+        self.local.check_kv_read()?;
         let mut session = self.link.lock();
         self.link.send(&mut session, &encode_forward(true, chunks))?;
         self.link.check(self.local.forward(chunks, layer_done))
@@ -216,7 +238,7 @@ impl Backend for ParallelBackend {
         };
         let mut session = self.link.lock();
         self.link.send(&mut session, &op.encode())?;
-        match self.local.model().local_block_layer(layer, keys, values) {
+        match self.local.local_block_layer(layer, keys, values) {
             Some((layer, keys, values)) => self.local.write_block_layer(layer, block, keys, values),
             None => Ok(()),
         }

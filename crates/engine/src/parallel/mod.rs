@@ -16,14 +16,71 @@ mod protocol;
 
 use cleave_comm::Communicator;
 
-pub use follower::run_follower;
+pub use follower::{run_follower, run_member};
 pub use leader::{GroupFailure, ParallelBackend};
 
-use crate::backend::KvBlockReader;
+use crate::backend::{Backend, CpuBackend, KvBlockReader};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
-use crate::kv::{BlockId, KvCache};
+use crate::kv::{BlockId, KvCache, KvShape};
 use crate::weights::{Experts, FeedForward, LayerWeights, LlamaWeights, Mlp};
+
+/// A rank's own backend in a parallel group — the CPU backend over its part of the model, or a GPU holding its
+/// tensor-parallel shard — with what the group's leader and followers need beyond [`Backend`]: how the whole
+/// model's KV maps onto this rank, and the device-level group (NCCL) a GPU rank joins.
+pub trait GroupMember: Backend {
+    /// The pool as the whole model sees it: every KV head and every layer.
+    fn whole_kv_shape(&self) -> KvShape;
+
+    /// The part of one whole block layer (`layer` of the model; every KV head in `keys`/`values`) this rank
+    /// stores: its local layer and its heads' keys and values, or `None` when another rank holds the layer.
+    fn local_block_layer<'a>(
+        &self,
+        layer: usize,
+        keys: &'a [f32],
+        values: &'a [f32],
+    ) -> Option<(usize, &'a [f32], &'a [f32])>;
+
+    /// Refuses a forward pass that would hand each layer's KV to a transfer, where this group cannot gather it.
+    fn check_kv_read(&self) -> Result<(), EngineError>;
+
+    /// A fresh id for the device-level group the ranks' devices form (NCCL's unique id), or `None` when the
+    /// ranks talk through the host communicator alone. Called on rank 0.
+    fn device_group_id(&self) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(None)
+    }
+
+    /// Joins the device-level group `id` names as `rank` of `world`; every rank calls this at once.
+    fn join_device_group(&mut self, rank: usize, world: usize, id: &[u8]) -> Result<(), EngineError> {
+        let _ = (rank, world, id);
+        Err(EngineError::invalid(
+            "parallel",
+            "this backend forms no device-level group",
+        ))
+    }
+}
+
+impl GroupMember for CpuBackend {
+    fn whole_kv_shape(&self) -> KvShape {
+        self.model().group_kv_shape(self.kv_shape())
+    }
+
+    fn local_block_layer<'a>(
+        &self,
+        layer: usize,
+        keys: &'a [f32],
+        values: &'a [f32],
+    ) -> Option<(usize, &'a [f32], &'a [f32])> {
+        self.model().local_block_layer(layer, keys, values)
+    }
+
+    fn check_kv_read(&self) -> Result<(), EngineError> {
+        if self.model().is_pipeline_stage() {
+            return Err(crate::model::pipeline_kv_read());
+        }
+        Ok(())
+    }
+}
 
 /// A rank in a tensor-parallel group of `world` ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +135,14 @@ fn check_sizes(
 }
 
 impl TpRank {
+    /// This rank's KV heads of one whole block layer (every KV head, head-major): the `rank`-th of `world` equal
+    /// slices.
+    pub fn kv_slice<'a>(&self, keys: &'a [f32], values: &'a [f32]) -> Option<(&'a [f32], &'a [f32])> {
+        let local = keys.len() / self.world.max(1);
+        let mine = self.rank * local..(self.rank + 1) * local;
+        Some((keys.get(mine.clone())?, values.get(mine)?))
+    }
+
     /// One rank's model shape: attention heads, KV heads and MLP width divided by `world` (checked by `check`).
     pub fn local_config(config: &ModelConfig, world: usize) -> ModelConfig {
         let world = world.max(1);

@@ -36,6 +36,10 @@ pub(super) enum Op {
         keys: Vec<f32>,
         values: Vec<f32>,
     },
+    /// Join the device-level group (NCCL) with this id, as every rank does at once.
+    JoinDevice {
+        id: Vec<u8>,
+    },
     /// Nothing to do: the leader is alive and idle.
     Heartbeat,
     /// The leader is shutting down; followers exit cleanly.
@@ -67,6 +71,7 @@ const COPY_BLOCK: u32 = 3;
 const WRITE_BLOCK_LAYER: u32 = 4;
 const HEARTBEAT: u32 = 5;
 const SHUTDOWN: u32 = 6;
+const JOIN_DEVICE: u32 = 7;
 
 /// Encodes a forward pass over borrowed chunks (what the leader holds) without copying them into `OwnedChunk`s.
 pub(super) fn encode_forward(gather: bool, chunks: &[SeqChunk<'_>]) -> (u32, Vec<u32>) {
@@ -102,6 +107,11 @@ impl Op {
                 let mut words = vec![*layer, *block, keys.len() as u32];
                 words.extend(keys.iter().chain(values).map(|x| x.to_bits()));
                 (WRITE_BLOCK_LAYER, words)
+            }
+            Op::JoinDevice { id } => {
+                let mut words = vec![id.len() as u32];
+                words.extend(id.iter().map(|&b| u32::from(b)));
+                (JOIN_DEVICE, words)
             }
             Op::Heartbeat => (HEARTBEAT, Vec::new()),
             Op::Shutdown => (SHUTDOWN, Vec::new()),
@@ -143,6 +153,17 @@ impl Op {
                     block,
                     keys: floats(r.take(n)?),
                     values: floats(r.take(n)?),
+                }
+            }
+            JOIN_DEVICE => {
+                let n = r.word()? as usize;
+                let id = r
+                    .take(n)?
+                    .iter()
+                    .map(|&w| u8::try_from(w))
+                    .collect::<Result<Vec<u8>, _>>();
+                Op::JoinDevice {
+                    id: id.map_err(|_| malformed("a device group id byte above 255".to_string()))?,
                 }
             }
             HEARTBEAT => Op::Heartbeat,

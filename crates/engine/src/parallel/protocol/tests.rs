@@ -35,8 +35,13 @@ fn every_operation_survives_encoding() {
         keys: vec![1.5, -0.0, f32::MAX],
         values: vec![0.25, 2.0, -7.0],
     });
+    round_trip(Op::JoinDevice {
+        id: (0..=255).collect(),
+    });
     round_trip(Op::Heartbeat);
     round_trip(Op::Shutdown);
+    let error = Op::decode(7, &[1, 256]).unwrap_err().to_string();
+    assert!(error.contains("above 255"), "{error}");
 }
 
 #[test]
