@@ -210,3 +210,16 @@ impl<'a> From<&'a mut [u32]> for HostSliceMut<'a> {
         Self::U32(s)
     }
 }
+
+/// Matches one immutable and one mutable buffer of the same element type, or fails naming both types.
+macro_rules! same_dtype {
+    ($self:ident, $op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            ($crate::HostSlice::F32($x), $crate::HostSliceMut::F32($y)) => $body,
+            ($crate::HostSlice::Bf16($x), $crate::HostSliceMut::Bf16($y)) => $body,
+            ($crate::HostSlice::U32($x), $crate::HostSliceMut::U32($y)) => $body,
+            (a, b) => Err($self.invalid($op, format!("input is {} but output is {}", a.dtype(), b.dtype()))),
+        }
+    };
+}
+pub(crate) use same_dtype;

@@ -21,6 +21,7 @@ mod error;
 mod group;
 pub mod nccl;
 mod rendezvous;
+mod sub;
 mod tcp;
 
 use std::fmt::Debug;
@@ -30,6 +31,7 @@ pub use error::CommError;
 pub use group::{FormGroupError, form_tcp_group};
 pub use nccl::{NcclCommunicator, NcclElement, nccl_available, nccl_status};
 pub use rendezvous::{GroupSpec, Membership, Rendezvous, RendezvousError};
+pub use sub::SubCommunicator;
 pub use tcp::{TcpCommunicator, TcpConfig};
 
 /// A member of a parallel group, on host buffers. Object safe: engines hold an `Arc<dyn Communicator>`.

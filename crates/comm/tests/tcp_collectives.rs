@@ -319,3 +319,76 @@ fn ring_all_reduce_of_buffers_many_segments_long() {
         }
     }
 }
+
+/// Two interleaved sub-groups of a 4-rank group ({0, 2} and {3, 1}, the second in reverse order) run every
+/// operation at once over the shared links: each gets its own members' results, sums bit-identical on both members.
+#[test]
+fn sub_groups_run_their_own_collectives_over_the_shared_mesh() {
+    use cleave_comm::SubCommunicator;
+    use std::sync::Arc;
+    let results = run_group(4, &quick_config(), |comm| {
+        let rank = comm.rank();
+        let members = if rank % 2 == 0 { vec![0, 2] } else { vec![3, 1] };
+        let sub = SubCommunicator::new(Arc::new(comm), members.clone()).unwrap();
+        assert_eq!(
+            (sub.world_size(), sub.rank()),
+            (2, members.iter().position(|&m| m == rank).unwrap())
+        );
+        let mut sum = random_f32(rank as u64, 1001);
+        sub.all_reduce_sum(sum.as_mut_slice().into()).unwrap();
+        let mut gathered = vec![0u32; 6];
+        sub.all_gather([rank as u32; 3].as_slice().into(), gathered.as_mut_slice().into())
+            .unwrap();
+        let mut scattered = vec![0.0f32; 2];
+        sub.reduce_scatter_sum(
+            [1.0, 2.0, 3.0, rank as f32].as_slice().into(),
+            scattered.as_mut_slice().into(),
+        )
+        .unwrap();
+        // all-to-all: one element to member 0, two to member 1.
+        let me = sub.rank() as u32;
+        let send = [10 * rank as u32, 100 * rank as u32, 100 * rank as u32 + 1];
+        let recv_counts = if me == 0 { [1, 1] } else { [2, 2] };
+        let mut recv = vec![0u32; recv_counts.iter().sum()];
+        sub.all_to_all(
+            send.as_slice().into(),
+            &[1, 2],
+            recv.as_mut_slice().into(),
+            &recv_counts,
+        )
+        .unwrap();
+        sub.barrier().unwrap();
+        let err = SubCommunicator::new(Arc::new(sub.clone()), vec![0, 0])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("distinct"), "{err}");
+        (rank, sum, gathered, scattered, recv)
+    });
+    for (rank, sum, gathered, scattered, recv) in &results {
+        let members: [usize; 2] = if rank % 2 == 0 { [0, 2] } else { [3, 1] };
+        let want: Vec<f32> = (0..1001)
+            .map(|i| random_f32(members[0] as u64, 1001)[i] + random_f32(members[1] as u64, 1001)[i])
+            .collect();
+        assert_eq!(sum, &want, "rank {rank}: the sum is computed once, in member order");
+        let m = members.map(|m| m as u32);
+        assert_eq!(gathered, &[m[0], m[0], m[0], m[1], m[1], m[1]]);
+        let me = members.iter().position(|m| m == rank).unwrap();
+        let total = [2.0, 4.0, 6.0, (members[0] + members[1]) as f32];
+        assert_eq!(scattered, &total[me * 2..me * 2 + 2]);
+        let from = |m: usize, what: usize| match what {
+            0 => 10 * m as u32,
+            _ => vec![100 * m as u32, 100 * m as u32 + 1][what - 1],
+        };
+        let want: Vec<u32> = if me == 0 {
+            vec![from(members[0], 0), from(members[1], 0)]
+        } else {
+            vec![
+                from(members[0], 1),
+                from(members[0], 2),
+                from(members[1], 1),
+                from(members[1], 2),
+            ]
+        };
+        assert_eq!(recv, &want, "rank {rank}");
+    }
+}

@@ -46,11 +46,28 @@ pub struct LlamaModel {
     group: Option<Group>,
 }
 
-/// A rank of a parallel group: how the model is split, and the group's communicator.
+/// A rank of a parallel group: how the model is split, and the group's communicator (for a pipeline, the one
+/// connecting this rank's counterparts in every stage).
 #[derive(Debug)]
 struct Group {
     split: Split,
     comm: Arc<dyn Communicator>,
+    /// Within a pipeline stage, the stage's tensor-parallel split and its ranks' communicator.
+    stage_tensor: Option<(TpRank, Arc<dyn Communicator>)>,
+    /// `(rank, world)` in the whole group.
+    member: (usize, usize),
+}
+
+impl Group {
+    fn new(split: Split, comm: Arc<dyn Communicator>) -> Self {
+        let member = (comm.rank(), comm.world_size());
+        Group {
+            split,
+            comm,
+            stage_tensor: None,
+            member,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,10 +143,7 @@ impl LlamaModel {
     /// Makes this model rank `comm.rank()` of a context-parallel group: whole weights, 1/W of every chunk's tokens,
     /// ring attention (see `model::context`); every rank keeps the whole KV.
     pub fn context_parallel(self, comm: Arc<dyn Communicator>) -> Self {
-        let group = (comm.world_size() > 1).then_some(Group {
-            split: Split::Context,
-            comm,
-        });
+        let group = (comm.world_size() > 1).then(|| Group::new(Split::Context, comm));
         LlamaModel { group, ..self }
     }
 
@@ -155,10 +169,7 @@ impl LlamaModel {
             config,
             weights,
             inv_freq,
-            group: (rank.world > 1).then_some(Group {
-                split: split(rank),
-                comm,
-            }),
+            group: (rank.world > 1).then(|| Group::new(split(rank), comm)),
         })
     }
 
@@ -177,9 +188,52 @@ impl LlamaModel {
             config,
             weights,
             inv_freq,
-            group: (stage.stages > 1).then_some(Group {
+            group: (stage.stages > 1).then(|| Group::new(Split::Pipeline(stage), comm)),
+        })
+    }
+
+    /// Rank `world.rank()` of a group of `tensor` × stages ranks: stage `rank / tensor` of a pipeline, and rank
+    /// `rank % tensor` of that stage's tensor-parallel split (so a stage's ranks are consecutive — one node each,
+    /// tensor parallelism inside it, the pipeline across nodes). Activations pass between the ranks of equal
+    /// tensor rank in neighbouring stages; each stage all-reduces among its own ranks.
+    pub fn tensor_pipeline(
+        self,
+        world: Arc<dyn Communicator>,
+        tensor: usize,
+        micro_batches: usize,
+    ) -> Result<Self, EngineError> {
+        let (rank, size) = (world.rank(), world.world_size());
+        if tensor == 0 || !size.is_multiple_of(tensor) {
+            return Err(EngineError::invalid(
+                "tensor_parallel",
+                format!("{tensor} tensor-parallel ranks do not divide a group of {size}"),
+            ));
+        }
+        let (stages, stage_index, t) = (size / tensor, rank / tensor, rank % tensor);
+        let stage = PipelineStage::new(self.config.n_layers, stages, stage_index, micro_batches)?;
+        let sub = |members: Vec<usize>| -> Result<Arc<dyn Communicator>, EngineError> {
+            Ok(Arc::new(cleave_comm::SubCommunicator::new(world.clone(), members)?))
+        };
+        let stage_comm = sub((0..tensor).map(|i| stage_index * tensor + i).collect())?;
+        let pipeline_comm = sub((0..stages).map(|s| s * tensor + t).collect())?;
+        let tp = TpRank { rank: t, world: tensor };
+        let LlamaModel {
+            config,
+            mut weights,
+            inv_freq,
+            ..
+        } = self;
+        weights.layers = weights.layers.drain(stage.layers.clone()).collect();
+        let weights = shard_weights(weights, &config, tp)?;
+        Ok(LlamaModel {
+            config,
+            weights,
+            inv_freq,
+            group: Some(Group {
                 split: Split::Pipeline(stage),
-                comm,
+                comm: pipeline_comm,
+                stage_tensor: Some((tp, stage_comm)),
+                member: (rank, size),
             }),
         })
     }
@@ -191,6 +245,10 @@ impl LlamaModel {
             Some(Group {
                 split: Split::Tensor(rank) | Split::Expert(rank),
                 ..
+            })
+            | Some(Group {
+                stage_tensor: Some((rank, _)),
+                ..
             }) => *rank,
             _ => TpRank { rank: 0, world: 1 },
         }
@@ -198,7 +256,7 @@ impl LlamaModel {
 
     /// `(rank, world)` of the parallel group this model is a part of, if any.
     pub fn group_rank(&self) -> Option<(usize, usize)> {
-        self.group.as_ref().map(|g| (g.comm.rank(), g.comm.world_size()))
+        self.group.as_ref().map(|g| g.member)
     }
 
     /// Whether this model is one stage of a pipeline.
@@ -238,10 +296,13 @@ impl LlamaModel {
             Some(Group {
                 split: Split::Pipeline(stage),
                 ..
-            }) => stage
-                .layers
-                .contains(&layer)
-                .then(|| (layer - stage.layers.start, keys, values)),
+            }) => {
+                let (keys, values) = self.tp_rank().kv_slice(keys, values)?;
+                stage
+                    .layers
+                    .contains(&layer)
+                    .then(|| (layer - stage.layers.start, keys, values))
+            }
             Some(Group {
                 split: Split::Context, ..
             }) => Some((layer, keys, values)),
@@ -303,6 +364,7 @@ impl LlamaModel {
         if let Some(Group {
             split: Split::Pipeline(stage),
             comm,
+            ..
         }) = &self.group
         {
             if layer_done.is_some() {
@@ -313,6 +375,7 @@ impl LlamaModel {
         if let Some(Group {
             split: Split::Context,
             comm,
+            ..
         }) = &self.group
         {
             return self.forward_context(chunks, kv, layer_done, comm.as_ref());
@@ -377,6 +440,8 @@ impl LlamaModel {
         comm: &dyn Communicator,
     ) -> Result<Vec<f32>, EngineError> {
         let (first, last) = (stage.stage == 0, stage.stage + 1 == stage.stages);
+        // With tensor parallelism inside the stages, only each stage's first tensor rank handles logits.
+        let lead = self.tp_rank().rank == 0;
         let hidden = self.config.hidden;
         let mut logits = Vec::new();
         for piece in micro_batches(chunks, stage.micro_batches) {
@@ -389,20 +454,21 @@ impl LlamaModel {
                 x
             };
             self.run_layers(&mut x, &piece, kv, None, stage.layers.start, None)?;
-            if last {
-                logits.extend(self.logits(&x, &piece));
-            } else {
+            if !last {
                 comm.send(x.as_slice().into(), stage.stage + 1)?;
+            } else if lead {
+                logits.extend(self.logits(&x, &piece));
             }
         }
-        if last && !first {
-            comm.send(logits.as_slice().into(), 0)?;
-            return Ok(Vec::new());
+        match (first, last, lead) {
+            (_, _, false) => Ok(Vec::new()),
+            (false, true, true) => {
+                comm.send(logits.as_slice().into(), 0)?;
+                Ok(Vec::new())
+            }
+            (true, false, true) => self.receive_logits(chunks, stage.stages - 1, comm),
+            _ => Ok(logits),
         }
-        if first && !last {
-            return self.receive_logits(chunks, stage.stages - 1, comm);
-        }
-        Ok(logits)
     }
 
     /// The batch's token embeddings, `[tokens, hidden]`.
@@ -531,6 +597,7 @@ impl LlamaModel {
                     Some(Group {
                         split: Split::Expert(_),
                         comm,
+                        ..
                     }),
                 ) => moe::expert_parallel(experts, &normed, n_tokens, cfg.n_experts_used, comm.as_ref(), &mut proj)?,
                 (Mlp::Experts(experts), _) => {
@@ -571,6 +638,11 @@ impl LlamaModel {
             Some(Group {
                 split: Split::Tensor(_) | Split::Expert(_),
                 comm,
+                ..
+            })
+            | Some(Group {
+                stage_tensor: Some((_, comm)),
+                ..
             }) => Ok(comm.all_reduce_sum(partial.into())?),
             _ => Ok(()),
         }

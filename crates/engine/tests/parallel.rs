@@ -59,6 +59,11 @@ fn pipeline(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel
     model.pipeline_parallel(comm, 3)
 }
 
+/// Tensor parallelism inside pipeline stages: ranks 0..T form stage 0, and so on.
+fn tensor_in_stages<const T: usize>(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel, EngineError> {
+    model.tensor_pipeline(comm, T, 2)
+}
+
 fn context(model: LlamaModel, comm: Arc<dyn Communicator>) -> Result<LlamaModel, EngineError> {
     Ok(model.context_parallel(comm))
 }
@@ -117,6 +122,14 @@ fn pipeline_stages_generate_the_golden_tokens_and_single_device_logits() {
         let (backend, followers) = split_group(stages, &format!("pp-golden-{stages}"), pipeline, 256);
         golden_through(backend, followers);
     }
+}
+
+/// The same through a 6-rank group: 2 pipeline stages of 3 tensor-parallel ranks each (TP inside a node, PP across
+/// nodes), stage to stage between ranks of equal tensor rank.
+#[test]
+fn tensor_parallel_stages_of_a_pipeline_generate_the_golden_tokens() {
+    let (backend, followers) = split_group(6, "tp-pp-golden", tensor_in_stages::<3>, 256);
+    golden_through(backend, followers);
 }
 
 /// The same through context-parallel groups of 2 and 3 ranks: every chunk's tokens split across the ranks, ring
@@ -471,6 +484,12 @@ fn cpu_tensor_parallel_benchmark() {
 fn two_ranks_of_an_f32_model_match_the_whole_model() {
     let kv_heads = ranks_match_the_whole_model("tiny-llama", 2, tensor);
     assert_eq!(kv_heads, 1);
+}
+
+/// Two pipeline stages of two tensor-parallel ranks on the f32 tiny Llama, through chunked prefill and decode.
+#[test]
+fn tensor_parallel_stages_of_an_f32_model_match_the_whole_model() {
+    assert_eq!(ranks_match_the_whole_model("tiny-llama", 4, tensor_in_stages::<2>), 1);
 }
 
 /// Context parallelism on the f32 tiny Llama, 2 and 3 ranks: ring attention equals the whole model's attention

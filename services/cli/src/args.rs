@@ -240,8 +240,9 @@ pub struct ParallelArgs {
     pub tensor_parallel: u16,
 
     /// Pipeline-parallel stages: contiguous layer ranges per rank, activations passed stage to stage, each batch
-    /// cut into --micro-batches pieces so the stages overlap. Started and formed like --tensor-parallel (not
-    /// combined with it in this version).
+    /// cut into --micro-batches pieces so the stages overlap. Started and formed like --tensor-parallel; with
+    /// --tensor-parallel T too, the group has T × N ranks and ranks s·T..(s+1)·T split stage s (tensor parallelism
+    /// inside a node, the pipeline across nodes).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pipeline_parallel: u16,
 

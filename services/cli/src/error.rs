@@ -94,7 +94,9 @@ pub enum CliError {
          implemented); run it as a decode or both-role worker"
     )]
     GpuTensorPrefill,
-    #[error("--tensor-, --pipeline-, --expert- and --context-parallel cannot be combined in this version")]
+    #[error(
+        "of --tensor-, --pipeline-, --expert- and --context-parallel only tensor with pipeline combine in this version"
+    )]
     ParallelCombined,
     #[error(
         "--pipeline-parallel workers cannot take --role prefill in this version: a prefill worker ships its KV layer \

@@ -120,12 +120,16 @@ pub fn follow(
     followed.map_err(CliError::from)
 }
 
-/// This rank's part of `model`: its stage's layers on a pipeline, its experts under expert parallelism, the whole
+/// This rank's part of `model`: its stage's layers on a pipeline (with its tensor-parallel shard of them when both
+/// are asked for: ranks `s·T..(s+1)·T` form stage s), its experts under expert parallelism, the whole
 /// model under context parallelism, else its tensor-parallel shard.
 pub fn split(model: LlamaModel, comm: Arc<TcpCommunicator>, args: &ParallelArgs) -> Result<LlamaModel, CliError> {
     let stages = usize::from(args.pipeline_parallel);
     if stages > 1 {
         let micro_batches = args.micro_batches.map_or(stages, usize::from);
+        if args.tensor_parallel > 1 {
+            return Ok(model.tensor_pipeline(comm, usize::from(args.tensor_parallel), micro_batches)?);
+        }
         return Ok(model.pipeline_parallel(comm, micro_batches)?);
     }
     if args.expert_parallel > 1 {

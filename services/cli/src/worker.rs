@@ -22,7 +22,9 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
     let (weights, tokenizer) = load_model(path.files())?;
     let world = args.parallel.world();
     let stages = usize::from(args.parallel.pipeline_parallel);
-    if args.parallel.kinds().iter().filter(|&&n| n > 1).count() > 1 {
+    let [tensor, _, expert, context] = args.parallel.kinds();
+    let tensor_in_stages = stages > 1 && tensor > 1 && expert == 1 && context == 1;
+    if args.parallel.kinds().iter().filter(|&&n| n > 1).count() > 1 && !tensor_in_stages {
         return Err(CliError::ParallelCombined);
     }
     if stages > 1 && WorkerRole::from(args.disagg.role) == WorkerRole::Prefill {

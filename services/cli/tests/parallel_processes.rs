@@ -3,8 +3,9 @@
 //! through a router — as a prefill worker too, its KV gathered from every rank and shipped to a decode worker.
 //! `--expert-parallel 2` serves the tiny Mixtral fixture with transformers' greedy tokens; a `--context-parallel 2`
 //! prefill worker (ring attention) feeds a decode worker the golden prompts' KV.
-//! A two-stage `--pipeline-parallel 2` decode worker takes its prompts' KV from a prefill worker, each stage
-//! writing its own layers, and decodes the golden tokens. SIGTERM ends a whole group cleanly; a follower SIGKILLed
+//! A `--pipeline-parallel 2 --tensor-parallel 3` decode worker (two stages of three tensor-parallel ranks, six
+//! processes) takes its prompts' KV from a prefill worker, each rank writing its layers' KV heads, and decodes the
+//! golden tokens. SIGTERM ends a whole group cleanly; a follower SIGKILLed
 //! in a group started rank by rank fails the next request (no hang) and takes the leader out of the registry with
 //! exit status 1.
 
@@ -163,7 +164,7 @@ async fn a_three_rank_worker_serves_the_golden_tokens_as_prefill_and_stops_as_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_two_stage_pipeline_decodes_the_golden_tokens_from_a_prefill_workers_kv() {
+async fn two_pipeline_stages_of_three_tensor_ranks_decode_the_golden_tokens_from_a_prefill_workers_kv() {
     let etcd = EtcdServer::start().await.unwrap();
     let endpoint = etcd.endpoint();
     let (pp_port, prefill_port) = (free_port(), free_port());
@@ -171,13 +172,23 @@ async fn a_two_stage_pipeline_decodes_the_golden_tokens_from_a_prefill_workers_k
         &endpoint,
         "pp",
         pp_port,
-        &["--pipeline-parallel", "2", "--micro-batches", "2", "--role", "decode"],
+        &[
+            "--pipeline-parallel",
+            "2",
+            "--tensor-parallel",
+            "3",
+            "--micro-batches",
+            "2",
+            "--role",
+            "decode",
+        ],
     );
     let _prefill = worker(&endpoint, "prefill", prefill_port, &["--role", "prefill"]);
     until("both workers registered", async || registered(&endpoint).await == 2).await;
     let record = record(&endpoint, "pp").await;
     assert_eq!(record["parallel"]["pipeline"], 2, "{record}");
-    assert_eq!(listing(&endpoint, "groups/").await.len(), 2, "one member key per stage");
+    assert_eq!(record["parallel"]["tensor"], 3, "{record}");
+    assert_eq!(listing(&endpoint, "groups/").await.len(), 6, "one member key per rank");
 
     let (_router, client) = router(&endpoint, &[]).await;
     assert!(
@@ -345,8 +356,12 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
     let cpu_worker = ["worker", "--device", "cpu", "--etcd", etcd];
     let refused = [
         (
-            &["--pipeline-parallel", "2", "--tensor-parallel", "3"][..],
-            "cannot be combined",
+            &["--pipeline-parallel", "2", "--expert-parallel", "3"][..],
+            "only tensor with pipeline combine",
+        ),
+        (
+            &["--context-parallel", "2", "--tensor-parallel", "3"][..],
+            "only tensor with pipeline combine",
         ),
         (
             &["--pipeline-parallel", "31"][..],
@@ -356,6 +371,7 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
             &["--pipeline-parallel", "2", "--role", "prefill"][..],
             "cannot take --role prefill",
         ),
+        (&["--expert-parallel", "3"][..], "has no experts"),
     ];
     let gpu_worker = ["worker", "--device", "cuda", "--etcd", etcd];
     let refused_on_gpus = [

@@ -20,7 +20,7 @@ use collectives::Session;
 use link::{OpCode, PeerLink};
 
 use crate::Communicator;
-use crate::element::{Element, HostSlice, HostSliceMut};
+use crate::element::{Element, HostSlice, HostSliceMut, same_dtype};
 use crate::error::CommError;
 
 pub(crate) use mesh::group_token;
@@ -308,18 +308,6 @@ fn abort_state(state: &mut State, cause: &str) {
     for link in state.links.iter().flatten() {
         link.shutdown();
     }
-}
-
-/// Matches one immutable and one mutable buffer of the same element type, or fails naming both types.
-macro_rules! same_dtype {
-    ($self:ident, $op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
-        match ($a, $b) {
-            (HostSlice::F32($x), HostSliceMut::F32($y)) => $body,
-            (HostSlice::Bf16($x), HostSliceMut::Bf16($y)) => $body,
-            (HostSlice::U32($x), HostSliceMut::U32($y)) => $body,
-            (a, b) => Err($self.invalid($op, format!("input is {} but output is {}", a.dtype(), b.dtype()))),
-        }
-    };
 }
 
 impl Communicator for TcpCommunicator {
