@@ -281,7 +281,8 @@ fn tcp_pair() -> Vec<Arc<dyn cleave_comm::Communicator>> {
         .collect()
 }
 
-/// Batch-1 decode of the Llama-3.1-8B shape (random weights) at 1, 2 and 4 GPUs, CUDA graphs on: step time and
+/// Batch-1 decode of the Llama-3.1-8B shape (random weights; CLEAVE_TP_SHAPE picks another) at 1, 2 and 4 GPUs,
+/// CUDA graphs on: step time and
 /// the share of the per-GPU memory-bandwidth roofline (the bytes each rank reads per step over the device's copy
 /// bandwidth).
 #[test]
@@ -293,7 +294,12 @@ fn tp_decode_benchmark() {
     let shape = std::env::var("CLEAVE_TP_SHAPE").unwrap_or_else(|_| "llama-3.1-8b".to_owned());
     let config = synthetic_config(&shape).unwrap();
     let gpus = gpus();
-    for world in [1usize, 2, 4, 8].into_iter().filter(|w| *w <= gpus) {
+    // CLEAVE_TP_WORLDS (e.g. "2,4") picks the group sizes, for shapes one GPU cannot hold.
+    let worlds: Vec<usize> = std::env::var("CLEAVE_TP_WORLDS").map_or_else(
+        |_| vec![1, 2, 4, 8],
+        |w| w.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    );
+    for world in worlds.into_iter().filter(|w| *w <= gpus) {
         if TpRank::check(&config, world).is_err() {
             continue;
         }
