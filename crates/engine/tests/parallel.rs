@@ -114,14 +114,13 @@ fn three_ranks_generate_the_golden_tokens_and_single_device_logits() {
     golden_through(backend, followers);
 }
 
-/// The same through pipelines of 2 and 3 stages, each batch cut into 3 micro-batches (a prefill chunk into
+/// The same through a pipeline of 2 stages, each batch cut into 3 micro-batches (a prefill chunk into
 /// pieces, a decode batch by sequence).
 #[test]
 fn pipeline_stages_generate_the_golden_tokens_and_single_device_logits() {
-    for stages in [2, 3] {
-        let (backend, followers) = split_group(stages, &format!("pp-golden-{stages}"), pipeline, 256);
-        golden_through(backend, followers);
-    }
+    // Three stages are covered by the remote-KV test and the f32 model; the golden run keeps CI short.
+    let (backend, followers) = split_group(2, "pp-golden-2", pipeline, 256);
+    golden_through(backend, followers);
 }
 
 /// The same through a 6-rank group: 2 pipeline stages of 3 tensor-parallel ranks each (TP inside a node, PP across
@@ -132,14 +131,13 @@ fn tensor_parallel_stages_of_a_pipeline_generate_the_golden_tokens() {
     golden_through(backend, followers);
 }
 
-/// The same through context-parallel groups of 2 and 3 ranks: every chunk's tokens split across the ranks, ring
+/// The same through a context-parallel group of 2 ranks: every chunk's tokens split across the ranks, ring
 /// attention, every rank left holding the whole KV (later chunks and decode steps read it).
 #[test]
 fn context_parallel_ranks_generate_the_golden_tokens_and_single_device_logits() {
-    for world in [2, 3] {
-        let (backend, followers) = split_group(world, &format!("cp-golden-{world}"), context, 256);
-        golden_through(backend, followers);
-    }
+    // Three ranks (uneven parts) are covered by the KV test and the f32 model; the golden run keeps CI short.
+    let (backend, followers) = split_group(2, "cp-golden-2", context, 256);
+    golden_through(backend, followers);
 }
 
 /// A context-parallel prefill as a prefill worker runs it (a KV read after each layer): rank 0's reader holds every
