@@ -127,9 +127,6 @@ decode: decode
 {{- if and (gt (int $p.gpus) 0) (lt (int $p.gpus) $tp) -}}
 {{- fail (printf "workers.%s.gpus (%d) is below workers.%s.parallel.tensor (%d)" $phase (int $p.gpus) $phase $tp) -}}
 {{- end -}}
-{{- if and (gt $tp 1) (eq $phase "prefill") (eq $.Values.mode "disaggregated") (regexMatch "^(cuda|gpu)" (include "cleave.poolDevice" (dict "root" $ "settings" $phase))) -}}
-{{- fail (printf "workers.prefill.parallel.tensor (%d) on a cuda device: GPU tensor-parallel workers cannot be prefill workers in this version (KV export from GPU shards is not implemented); use parallel.tensor 1 for the prefill pool (the decode pool may use GPU tensor parallelism)" $tp) -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 

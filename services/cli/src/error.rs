@@ -90,11 +90,6 @@ pub enum CliError {
     )]
     ParallelNeedsCpu,
     #[error(
-        "a GPU tensor-parallel worker cannot take --role prefill in this version (KV export from GPU shards is not \
-         implemented); run it as a decode or both-role worker"
-    )]
-    GpuTensorPrefill,
-    #[error(
         "of --tensor-, --pipeline-, --expert- and --context-parallel only tensor with pipeline combine in this version"
     )]
     ParallelCombined,
@@ -134,7 +129,6 @@ impl CliError {
             | CliError::MissingSecret { .. }
             | CliError::ParallelNeedsEtcd
             | CliError::ParallelNeedsCpu
-            | CliError::GpuTensorPrefill
             | CliError::ParallelCombined
             | CliError::PipelinePrefill
             | CliError::GroupRank { .. } => true,

@@ -51,8 +51,6 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
                     return Err(CliError::ParallelNeedsCpu);
                 }
                 eprintln!("cleave worker: this kind of parallel group runs on the CPU backend");
-            } else if WorkerRole::from(args.disagg.role) == WorkerRole::Prefill {
-                return Err(CliError::GpuTensorPrefill);
             } else {
                 gpus = Some(first);
             }

@@ -377,8 +377,8 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
     let refused_on_gpus = [
         (&["--pipeline-parallel", "2"][..], "on GPUs only --tensor-parallel runs"),
         (
-            &["--tensor-parallel", "3", "--role", "prefill"][..],
-            "cannot take --role prefill",
+            &["--context-parallel", "2", "--role", "prefill"][..],
+            "on GPUs only --tensor-parallel runs",
         ),
     ];
     let cases = refused

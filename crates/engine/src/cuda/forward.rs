@@ -22,6 +22,7 @@ use super::weights::{DeviceMatrix, DeviceWeights};
 use super::{CudaBackend, CudaError};
 use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;
+use crate::kv::BlockId;
 use crate::model::SeqChunk;
 use cleave_kernels::{AttnDims, AttnMeta, DecodeSplit, Kernels, PREFILL_TILE_MAX_HEAD_DIM, prefill_tile_rows};
 
@@ -239,6 +240,8 @@ pub(super) struct Model<'a> {
 /// One batch on the device: its token ids, attention layout and the rows that want logits.
 pub(super) struct Batch<'a> {
     pub ids: &'a CudaSlice<u32>,
+    /// The batch's blocks, sorted and distinct: what a tensor-parallel group gathers for a KV read.
+    pub blocks: &'a [BlockId],
     pub meta: AttnMeta<'a>,
     pub logit_rows: &'a CudaSlice<i32>,
     pub n_logits: usize,
@@ -302,7 +305,13 @@ pub(super) fn run_pass(
             dims,
         )?;
         if let Some(done) = layer_done.as_mut() {
-            done(layer, &kv.reader(stream));
+            match m.tp {
+                Some(comm) => {
+                    let gathered = kv.gather_layer(stream, comm, layer, batch.blocks)?;
+                    done(layer, &gathered.reader(stream));
+                }
+                None => done(layer, &kv.reader(stream)),
+            }
         }
         kernels.attention(
             stream,
@@ -386,8 +395,12 @@ impl CudaBackend {
             rows.push(0);
         }
         let logit_rows = up(&rows)?;
+        let mut blocks: Vec<BlockId> = chunks.iter().flat_map(|c| c.blocks.iter().copied()).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
         let batch = Batch {
             ids: &ids,
+            blocks: &blocks,
             meta: AttnMeta {
                 pos: &pos,
                 slots: &slots,
@@ -412,11 +425,6 @@ impl CudaBackend {
             inv_freq: &self.inv_freq,
             tp: self.tp.as_ref().map(|c| &c.0),
         };
-        if model.tp.is_some() && layer_done.is_some() {
-            return Err(CudaError::Unsupported(
-                "reading KV for a transfer from a GPU tensor-parallel group",
-            ));
-        }
         run_pass(&model, kv, scratch, &batch, layer_done)?;
         read_logits(&stream, scratch, batch.n_logits * cfg.vocab_size)
     }

@@ -154,6 +154,7 @@ fn capture(
     let stream: &Arc<CudaStream> = model.stream;
     let batch = Batch {
         ids: &layout.ids,
+        blocks: &[],
         meta: AttnMeta {
             pos: &layout.pos,
             slots: &layout.slots,

@@ -106,6 +106,41 @@ impl DeviceKv {
         Ok(())
     }
 
+    /// Layer `layer` of `blocks` from every rank of a tensor-parallel group (each holds its KV heads), gathered over
+    /// NCCL into one device buffer, `[rank][block][keys | values]`. Every rank calls it with the same blocks.
+    pub fn gather_layer(
+        &self,
+        stream: &Arc<CudaStream>,
+        comm: &cleave_comm::NcclCommunicator,
+        layer: usize,
+        blocks: &[BlockId],
+    ) -> Result<GatheredDeviceKv, CudaError> {
+        let per = self.shape.block_floats();
+        let mut local = stream.alloc_zeros::<bf16>((blocks.len() * 2 * per).max(1))?;
+        for (i, &block) in blocks.iter().enumerate() {
+            let range = self.range(block);
+            let at = i * 2 * per;
+            stream.memcpy_dtod(
+                &self.keys[layer].slice(range.clone()),
+                &mut local.slice_mut(at..at + per),
+            )?;
+            stream.memcpy_dtod(
+                &self.values[layer].slice(range),
+                &mut local.slice_mut(at + per..at + 2 * per),
+            )?;
+        }
+        let world = comm.world_size();
+        let mut data = stream.alloc_zeros::<bf16>(local.len() * world)?;
+        comm.all_gather(&local, &mut data)?;
+        Ok(GatheredDeviceKv {
+            blocks: blocks.to_vec(),
+            data,
+            per,
+            per_rank: local.len(),
+            world,
+        })
+    }
+
     /// A reader for one forward pass (the stream orders the reads after the layer's writes).
     pub fn reader<'a>(&'a self, stream: &'a Arc<CudaStream>) -> DeviceKvReader<'a> {
         DeviceKvReader { kv: self, stream }
@@ -126,6 +161,49 @@ impl KvBlockReader for DeviceKvReader<'_> {
                 Err(error) => {
                     // The transfer then fails its length check and the decode worker prefills locally.
                     tracing::error!(%error, layer, block, "reading a KV block from the device failed");
+                }
+            }
+        }
+    }
+}
+
+/// One layer's blocks gathered from every rank of a tensor-parallel group (see `DeviceKv::gather_layer`): a block
+/// reads back with every KV head, in rank order — the whole model's layout.
+pub(super) struct GatheredDeviceKv {
+    blocks: Vec<BlockId>,
+    data: CudaSlice<bf16>,
+    /// Elements of one block's keys (or values) on one rank.
+    per: usize,
+    per_rank: usize,
+    world: usize,
+}
+
+impl GatheredDeviceKv {
+    pub fn reader<'a>(&'a self, stream: &'a Arc<CudaStream>) -> GatheredReader<'a> {
+        GatheredReader { kv: self, stream }
+    }
+}
+
+pub(super) struct GatheredReader<'a> {
+    kv: &'a GatheredDeviceKv,
+    stream: &'a Arc<CudaStream>,
+}
+
+impl KvBlockReader for GatheredReader<'_> {
+    fn read_block_layer(&self, layer: usize, block: BlockId, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
+        let g = self.kv;
+        let Ok(i) = g.blocks.binary_search(&block) else {
+            // Every block of the batch was gathered; a reader asking for another one gets nothing to ship.
+            return;
+        };
+        for rank in 0..g.world {
+            let at = rank * g.per_rank + i * 2 * g.per;
+            for (range, out) in [(at..at + g.per, &mut *keys), (at + g.per..at + 2 * g.per, &mut *values)] {
+                match self.stream.clone_dtoh(&g.data.slice(range)) {
+                    Ok(host) => out.extend(host.iter().map(|x| x.to_f32())),
+                    Err(error) => {
+                        tracing::error!(%error, layer, block, rank, "reading a gathered KV block failed");
+                    }
                 }
             }
         }

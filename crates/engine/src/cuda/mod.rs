@@ -55,8 +55,6 @@ pub enum CudaError {
     MixtureOfExperts,
     #[error("tensor-parallel group: {0}")]
     Group(#[from] cleave_comm::CommError),
-    #[error("not supported on the CUDA backend yet: {0}")]
-    Unsupported(&'static str),
 }
 
 impl From<CudaError> for EngineError {
@@ -329,14 +327,8 @@ impl GroupMember for CudaBackend {
         self.shard.kv_slice(keys, values).map(|(k, v)| (layer, k, v))
     }
 
+    /// A GPU group gathers each layer's KV over NCCL for a transfer (`DeviceKv::gather_layer`).
     fn check_kv_read(&self) -> Result<(), EngineError> {
-        if self.shard.world > 1 {
-            return Err(EngineError::invalid(
-                "kv_transfer",
-                "reading KV for a transfer from a GPU tensor-parallel group is not supported yet (each GPU holds \
-                 its KV heads only); run GPU tensor-parallel workers as decode or both-role workers",
-            ));
-        }
         Ok(())
     }
 
