@@ -1,5 +1,6 @@
-//! The leader of a parallel group (rank 0; tensor or pipeline): a [`Backend`] whose every call is first sent to the followers,
-//! then run on this rank's shard, the collectives inside the forward pass keeping the ranks in step.
+//! The leader of a parallel group (rank 0; any kind, CPU or GPU members): a [`Backend`] whose every call is first
+//! sent to the followers, then run on this rank's part, the collectives inside the forward pass keeping the ranks in
+//! step.
 //!
 //! Invariant: one group operation at a time — backend calls and heartbeats share one session lock, so a
 //! heartbeat never lands between an operation's message and its collectives. A communication failure is
@@ -26,7 +27,7 @@ use crate::model::{LlamaModel, SeqChunk};
 /// Called once, from the engine or heartbeat thread, when the group can no longer work.
 pub type GroupFailure = Arc<dyn Fn(&EngineError) + Send + Sync>;
 
-/// Rank 0 of a tensor-parallel group, as the engine's backend. See the module docs.
+/// Rank 0 of a parallel group, as the engine's backend. See the module docs.
 pub struct ParallelBackend {
     local: Box<dyn GroupMember>,
     link: Arc<Link>,

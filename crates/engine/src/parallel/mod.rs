@@ -99,6 +99,46 @@ impl TpRank {
         ];
         check_sizes(config, world, "tensor_parallel", &sizes)
     }
+
+    /// This rank's KV heads of one whole block layer (every KV head, head-major): the `rank`-th of `world` equal
+    /// slices.
+    pub fn kv_slice<'a>(&self, keys: &'a [f32], values: &'a [f32]) -> Option<(&'a [f32], &'a [f32])> {
+        let local = keys.len() / self.world.max(1);
+        let mine = self.rank * local..(self.rank + 1) * local;
+        Some((keys.get(mine.clone())?, values.get(mine)?))
+    }
+
+    /// One rank's model shape: attention heads, KV heads and MLP width divided by `world` (checked by `check`).
+    pub fn local_config(config: &ModelConfig, world: usize) -> ModelConfig {
+        let world = world.max(1);
+        ModelConfig {
+            n_heads: config.n_heads / world,
+            n_kv_heads: config.n_kv_heads / world,
+            intermediate: config.intermediate / world,
+            ..config.clone()
+        }
+    }
+
+    /// Refuses an expert-parallel group of `world` ranks for a dense model, or one that does not split the
+    /// experts, attention heads or KV heads evenly.
+    pub fn check_experts(config: &ModelConfig, world: usize) -> Result<(), EngineError> {
+        if !config.is_moe() {
+            return Err(EngineError::invalid(
+                "expert_parallel",
+                "the model has no experts (a dense MLP); use tensor or pipeline parallelism",
+            ));
+        }
+        if world == 0 || !config.n_experts.is_multiple_of(world) {
+            return Err(EngineError::invalid(
+                "expert_parallel",
+                format!(
+                    "{world} ranks cannot split the model's {} experts evenly",
+                    config.n_experts
+                ),
+            ));
+        }
+        check_heads(config, world, "expert_parallel")
+    }
 }
 
 /// Refuses a group that cannot split the model's attention heads and KV heads evenly.
@@ -132,27 +172,6 @@ fn check_sizes(
         }
     }
     Ok(())
-}
-
-impl TpRank {
-    /// This rank's KV heads of one whole block layer (every KV head, head-major): the `rank`-th of `world` equal
-    /// slices.
-    pub fn kv_slice<'a>(&self, keys: &'a [f32], values: &'a [f32]) -> Option<(&'a [f32], &'a [f32])> {
-        let local = keys.len() / self.world.max(1);
-        let mine = self.rank * local..(self.rank + 1) * local;
-        Some((keys.get(mine.clone())?, values.get(mine)?))
-    }
-
-    /// One rank's model shape: attention heads, KV heads and MLP width divided by `world` (checked by `check`).
-    pub fn local_config(config: &ModelConfig, world: usize) -> ModelConfig {
-        let world = world.max(1);
-        ModelConfig {
-            n_heads: config.n_heads / world,
-            n_kv_heads: config.n_kv_heads / world,
-            intermediate: config.intermediate / world,
-            ..config.clone()
-        }
-    }
 }
 
 /// Keeps `at.rank`'s shard of every layer (see the module docs). Loading reads the whole checkpoint first, so a
@@ -198,29 +217,6 @@ pub fn shard_experts(weights: LlamaWeights, config: &ModelConfig, at: TpRank) ->
         }),
         dense => dense,
     }))
-}
-
-impl TpRank {
-    /// Refuses an expert-parallel group of `world` ranks for a dense model, or one that does not split the
-    /// experts, attention heads or KV heads evenly.
-    pub fn check_experts(config: &ModelConfig, world: usize) -> Result<(), EngineError> {
-        if !config.is_moe() {
-            return Err(EngineError::invalid(
-                "expert_parallel",
-                "the model has no experts (a dense MLP); use tensor or pipeline parallelism",
-            ));
-        }
-        if world == 0 || !config.n_experts.is_multiple_of(world) {
-            return Err(EngineError::invalid(
-                "expert_parallel",
-                format!(
-                    "{world} ranks cannot split the model's {} experts evenly",
-                    config.n_experts
-                ),
-            ));
-        }
-        check_heads(config, world, "expert_parallel")
-    }
 }
 
 /// Every layer with rank `at.rank`'s query heads, KV heads and output-projection columns, and its MLP as `mlp`

@@ -1,4 +1,4 @@
-//! What a tensor-parallel leader tells its followers: one message per backend call, as u32 words over the
+//! What a parallel group's leader tells its followers: one message per backend call, as u32 words over the
 //! group's communicator (rank 0 to each follower): a `[kind, payload length]` header, then the payload.
 //!
 //! Invariant: the leader sends an operation to every follower before running its own part, so every rank enters
