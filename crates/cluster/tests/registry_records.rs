@@ -16,6 +16,7 @@ fn record() -> WorkerRecord {
         capacity_blocks: 4096,
         parallel: ParallelLayout::default(),
         metrics_addr: String::new(),
+        group: String::new(),
     }
 }
 

@@ -31,6 +31,9 @@ pub struct GroupSpec {
     pub lease_ttl: Duration,
     /// The NCCL unique id rank 0 publishes (ignored on other ranks).
     pub unique_id: Option<Vec<u8>>,
+    /// Where this rank runs and what part of the model it holds, for operators and routers reading `groups/`
+    /// (e.g. `stage 1/2, tensor 2/3 on cuda:2 at node-b`); empty when not given.
+    pub placement: String,
 }
 
 impl GroupSpec {
@@ -42,7 +45,13 @@ impl GroupSpec {
             rank,
             lease_ttl: Duration::from_secs(10),
             unique_id: None,
+            placement: String::new(),
         }
+    }
+
+    pub fn with_placement(mut self, placement: impl Into<String>) -> Self {
+        self.placement = placement.into();
+        self
     }
 
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -79,6 +88,9 @@ struct MemberRecord {
     /// Whether rank 0 published a unique id (only rank 0 sets it).
     #[serde(default)]
     unique_id: bool,
+    /// What this rank holds and where it runs (see `GroupSpec::placement`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    placement: String,
 }
 
 /// A complete group, as seen by one member. Keep it alive as long as the group is: dropping it revokes this
@@ -202,6 +214,7 @@ impl Rendezvous {
             addr: my_addr.to_owned(),
             instance: instance.clone(),
             unique_id: publishes_id,
+            placement: spec.placement.clone(),
         };
         let value = serde_json::to_string(&record).map_err(|e| RendezvousError::InvalidSpec {
             group: spec.group.clone(),

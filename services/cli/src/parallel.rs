@@ -31,6 +31,8 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// started on this machine.
 #[derive(Debug)]
 pub struct Group {
+    /// The group's name in etcd (`<prefix>groups/<name>/`).
+    pub name: String,
     pub comm: Arc<TcpCommunicator>,
     pub heartbeat: Duration,
     _membership: Membership,
@@ -44,6 +46,7 @@ pub async fn lead(
     layout: &KeyLayout,
     id: &str,
     grpc: (SocketAddr, &str),
+    gpus: Option<usize>,
 ) -> Result<Group, CliError> {
     let parallel = &args.parallel;
     let world = parallel.world();
@@ -58,9 +61,11 @@ pub async fn lead(
             (group, ranks)
         }
     };
-    let (comm, membership) = join(parallel, registry, layout, &group, 0, grpc).await?;
+    let placement = placement(parallel, 0, gpus);
+    let (comm, membership) = join(parallel, registry, layout, (&group, 0, placement), grpc).await?;
     eprintln!("cleave worker: leading parallel group `{group}` of {world} ranks");
     Ok(Group {
+        name: group,
         comm,
         heartbeat: HEARTBEAT,
         _membership: membership,
@@ -86,12 +91,12 @@ pub fn follow(
             return Err(CliError::ParallelNeedsEtcd);
         };
         let grpc_url = args.advertise.clone().unwrap_or_default();
+        let placement = placement(&args.parallel, rank, gpu.map(|(first, _)| first));
         join(
             &args.parallel,
             registry.as_ref(),
             &layout,
-            &group,
-            rank,
+            (&group, rank, placement),
             (args.listen, &grpc_url),
         )
         .await
@@ -141,13 +146,33 @@ pub fn split(model: LlamaModel, comm: Arc<TcpCommunicator>, args: &ParallelArgs)
     Ok(model.tensor_parallel(comm)?)
 }
 
+/// What rank `rank` holds and where, as its member key says: e.g. `pipeline stage 1 of 2, tensor rank 2 of 3 on
+/// cpu` or `tensor rank 1 of 2 on cuda:1` (GPU ranks run on the group's first GPU plus their rank).
+pub fn placement(parallel: &ParallelArgs, rank: usize, first_gpu: Option<usize>) -> String {
+    let [tensor, pipeline, expert, context] = parallel.kinds();
+    let mut parts = Vec::new();
+    if pipeline > 1 {
+        parts.push(format!("pipeline stage {} of {pipeline}", rank / tensor));
+    }
+    if tensor > 1 {
+        parts.push(format!("tensor rank {} of {tensor}", rank % tensor));
+    }
+    if expert > 1 {
+        parts.push(format!("expert rank {rank} of {expert}"));
+    }
+    if context > 1 {
+        parts.push(format!("context rank {rank} of {context}"));
+    }
+    let device = first_gpu.map_or_else(|| "cpu".to_owned(), |first| format!("cuda:{}", first + rank));
+    format!("{} on {device}", parts.join(", "))
+}
+
 /// Joins the rendezvous as `rank` and connects the mesh.
 async fn join(
     parallel: &ParallelArgs,
     registry: &dyn Registry,
     layout: &KeyLayout,
-    group: &str,
-    rank: usize,
+    (group, rank, placement): (&str, usize, String),
     (grpc_addr, grpc_url): (SocketAddr, &str),
 ) -> Result<(Arc<TcpCommunicator>, Membership), CliError> {
     let listen = parallel
@@ -162,7 +187,9 @@ async fn join(
     } else {
         advertised(local, grpc_url)
     };
-    let spec = GroupSpec::new(group, parallel.world(), rank).with_prefix(layout.prefix());
+    let spec = GroupSpec::new(group, parallel.world(), rank)
+        .with_prefix(layout.prefix())
+        .with_placement(placement);
     let config = TcpConfig {
         op_timeout: OP_TIMEOUT,
         ..TcpConfig::default()

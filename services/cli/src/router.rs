@@ -164,6 +164,27 @@ pub async fn start_metrics(
     Ok(Some(local))
 }
 
+/// How a registered parallel group serves as one replica: its name under `groups/` (where each rank's placement
+/// is) and its split; empty for a worker on one device.
+fn group_of(w: &cleave_cluster::registry::WorkerRecord) -> String {
+    if w.group.is_empty() {
+        return String::new();
+    }
+    let p = &w.parallel;
+    let kinds = [
+        ("tensor", p.tensor),
+        ("pipeline", p.pipeline),
+        ("expert", p.expert),
+        ("context", p.context),
+    ];
+    let split: Vec<String> = kinds
+        .iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    format!("{} ({})", w.group, split.join(" × "))
+}
+
 /// Keeps the pool equal to the static workers plus the registered workers serving this model, each with its
 /// registered role (a role change in the registry reaches the pool; a static worker's flag wins over its record).
 /// While etcd is unreachable the view keeps its last snapshot, so the pool does not change.
@@ -182,7 +203,7 @@ pub async fn follow_registry(
                     .workers
                     .values()
                     .filter(|w| w.model == model)
-                    .map(|w| WorkerEndpoint::new(w.grpc_addr.clone(), w.role)),
+                    .map(|w| WorkerEndpoint::new(w.grpc_addr.clone(), w.role).in_group(group_of(w))),
             );
             pool.set_workers(&workers);
         }

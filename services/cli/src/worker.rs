@@ -86,7 +86,8 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         let mut group = None;
         let engine = match &registry {
             Some((registry, layout)) if world > 1 => {
-                let led = group.insert(parallel::lead(args, registry.as_ref(), layout, &id, (addr, &grpc_url)).await?);
+                let led =
+                    group.insert(parallel::lead(args, registry.as_ref(), layout, &id, (addr, &grpc_url), gpus).await?);
                 let comm: Arc<dyn cleave_comm::Communicator> = led.comm.clone();
                 let (tokenizer, heartbeat) = (Arc::new(tokenizer), led.heartbeat);
                 Arc::new(match gpus {
@@ -123,6 +124,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         record.parallel.pipeline = u32::from(args.parallel.pipeline_parallel);
         record.parallel.expert = u32::from(args.parallel.expert_parallel);
         record.parallel.context = u32::from(args.parallel.context_parallel);
+        record.group = group.as_ref().map(|g| g.name.clone()).unwrap_or_default();
         // Serve metrics before registering, so the record can say where to scrape them.
         if let Some(local) = start_metrics(args.metrics_listen, &telemetry, "worker").await? {
             record.metrics_addr = advertised(local, &record.grpc_addr);
@@ -242,6 +244,7 @@ pub async fn prepare_worker(
         capacity_blocks: engine.kv_blocks() as u64,
         parallel: ParallelLayout::default(),
         metrics_addr: String::new(),
+        group: String::new(),
     };
     Ok((service, record))
 }

@@ -118,6 +118,21 @@ async fn golden_through(client: &GenerationClient<Channel>, port: u16) -> usize 
     snapshot.into_inner().block_hashes.len()
 }
 
+/// Each member's placement, by rank.
+fn placements(members: &[(String, serde_json::Value)]) -> Vec<String> {
+    let mut by_rank: Vec<(u64, String)> = members
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["rank"].as_u64().unwrap(),
+                v["placement"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    by_rank.sort();
+    by_rank.into_iter().map(|(_, p)| p).collect()
+}
+
 /// Asks until `request` streams its tokens (the router may not have seen the workers' load yet).
 async fn first_answer(client: &GenerationClient<Channel>, request: v1::GenerateRequest) -> Vec<u32> {
     let mut ids = None;
@@ -146,6 +161,22 @@ async fn a_three_rank_worker_serves_the_golden_tokens_as_prefill_and_stops_as_a_
     assert_eq!(record["parallel"]["tensor"], 3, "{record}");
     let members = listing(&endpoint, "groups/").await;
     assert_eq!(members.len(), 3, "one member key per rank: {members:?}");
+    let group = record["group"].as_str().unwrap();
+    let placements = placements(&members);
+    assert!(
+        members
+            .iter()
+            .all(|(key, _)| key.contains(&format!("/groups/{group}/members/"))),
+        "{members:?}"
+    );
+    assert_eq!(
+        placements,
+        [
+            "tensor rank 0 of 3 on cpu",
+            "tensor rank 1 of 3 on cpu",
+            "tensor rank 2 of 3 on cpu"
+        ]
+    );
 
     let (_router, client) = router(&endpoint, &[]).await;
     assert!(
@@ -188,7 +219,13 @@ async fn two_pipeline_stages_of_three_tensor_ranks_decode_the_golden_tokens_from
     let record = record(&endpoint, "pp").await;
     assert_eq!(record["parallel"]["pipeline"], 2, "{record}");
     assert_eq!(record["parallel"]["tensor"], 3, "{record}");
-    assert_eq!(listing(&endpoint, "groups/").await.len(), 6, "one member key per rank");
+    let members = listing(&endpoint, "groups/").await;
+    assert_eq!(members.len(), 6, "one member key per rank");
+    assert_eq!(
+        placements(&members)[5],
+        "pipeline stage 1 of 2, tensor rank 2 of 3 on cpu",
+        "rank 5 is stage 1's third tensor rank"
+    );
 
     let (_router, client) = router(&endpoint, &[]).await;
     assert!(

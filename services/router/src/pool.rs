@@ -57,6 +57,9 @@ pub struct WorkerEndpoint {
     /// gRPC URL, e.g. `http://127.0.0.1:50061`.
     pub addr: String,
     pub role: WorkerRole,
+    /// For a parallel group serving as one replica: its name in `groups/` and its split, e.g.
+    /// `w1-1795… (tensor 3 × pipeline 2)`; empty for one device.
+    pub group: String,
 }
 
 impl WorkerEndpoint {
@@ -64,7 +67,14 @@ impl WorkerEndpoint {
         WorkerEndpoint {
             addr: addr.into(),
             role,
+            group: String::new(),
         }
+    }
+
+    /// This endpoint as the replica a parallel group forms (see `group`).
+    pub fn in_group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
     }
 
     /// A worker that prefills and decodes (aggregated serving).
@@ -193,7 +203,7 @@ impl WorkerPool {
             }
         });
         for (endpoint, channel) in fresh {
-            tracing::info!(worker = %endpoint.addr, role = ?endpoint.role, "worker joined the pool");
+            tracing::info!(worker = %endpoint.addr, role = ?endpoint.role, group = %endpoint.group, "worker joined the pool");
             let slot = Arc::new(Slot {
                 idx: index.add_worker(),
                 addr: endpoint.addr,

@@ -70,6 +70,10 @@ pub struct WorkerRecord {
     pub capacity_blocks: u64,
     #[serde(default)]
     pub parallel: ParallelLayout,
+    /// The parallel group this worker leads (its ranks' placement is under `<prefix>groups/<group>/members/`);
+    /// empty for a worker on one device.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
     /// Where the worker serves Prometheus metrics (`host:port`, path `/metrics`); empty when it serves none.
     /// The planner scrapes it.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -31,6 +31,7 @@ pub fn worker(id: &str) -> WorkerRecord {
         capacity_blocks: 1024,
         parallel: Default::default(),
         metrics_addr: String::new(),
+        group: String::new(),
     }
 }
 
