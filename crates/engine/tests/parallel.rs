@@ -432,47 +432,55 @@ fn a_dead_member_fails_the_group_promptly() {
     );
 }
 
-/// Batch-1 decode and a 256-token prefill on one device and on 3 ranks over loopback TCP, for docs/perf.md: the
-/// cost of two all-reduces per layer on this machine.
+/// Batch-1 decode and a 1,024-token prefill on one device and on each kind of group over loopback TCP (ranks on
+/// threads of this process), for docs/perf.md: what each kind's communication costs on this machine.
 #[test]
 #[ignore = "a benchmark: cargo test --release -p cleave-engine --test parallel -- --ignored --nocapture"]
-fn cpu_tensor_parallel_benchmark() {
-    let prompt: Vec<u32> = (0..256).map(|i| 100 + 7 * i).collect();
-    let blocks: Vec<u32> = (0..20).collect();
+fn cpu_parallel_benchmark() {
+    let prompt: Vec<u32> = (0..1024).map(|i| 100 + 7 * i).collect();
+    let blocks: Vec<u32> = (0..70).collect();
     let time = |backend: &mut dyn Backend, label: &str| {
-        let started = Instant::now();
         let chunk = |tokens, start_pos| SeqChunk {
             tokens,
             start_pos,
             blocks: &blocks,
             want_logits: true,
         };
-        backend.forward_plain(&[chunk(&prompt, 0)]).unwrap();
-        let prefill = started.elapsed();
-        let steps = 40;
-        let started = Instant::now();
-        for i in 0..steps {
-            backend.forward_plain(&[chunk(&[5], prompt.len() + i)]).unwrap();
+        for run in ["", " (again)"] {
+            let started = Instant::now();
+            backend.forward_plain(&[chunk(&prompt, 0)]).unwrap();
+            let prefill = started.elapsed();
+            let steps = 30;
+            let started = Instant::now();
+            for i in 0..steps {
+                backend.forward_plain(&[chunk(&[5], prompt.len() + i)]).unwrap();
+            }
+            let step = started.elapsed() / steps as u32;
+            eprintln!(
+                "{label}{run}: prefill {} tokens {:.0} ms ({:.0} tok/s); b1 decode {:.1} ms/step ({:.1} tok/s)",
+                prompt.len(),
+                prefill.as_secs_f64() * 1e3,
+                prompt.len() as f64 / prefill.as_secs_f64(),
+                step.as_secs_f64() * 1e3,
+                1.0 / step.as_secs_f64()
+            );
         }
-        let step = started.elapsed() / steps as u32;
-        eprintln!(
-            "{label}: prefill 256 tokens {:.0} ms ({:.0} tok/s); b1 decode {:.1} ms/step ({:.1} tok/s)",
-            prefill.as_secs_f64() * 1e3,
-            256.0 / prefill.as_secs_f64(),
-            step.as_secs_f64() * 1e3,
-            1.0 / step.as_secs_f64()
-        );
     };
-    let mut single = cleave_engine::CpuBackend::new(load_model().0, 32, 16);
-    time(&mut single, "1 device");
-    time(&mut single, "1 device (again)");
-    let (leader, followers) = start_followers(dyn_group(WORLD, "tp-bench"));
-    let mut backend = leader_backend(leader, 32, Arc::new(|_| {}));
-    time(&mut backend, "3 ranks, TCP loopback");
-    time(&mut backend, "3 ranks, TCP loopback (again)");
-    drop(backend);
-    for follower in followers {
-        follower.join().unwrap().unwrap();
+    time(&mut cleave_engine::CpuBackend::new(load_model().0, 80, 16), "1 device");
+    let kinds: [(&str, usize, Split); 5] = [
+        ("tensor 3", 3, tensor),
+        ("pipeline 2 (2 micro-batches)", 2, |m, c| m.pipeline_parallel(c, 2)),
+        ("context 2 (ring attention)", 2, context),
+        ("context 3 (ring attention)", 3, context),
+        ("tensor 3 × pipeline 2", 6, tensor_in_stages::<3>),
+    ];
+    for (label, world, split) in kinds {
+        let (mut backend, followers) = split_group(world, &format!("bench-{world}-{label}"), split, 80);
+        time(&mut backend, label);
+        drop(backend);
+        for follower in followers {
+            follower.join().unwrap().unwrap();
+        }
     }
 }
 
