@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cleave_proto::v1;
 use cleave_testkit::{EtcdServer, free_port, golden_prompt};
-use common::{registered, spawn_cleave, stream_ids, until};
+use crate::common::{registered, spawn_cleave, stream_ids, until};
 
 /// Registered workers by role: (prefill, decode).
 async fn roles(etcd: &str) -> Option<(usize, usize)> {

@@ -11,7 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_proto::v1::worker_client::WorkerClient;
 use cleave_testkit::{ChildGuard, EtcdServer, free_port, golden_prompt};
-use common::{registered, spawn_cleave, stream_ids, until};
+use crate::common::{registered, spawn_cleave, stream_ids, until};
 use tonic::transport::Channel;
 
 fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {

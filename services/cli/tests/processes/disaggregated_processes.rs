@@ -5,14 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-mod common;
 
 use std::time::{Duration, Instant};
 
 use cleave_proto::v1;
 use cleave_proto::v1::worker_client::WorkerClient;
 use cleave_testkit::{EtcdServer, free_port, golden_prompt};
-use common::{registered, spawn_cleave, stream_ids, until};
+use crate::common::{registered, spawn_cleave, stream_ids, until};
 
 fn worker(etcd: &str, id: &str, role: &str, port: u16) -> cleave_testkit::ChildGuard {
     spawn_cleave(&[

@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,7 +18,7 @@ use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_proto::v1::worker_client::WorkerClient;
 use cleave_testkit::{EtcdServer, EtcdTls, LeafFiles, TestCa, free_port, golden_prompt};
-use common::{spawn_cleave, stream_ids, until};
+use crate::common::{spawn_cleave, stream_ids, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -350,7 +349,7 @@ async fn a_secured_cluster_serves_over_tls_and_refuses_strangers() {
         assert_eq!(stream_ids(&plain, greedy(&short.text, 2)).await, None);
     }
     // etcd itself answers no client without its TLS client certificate.
-    assert_eq!(common::registered(&endpoint).await, usize::MAX);
+    assert_eq!(crate::common::registered(&endpoint).await, usize::MAX);
 
     // HTTPS: the key guards /v1, the probes stay open.
     let ca = pki.public.ca_path();
