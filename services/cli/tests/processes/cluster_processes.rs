@@ -6,6 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::greedy;
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_proto::v1::worker_client::WorkerClient;
@@ -28,16 +29,6 @@ async fn until<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f:
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn greedy(prompt: &str, max_tokens: u32) -> v1::GenerateRequest {
-    v1::GenerateRequest {
-        prompt: prompt.into(),
-        max_tokens: Some(max_tokens),
-        temperature: Some(0.0),
-        ignore_eos: true,
-        ..Default::default()
     }
 }
 

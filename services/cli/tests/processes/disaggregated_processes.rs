@@ -5,13 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-
 use std::time::{Duration, Instant};
 
+use crate::common::{greedy, registered, spawn_cleave, stream_ids, until};
 use cleave_proto::v1;
 use cleave_proto::v1::worker_client::WorkerClient;
 use cleave_testkit::{EtcdServer, free_port, golden_prompt};
-use crate::common::{registered, spawn_cleave, stream_ids, until};
 
 fn worker(etcd: &str, id: &str, role: &str, port: u16) -> cleave_testkit::ChildGuard {
     spawn_cleave(&[
@@ -29,16 +28,6 @@ fn worker(etcd: &str, id: &str, role: &str, port: u16) -> cleave_testkit::ChildG
         "--lease-ttl-secs",
         "2",
     ])
-}
-
-fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
-    v1::GenerateRequest {
-        prompt: text.into(),
-        max_tokens: Some(max_tokens),
-        temperature: Some(0.0),
-        ignore_eos: true,
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

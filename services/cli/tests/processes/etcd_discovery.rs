@@ -6,6 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{registered, until};
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_testkit::{ChildGuard, EtcdServer, free_port};
@@ -69,25 +70,6 @@ async fn router(etcd: &str) -> (ChildGuard, GenerationClient<tonic::transport::C
     })
     .await;
     (child, client.expect("connected"))
-}
-
-async fn registered(etcd: &str) -> usize {
-    let Ok(mut client) = etcd_client::Client::connect([etcd], None).await else {
-        return usize::MAX;
-    };
-    let opts = etcd_client::GetOptions::new().with_prefix();
-    client
-        .get("/cleave/v1/workers/", Some(opts))
-        .await
-        .map_or(usize::MAX, |r| r.kvs().len())
-}
-
-async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,9 @@
 //! prefill (`disaggregated_processes`), parallel groups (`parallel_processes`), metrics, traces and security, the
 //! planner, and load-test campaigns (`load_cluster`). `common` holds the shared helpers.
 
-mod common;
 mod cli;
 mod cluster_processes;
+mod common;
 mod disaggregated_processes;
 mod etcd_discovery;
 mod load_cluster;

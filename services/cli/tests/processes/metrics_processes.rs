@@ -4,11 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-
+use crate::common::{registered, spawn_cleave, stream_ids, until};
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_testkit::{EtcdServer, free_port};
-use crate::common::{registered, spawn_cleave, stream_ids, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The body of `GET /metrics` at `addr` (classic text format), or `None` while nothing answers.

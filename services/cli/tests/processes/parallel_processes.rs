@@ -11,26 +11,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{greedy, registered, spawn_cleave, stream_ids, until};
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_proto::v1::worker_client::WorkerClient;
 use cleave_testkit::{ChildGuard, EtcdServer, free_port, golden_prompt};
-use crate::common::{registered, spawn_cleave, stream_ids, until};
 use tonic::transport::Channel;
-
-fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
-    v1::GenerateRequest {
-        prompt: text.into(),
-        max_tokens: Some(max_tokens),
-        temperature: Some(0.0),
-        ignore_eos: true,
-        ..Default::default()
-    }
-}
 
 fn worker(etcd: &str, id: &str, port: u16, extra: &[&str]) -> ChildGuard {
     let listen = format!("127.0.0.1:{port}");

@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{registered, spawn_cleave, stream_ids, until};
 use cleave_proto::v1;
 use cleave_testkit::{EtcdServer, free_port, golden_prompt};
-use crate::common::{registered, spawn_cleave, stream_ids, until};
 
 /// Registered workers by role: (prefill, decode).
 async fn roles(etcd: &str) -> Option<(usize, usize)> {

@@ -7,18 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{greedy, spawn_cleave, stream_ids, until};
 use cleave_cluster::tls::ClusterTls;
 use cleave_proto::v1;
 use cleave_proto::v1::generation_client::GenerationClient;
 use cleave_proto::v1::worker_client::WorkerClient;
 use cleave_testkit::{EtcdServer, EtcdTls, LeafFiles, TestCa, free_port, golden_prompt};
-use crate::common::{spawn_cleave, stream_ids, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -122,16 +121,6 @@ async fn registered(etcd: &EtcdServer) -> usize {
         .get("/cleave/v1/workers/", Some(opts))
         .await
         .map_or(usize::MAX, |r| r.kvs().len())
-}
-
-fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
-    v1::GenerateRequest {
-        prompt: text.into(),
-        max_tokens: Some(max_tokens),
-        temperature: Some(0.0),
-        ignore_eos: true,
-        ..Default::default()
-    }
 }
 
 fn with_key(request: v1::GenerateRequest, key: Option<&str>) -> tonic::Request<v1::GenerateRequest> {

@@ -1,5 +1,5 @@
-//! Helpers shared by the process tests: spawning `cleave`, waiting for a condition, streaming a request, and
-//! counting the workers registered in etcd.
+//! Helpers shared by the process tests: spawning `cleave`, waiting for a condition, streaming a request,
+//! counting the workers registered in etcd, and greedy requests.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,4 +55,15 @@ pub async fn registered(etcd: &str) -> usize {
         .get("/cleave/v1/workers/", Some(opts))
         .await
         .map_or(usize::MAX, |r| r.kvs().len())
+}
+
+/// A greedy request for `max_tokens` tokens of `text`, not stopping at end of sequence.
+pub fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        prompt: text.into(),
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ignore_eos: true,
+        ..Default::default()
+    }
 }
