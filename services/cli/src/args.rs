@@ -230,12 +230,13 @@ pub struct WorkerArgs {
     pub cluster_tls: crate::security::ClusterTlsArgs,
 }
 
-/// A worker whose model is split across several ranks acting as one engine replica (CPU backend).
+/// A worker whose model is split across several ranks acting as one engine replica (every kind on the CPU backend;
+/// tensor parallelism on GPUs too, one GPU per rank).
 #[derive(Debug, Args)]
 pub struct ParallelArgs {
     /// Tensor-parallel ranks: attention heads, KV heads and MLP split across them, one all-reduce after each block
-    /// half. Without --group-rank this worker is rank 0 and starts ranks 1.. on this machine itself; the group
-    /// forms through etcd (--etcd is required).
+    /// half (over NCCL with --device cuda: rank r on GPU first+r). Without --group-rank this worker is rank 0 and
+    /// starts ranks 1.. on this machine itself; the group forms through etcd (--etcd is required).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub tensor_parallel: u16,
 
