@@ -116,28 +116,30 @@ impl<'a, 'c> Ring<'a, 'c> {
         for step in 0..world {
             let at_k = self.rows_at(src);
             let (hk, hv) = held.split_at(at_k.len() * kv_dim);
+            if step + 1 == world {
+                state.fold(0..at_q.len(), q, &at_q, hk, hv, &at_k);
+                break;
+            }
             let incoming_src = (src + world - 1) % world;
-            let mut incoming = vec![
-                0.0f32;
-                if step + 1 < world {
-                    2 * self.parts_rows(incoming_src) * kv_dim
-                } else {
-                    0
-                }
-            ];
+            let mut incoming = vec![0.0f32; 2 * self.parts_rows(incoming_src) * kv_dim];
+            // Both ends of each link know the block's size (the parts are the same on every rank), so an empty
+            // block is not sent at all — a decode step's one row travels alone.
             let comm = self.comm;
             let moved = std::thread::scope(|scope| {
-                let transfer = (step + 1 < world).then(|| {
-                    let (send, recv) = (held.as_slice(), incoming.as_mut_slice());
-                    scope.spawn(move || comm.send_recv(send.into(), next, recv.into(), prev))
+                let (send, recv) = (held.as_slice(), incoming.as_mut_slice());
+                let transfer = (!send.is_empty() || !recv.is_empty()).then(|| {
+                    scope.spawn(move || match (send.is_empty(), recv.is_empty()) {
+                        (false, false) => comm.send_recv(send.into(), next, recv.into(), prev),
+                        (false, true) => comm.send(send.into(), next),
+                        _ => comm.recv(recv.into(), prev),
+                    })
                 });
                 state.fold(0..at_q.len(), q, &at_q, hk, hv, &at_k);
                 transfer.map(|t| t.join())
             });
-            let Some(moved) = moved else {
-                break;
-            };
-            moved.map_err(|_| EngineError::Internal("a ring-attention transfer thread panicked".into()))??;
+            if let Some(moved) = moved {
+                moved.map_err(|_| EngineError::Internal("a ring-attention transfer thread panicked".into()))??;
+            }
             self.write(kv, layer, incoming_src, &incoming, kv_dim);
             held = incoming;
             src = incoming_src;
