@@ -113,11 +113,14 @@ pub fn follow(
     // The runtime's own threads keep serving the signal task and the membership's leases meanwhile.
     let followed = match gpu {
         Some((first, config)) => {
+            // The shard goes to the GPU before the handshake, as the leader's does, so the ranks' uploads overlap
+            // and neither waits out the other's inside a timed group operation.
             let local_config = TpRank::local_config(model.config(), world);
             let cache = crate::model::kernel_cache_dir();
-            cleave_engine::parallel::run_member(&local_config, comm, |_, _| {
-                cleave_engine::device::cuda_shard(model, rank, world, first, config, cache.as_deref())
-            })
+            match cleave_engine::device::cuda_shard(model, rank, world, first, config, cache.as_deref()) {
+                Ok(shard) => cleave_engine::parallel::run_member(&local_config, comm, move |_, _| Ok(shard)),
+                Err(e) => Err(e),
+            }
         }
         None => cleave_engine::parallel::run_follower(split(model, comm.clone(), &args.parallel)?, comm),
     };

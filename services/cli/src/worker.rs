@@ -46,7 +46,8 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             return Err(CliError::ParallelNeedsEtcd);
         }
         if let Device::Cuda(first) = device.resolve() {
-            if args.parallel.tensor_parallel == 1 {
+            // On GPUs only a group that is tensor-parallel and nothing else.
+            if tensor == 1 || args.parallel.world() != tensor {
                 if matches!(device, Device::Cuda(_)) {
                     return Err(CliError::ParallelNeedsCpu);
                 }

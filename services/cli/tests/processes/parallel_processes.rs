@@ -402,6 +402,10 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
     let refused_on_gpus = [
         (&["--pipeline-parallel", "2"][..], "on GPUs only --tensor-parallel runs"),
         (
+            &["--tensor-parallel", "3", "--pipeline-parallel", "2"][..],
+            "on GPUs only --tensor-parallel runs",
+        ),
+        (
             &["--context-parallel", "2", "--role", "prefill"][..],
             "on GPUs only --tensor-parallel runs",
         ),
