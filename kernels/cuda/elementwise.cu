@@ -78,3 +78,22 @@ extern "C" __global__ void fill_uniform_bf16(bf16* out, unsigned long long n, un
         out[i] = f2bf((2.0f * u - 1.0f) * scale);
     }
 }
+
+// KV transfer: copies whole blocks of one layer's keys and values from this device's pool into another pool (a
+// peer's, mapped through CUDA IPC). Block (i, kv) copies pair i of `pairs`, keys for kv = 0 and values for kv = 1,
+// in 16-byte words; a block of the pool is `block_words` words. Pairs travel in the launch parameters, so a copy
+// needs no upload and no host synchronisation.
+#define COPY_PAIRS 256
+struct BlockPairs {
+    int n;
+    int src[COPY_PAIRS];
+    int dst[COPY_PAIRS];
+};
+
+extern "C" __global__ void copy_kv_blocks(const uint4* src_k, const uint4* src_v, uint4* dst_k, uint4* dst_v,
+                                          long long block_words, BlockPairs pairs) {
+    if (blockIdx.x >= pairs.n) return;
+    const uint4* s = (blockIdx.y ? src_v : src_k) + (long long)pairs.src[blockIdx.x] * block_words;
+    uint4* d = (blockIdx.y ? dst_v : dst_k) + (long long)pairs.dst[blockIdx.x] * block_words;
+    for (long long w = threadIdx.x; w < block_words; w += blockDim.x) d[w] = s[w];
+}

@@ -64,6 +64,7 @@ pub struct Kernels {
     flash_prefill_hd128: CudaFunction,
     decode_attention_hd64: CudaFunction,
     decode_attention_hd128: CudaFunction,
+    copy_kv_blocks: CudaFunction,
     /// Streaming multiprocessors of the device (sizes the split of decode attention).
     sm_count: usize,
     pub info: ModuleInfo,
@@ -107,6 +108,20 @@ pub struct AttnDims {
 }
 
 const THREADS: u32 = 256;
+/// Block pairs one `copy_kv_blocks` launch carries (`COPY_PAIRS` in the source).
+pub const COPY_PAIRS: usize = 256;
+
+/// The launch-parameter layout of `BlockPairs` in `elementwise.cu`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BlockPairs {
+    n: i32,
+    src: [i32; COPY_PAIRS],
+    dst: [i32; COPY_PAIRS],
+}
+
+// SAFETY: plain old data with the C layout of the kernel's `BlockPairs`.
+unsafe impl cudarc::driver::DeviceRepr for BlockPairs {}
 /// Threads of an `rms_norm` block (`NORM_THREADS` in the source).
 const NORM_THREADS: u32 = 512;
 /// A null device pointer for optional kernel arguments.
@@ -163,6 +178,7 @@ impl Kernels {
             flash_prefill_hd128: f("flash_prefill_hd128")?,
             decode_attention_hd64: f("decode_attention_hd64")?,
             decode_attention_hd128: f("decode_attention_hd128")?,
+            copy_kv_blocks: f("copy_kv_blocks")?,
             sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             info,
         })
@@ -226,6 +242,77 @@ impl Kernels {
         // SAFETY: block r reads row rows[r] (or r) of x — the caller passes row indices inside x — and writes row r
         // of out; w has dim elements; the kernel is built for exactly NORM_THREADS threads.
         unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// Copies blocks of one layer's keys and values into another pool of the same block layout — on this device or,
+    /// through CUDA IPC, another one: `(src, dst)` pairs, block `src` of `src_k`/`src_v` over block `dst` of the
+    /// pool at `dst_k`/`dst_v`, `block_elems` elements a block. One launch per [`COPY_PAIRS`] pairs; nothing is
+    /// uploaded, so the copy queues behind the stream's work without stalling the host.
+    ///
+    /// # Safety
+    /// `dst_k` and `dst_v` must each point to a device allocation, readable from this device, of at least
+    /// `dst_blocks · block_elems` elements that nothing else writes meanwhile.
+    pub unsafe fn copy_kv_blocks(
+        &self,
+        stream: &CudaStream,
+        src_k: &CudaSlice<bf16>,
+        src_v: &CudaSlice<bf16>,
+        dst_k: u64,
+        dst_v: u64,
+        dst_blocks: usize,
+        block_elems: usize,
+        pairs: &[(u32, u32)],
+    ) -> Result<(), KernelError> {
+        const WORD: usize = 16 / std::mem::size_of::<bf16>();
+        if !block_elems.is_multiple_of(WORD) {
+            return Err(KernelError::Shape {
+                kernel: "copy_kv_blocks",
+                what: "a block (elements, not a multiple of 8)",
+                got: block_elems,
+                needed: block_elems.next_multiple_of(WORD),
+            });
+        }
+        for &(src, dst) in pairs {
+            let needed = (src as usize + 1) * block_elems;
+            check("copy_kv_blocks", "src_k", src_k.len(), needed)?;
+            check("copy_kv_blocks", "src_v", src_v.len(), needed)?;
+            check(
+                "copy_kv_blocks",
+                "the destination pool (blocks)",
+                dst_blocks,
+                dst as usize + 1,
+            )?;
+        }
+        let words = (block_elems / WORD) as i64;
+        for chunk in pairs.chunks(COPY_PAIRS) {
+            let mut batch = BlockPairs {
+                n: int(chunk.len()),
+                src: [0; COPY_PAIRS],
+                dst: [0; COPY_PAIRS],
+            };
+            for (i, &(src, dst)) in chunk.iter().enumerate() {
+                batch.src[i] = int(src as usize);
+                batch.dst[i] = int(dst as usize);
+            }
+            let mut launch = stream.launch_builder(&self.copy_kv_blocks);
+            launch
+                .arg(src_k)
+                .arg(src_v)
+                .arg(&dst_k)
+                .arg(&dst_v)
+                .arg(&words)
+                .arg(&batch);
+            let cfg = LaunchConfig {
+                grid_dim: (chunk.len() as u32, 2, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: block (i, kv) reads block src[i] of src_k or src_v and writes block dst[i] of the destination
+            // pool, `words` 16-byte words each; every source block was checked inside its slice, every destination
+            // block inside `dst_blocks`, which the caller vouches for; the pairs struct matches `BlockPairs`.
+            unsafe { launch.launch(cfg) }?;
+        }
         Ok(())
     }
 

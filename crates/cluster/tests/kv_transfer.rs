@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cleave_cluster::kv_transfer::{
     IncomingTransfer, KvDtype, KvLayout, KvReceiver, KvSender, KvSink, KvTransferError, KvTransferHeader,
-    ReceiverConfig, TransferOutcome,
+    ReceiverConfig, TransferMode, TransferOutcome,
 };
 use cleave_cluster::tls::ClusterTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +41,7 @@ fn header(transfer_id: &str, dest_blocks: Vec<u32>) -> KvTransferHeader {
         transfer_id: transfer_id.to_owned(),
         layout: layout(),
         dest_blocks,
+        mode: TransferMode::Payload,
     }
 }
 
@@ -317,6 +318,7 @@ async fn sender_learns_why_the_receiver_stopped() {
         transfer_id: "req-dropped-consumer".to_owned(),
         layout: big,
         dest_blocks: (0..POOL_BLOCKS).collect(),
+        mode: TransferMode::Payload,
     };
     let n = h.layer_floats();
     let mut sender = KvSender::connect(addr, h).await.unwrap();
@@ -381,12 +383,13 @@ async fn sender_rejects_bad_calls_before_writing() {
 /// A Hello frame for `header`, built from the documented wire format rather than the crate's encoder.
 fn hello_frame(header: &KvTransferHeader) -> Vec<u8> {
     let mut body = b"CLKV".to_vec();
-    body.extend_from_slice(&1u16.to_le_bytes());
+    body.extend_from_slice(&2u16.to_le_bytes());
     for id in [&header.transfer_id, &header.layout.model_id] {
         body.extend_from_slice(&(id.len() as u16).to_le_bytes());
         body.extend_from_slice(id.as_bytes());
     }
-    body.push(0);
+    body.push(0); // dtype f32
+    body.push(0); // mode payload
     let l = &header.layout;
     for field in [l.block_size, l.n_layers, l.kv_heads.start, l.kv_heads.end, l.head_dim] {
         body.extend_from_slice(&field.to_le_bytes());
@@ -564,4 +567,120 @@ async fn a_transfer_over_mutual_tls_is_bit_exact_and_a_stranger_is_refused() {
     )
     .await;
     assert!(plain.is_err(), "a plain-text sender was accepted by a TLS receiver");
+}
+
+fn direct_header(transfer_id: &str, dest_blocks: Vec<u32>) -> KvTransferHeader {
+    KvTransferHeader {
+        layout: KvLayout {
+            dtype: KvDtype::Bf16,
+            ..layout()
+        },
+        mode: TransferMode::Direct,
+        ..header(transfer_id, dest_blocks)
+    }
+}
+
+fn direct_config() -> ReceiverConfig {
+    ReceiverConfig {
+        direct: Some(KvDtype::Bf16),
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn a_direct_transfer_is_granted_the_pool_and_reports_each_layer_landed() {
+    let (addr, mut receiver) = KvReceiver::bind("127.0.0.1:0", direct_config()).await.unwrap();
+    let descriptor: Vec<u8> = (0..=255u8).cycle().take(4000).collect();
+    let expected = descriptor.clone();
+    let sending = tokio::spawn(async move {
+        let mut sender = KvSender::connect(addr, direct_header("req-direct", vec![5, 1, 9])).await?;
+        assert_eq!(
+            sender.grant(),
+            Some(&expected[..]),
+            "the sender gets the receiver's descriptor verbatim"
+        );
+        let refused = sender.send_layer(0, &[], &[]).await.unwrap_err();
+        assert!(refused.to_string().contains("direct"), "{refused}");
+        for layer in (0..N_LAYERS).rev() {
+            sender.landed(layer).await?;
+        }
+        assert!(sender.landed(2).await.unwrap_err().to_string().contains("already sent"));
+        sender.finish().await
+    });
+    let mut transfer = accept(&mut receiver).await;
+    assert_eq!(transfer.header().mode, TransferMode::Direct);
+    assert_eq!(transfer.header().dest_blocks, vec![5, 1, 9]);
+    transfer.grant(descriptor).unwrap();
+    assert!(transfer.grant(vec![1]).is_err(), "a transfer is granted once");
+    let mut landed = Vec::new();
+    while let Some(layer) = transfer.next_layer().await {
+        assert!(
+            layer.keys.is_empty() && layer.values.is_empty(),
+            "a landed layer carries no payload"
+        );
+        landed.push(layer.layer);
+    }
+    assert_eq!(landed, (0..N_LAYERS).rev().collect::<Vec<_>>());
+    assert!(matches!(transfer.outcome().await, TransferOutcome::Complete));
+    sending.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn direct_writes_are_refused_where_the_pool_is_not_shared_or_not_granted() {
+    // A worker that shares no pool refuses the header, naming the mode.
+    let (addr, _receiver) = KvReceiver::bind("127.0.0.1:0", config()).await.unwrap();
+    let err = KvSender::connect(addr, direct_header("req-no-direct", vec![1]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KvTransferError::PeerAborted { .. }), "{err}");
+    assert!(err.to_string().contains("mode"), "{err}");
+
+    // A direct header must name the pool's element type.
+    let (addr, mut receiver) = KvReceiver::bind("127.0.0.1:0", direct_config()).await.unwrap();
+    let mut f32_direct = direct_header("req-f32", vec![1]);
+    f32_direct.layout.dtype = KvDtype::F32;
+    let err = KvSender::connect(addr, f32_direct).await.unwrap_err();
+    assert!(err.to_string().contains("dtype"), "{err}");
+
+    // A consumer that drops the transfer without granting it leaves the sender nothing to write into.
+    let connecting = tokio::spawn(KvSender::connect(addr, direct_header("req-ungranted", vec![1])));
+    let transfer = loop {
+        match receiver.next().await.unwrap() {
+            Ok(transfer) => break transfer,
+            Err(_) => continue, // the refused f32 header above
+        }
+    };
+    drop(transfer);
+    let err = connecting.await.unwrap().unwrap_err();
+    assert!(matches!(err, KvTransferError::PeerAborted { .. }), "{err}");
+
+    // A payload transfer is never granted a pool.
+    let connecting = tokio::spawn(send_all(addr, header("req-payload", vec![2]), 3));
+    let mut transfer = accept(&mut receiver).await;
+    assert!(transfer.grant(vec![0; 8]).is_err());
+    assert!(matches!(
+        receive_and_check(transfer, 3).await,
+        TransferOutcome::Complete
+    ));
+    connecting.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_direct_sender_that_dies_before_every_layer_landed_fails_the_transfer() {
+    let (addr, mut receiver) = KvReceiver::bind("127.0.0.1:0", direct_config()).await.unwrap();
+    let sending = tokio::spawn(async move {
+        let mut sender = KvSender::connect(addr, direct_header("req-dies", vec![3, 4]))
+            .await
+            .unwrap();
+        sender.landed(0).await.unwrap();
+        sender.landed(1).await.unwrap();
+        // Dropped here: the connection closes without End.
+    });
+    let mut transfer = accept(&mut receiver).await;
+    transfer.grant(vec![7; 16]).unwrap();
+    sending.await.unwrap();
+    match receive_rest(transfer).await {
+        TransferOutcome::Failed { layers_received, .. } => assert_eq!(layers_received, vec![0, 1]),
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }

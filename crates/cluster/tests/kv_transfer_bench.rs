@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use cleave_cluster::kv_transfer::{KvDtype, KvLayout, KvReceiver, KvSender, KvTransferHeader, ReceiverConfig};
+use cleave_cluster::kv_transfer::{
+    KvDtype, KvLayout, KvReceiver, KvSender, KvTransferHeader, ReceiverConfig, TransferMode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -40,6 +42,7 @@ async fn time_kv_transfer(keys: &[f32], values: &[f32], recycle: bool) -> Durati
         transfer_id: "bench".to_owned(),
         layout: layout(),
         dest_blocks: (0..n_blocks).collect(),
+        mode: TransferMode::Payload,
     };
     let started = Instant::now();
     let consuming = tokio::spawn(async move {

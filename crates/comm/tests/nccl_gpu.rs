@@ -165,3 +165,65 @@ fn run_rank(rank: usize, world: usize, id: &[u8]) {
         );
     }
 }
+
+/// NCCL's own point-to-point bandwidth between two GPUs for the KV of a 4,096-token Llama-3.1-8B prompt (0.54 GB of
+/// bf16), the yardstick for the KV transports (scripts/gpu-check prints it beside the CUDA-IPC copy). Skips on
+/// fewer than two GPUs.
+#[test]
+fn nccl_send_recv_bandwidth_for_a_4k_token_8b_kv() {
+    match nccl_status() {
+        Ok(devices) if devices >= 2 => {}
+        Ok(_) => return eprintln!("skipped: 2 GPUs wanted"),
+        Err(why) => return eprintln!("skipped: {why}"),
+    }
+    const ELEMS: usize = 4096 * 2 * 32 * 8 * 128;
+    const REPEATS: usize = 5;
+    let id = NcclCommunicator::new_unique_id().unwrap();
+    let times: Vec<f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let id = id.clone();
+                scope.spawn(move || {
+                    let ctx = CudaContext::new(rank).unwrap();
+                    let stream = ctx.new_stream().unwrap();
+                    let mut comm =
+                        NcclCommunicator::from_rank(stream.clone(), rank, 2, &id, Duration::from_secs(60)).unwrap();
+                    let mut data = stream.alloc_zeros::<bf16>(ELEMS).unwrap();
+                    if rank == 0 {
+                        let host: Vec<bf16> = (0..ELEMS).map(|i| bf16::from_f32((i % 251) as f32)).collect();
+                        stream.memcpy_htod(&host, &mut data).unwrap();
+                    }
+                    let mut elapsed = 0.0;
+                    for round in 0..=REPEATS {
+                        comm.barrier().unwrap();
+                        let started = std::time::Instant::now();
+                        if rank == 0 {
+                            comm.send(&data, 1).unwrap();
+                        } else {
+                            comm.recv(&mut data, 0).unwrap();
+                        }
+                        comm.synchronize("send/recv").unwrap();
+                        if round > 0 {
+                            elapsed += started.elapsed().as_secs_f64();
+                        }
+                    }
+                    if rank == 1 {
+                        let tail = stream.clone_dtoh(&data.slice(ELEMS - 4..)).unwrap();
+                        let want: Vec<f32> = (ELEMS - 4..ELEMS).map(|i| (i % 251) as f32).collect();
+                        assert_eq!(tail.iter().map(|x| x.to_f32()).collect::<Vec<_>>(), want);
+                    }
+                    elapsed / REPEATS as f64
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let bytes = (ELEMS * 2) as f64;
+    let seconds = times.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "NCCL send/recv: {:.3} GB in {:.2} ms → {:.0} GB/s",
+        bytes / 1e9,
+        seconds * 1e3,
+        bytes / seconds / 1e9
+    );
+}

@@ -15,6 +15,38 @@ use crate::model::{LlamaModel, SeqChunk};
 pub trait KvBlockReader {
     /// Appends `block`'s keys to `keys` and its values to `values` (`KvShape::block_floats` each).
     fn read_block_layer(&self, layer: usize, block: BlockId, keys: &mut Vec<f32>, values: &mut Vec<f32>);
+
+    /// Queues the copy of `layer`'s blocks into another worker's pool on this host, `(local block, peer block)`
+    /// pairs, behind the layer's compute; the returned copy says when the blocks landed. Only a device with a
+    /// peer transport can (the CUDA backend, through CUDA IPC).
+    fn copy_to_peer(&self, layer: usize, peer: &PeerKv, pairs: &[(BlockId, BlockId)]) -> Result<LandedCopy, String> {
+        let _ = (layer, peer, pairs);
+        Err("this device cannot write into another worker's KV pool".to_owned())
+    }
+}
+
+/// Another worker's KV pool, mapped into this worker's device (CUDA IPC); unmapped when the last clone goes.
+#[derive(Debug, Clone)]
+pub struct PeerKv(pub(crate) std::sync::Arc<crate::cuda::PeerPool>);
+
+impl PeerKv {
+    /// The id the exporting worker gave its pool.
+    pub fn id(&self) -> u64 {
+        self.0.id()
+    }
+}
+
+/// A queued copy of one layer into a peer's pool.
+#[derive(Debug)]
+pub struct LandedCopy(pub(crate) cudarc::driver::CudaEvent);
+
+impl LandedCopy {
+    /// Blocks until the layer's blocks are in the peer's memory.
+    pub fn wait(&self) -> Result<(), EngineError> {
+        self.0
+            .synchronize()
+            .map_err(|e| EngineError::Internal(format!("copying KV to the peer failed: {e}")))
+    }
 }
 
 /// A model and its KV pool on one device.
@@ -35,6 +67,21 @@ pub trait Backend: Send {
     /// `forward` without a per-layer callback, which lets a backend replay a recorded step (CUDA graphs).
     fn forward_plain(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<f32>, EngineError> {
         self.forward(chunks, &mut |_, _| {})
+    }
+
+    /// This pool's descriptor for [`Backend::open_peer_kv`] in another process on this host, when the device can
+    /// share it (CUDA IPC); `None` when KV reaches this worker over TCP only.
+    fn export_kv_pool(&self) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(None)
+    }
+
+    /// Maps another process's pool (its [`Backend::export_kv_pool`] descriptor) so exports can write into it.
+    fn open_peer_kv(&mut self, descriptor: &[u8]) -> Result<PeerKv, EngineError> {
+        let _ = descriptor;
+        Err(EngineError::invalid(
+            "transport",
+            "this device cannot map another worker's KV pool (CUDA IPC needs the CUDA backend)",
+        ))
     }
 
     /// Copies a whole block, every layer (copy-on-write when forked samples diverge).

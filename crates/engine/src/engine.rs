@@ -14,14 +14,14 @@ use cleave_tokens::BlockHash;
 use cleave_tokens::Tokenizer;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::{Backend, CpuBackend, PeerKv};
 use crate::error::EngineError;
 use crate::kv::{Gap, KvEventLog, KvEventRecord, KvShape};
 use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
 use crate::scheduler::{
-    ExportedLayer, KvExport, NewRequest, RemoteKvTarget, RequestId, RequestKind, Scheduler, SchedulerConfig,
-    SchedulerStats, SeqOutput,
+    ExportedLayer, KvExport, NewRequest, PeerExport, RemoteKvTarget, RequestId, RequestKind, Scheduler,
+    SchedulerConfig, SchedulerStats, SeqOutput,
 };
 
 #[derive(Debug, Clone)]
@@ -63,6 +63,21 @@ enum Command {
         request: RequestId,
         result: Result<usize, String>,
     },
+    ExportKvPool(oneshot::Sender<Result<Option<Vec<u8>>, EngineError>>),
+    OpenPeerKv {
+        descriptor: Vec<u8>,
+        reply: oneshot::Sender<Result<PeerKv, EngineError>>,
+    },
+    AllowDirectWrites {
+        request: RequestId,
+        reply: oneshot::Sender<bool>,
+    },
+    DirectLayerLanded {
+        request: RequestId,
+        layer: u32,
+        blocks: Arc<[u32]>,
+    },
+    EndDirectWrites(RequestId),
     Abort(RequestId),
     Stats(oneshot::Sender<SchedulerStats>),
     KvEventsSince(u64, oneshot::Sender<Result<Vec<KvEventRecord>, Gap>>),
@@ -101,6 +116,13 @@ impl std::fmt::Debug for Command {
             Command::SubmitRemote { req, .. } => write!(f, "SubmitRemote({})", req.id),
             Command::WriteRemoteKv { request, layer, .. } => write!(f, "WriteRemoteKv({request}, layer {layer})"),
             Command::FinishRemoteKv { request, .. } => write!(f, "FinishRemoteKv({request})"),
+            Command::ExportKvPool(_) => write!(f, "ExportKvPool"),
+            Command::OpenPeerKv { .. } => write!(f, "OpenPeerKv"),
+            Command::AllowDirectWrites { request, .. } => write!(f, "AllowDirectWrites({request})"),
+            Command::DirectLayerLanded { request, layer, .. } => {
+                write!(f, "DirectLayerLanded({request}, layer {layer})")
+            }
+            Command::EndDirectWrites(request) => write!(f, "EndDirectWrites({request})"),
             Command::Abort(id) => write!(f, "Abort({id})"),
             Command::Stats(_) => write!(f, "Stats"),
             Command::KvEventsSince(seq, _) => write!(f, "KvEventsSince({seq})"),
@@ -248,13 +270,15 @@ impl Engine {
     }
 
     /// Queues a prefill-only request: computes `prompt`'s KV and sends each layer's blocks from `first_block` on to
-    /// the returned receiver, during the prompt's last chunk. The stream ends with `FinishReason::Prefilled` and the
-    /// usage (how many prompt tokens came from this engine's prefix cache).
+    /// the returned receiver, during the prompt's last chunk — or, with `peer`, queues their copy straight into the
+    /// peer's pool and sends the copy to wait for. The stream ends with `FinishReason::Prefilled` and the usage (how
+    /// many prompt tokens came from this engine's prefix cache).
     pub fn submit_export(
         &self,
         prompt: Vec<u32>,
         first_block: usize,
         priority: i32,
+        peer: Option<PeerExport>,
     ) -> Result<(GenerationStream, mpsc::UnboundedReceiver<ExportedLayer>), EngineError> {
         let blocks = prompt.len().div_ceil(self.block_size);
         if first_block >= blocks {
@@ -271,6 +295,7 @@ impl Engine {
         let kind = RequestKind::ExportKv(KvExport {
             first_block,
             layers: layers_tx,
+            peer,
         });
         let (req, stream, tx) = self.prepare(prompt, &spec, priority, kind)?;
         self.commands
@@ -302,6 +327,51 @@ impl Engine {
     /// failed one (the prompt is then prefilled here). Writes sent before this call are applied before it.
     pub fn finish_remote_kv(&self, request: RequestId, result: Result<usize, String>) {
         let _ = self.commands.send(Command::FinishRemoteKv { request, result });
+    }
+
+    /// This engine's KV pool descriptor for CUDA IPC (see [`Backend::export_kv_pool`]); `None` when KV reaches it
+    /// over TCP only.
+    pub async fn export_kv_pool(&self) -> Result<Option<Vec<u8>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::ExportKvPool(reply))
+            .map_err(|_| EngineError::Unavailable)?;
+        rx.await.map_err(|_| EngineError::Unavailable)?
+    }
+
+    /// Maps another worker's pool (its `export_kv_pool` descriptor) for `submit_export`'s peer copies.
+    pub async fn open_peer_kv(&self, descriptor: Vec<u8>) -> Result<PeerKv, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::OpenPeerKv { descriptor, reply })
+            .map_err(|_| EngineError::Unavailable)?;
+        rx.await.map_err(|_| EngineError::Unavailable)?
+    }
+
+    /// Lets a peer write `request`'s destination blocks directly; false when the request no longer waits (the peer
+    /// must then be refused). Until [`Engine::end_direct_writes`], those blocks are never reused.
+    pub async fn allow_direct_writes(&self, request: RequestId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::AllowDirectWrites { request, reply })
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// A peer finished writing `layer` of `request` into `blocks` directly.
+    pub fn direct_layer_landed(&self, request: RequestId, layer: u32, blocks: Arc<[u32]>) {
+        let _ = self
+            .commands
+            .send(Command::DirectLayerLanded { request, layer, blocks });
+    }
+
+    /// The peer allowed by `allow_direct_writes` stopped writing (its connection closed).
+    pub fn end_direct_writes(&self, request: RequestId) {
+        let _ = self.commands.send(Command::EndDirectWrites(request));
     }
 
     /// Tokens per KV block.
@@ -611,6 +681,22 @@ fn handle(cmd: Command, state: &mut EngineState) -> bool {
         Command::FinishRemoteKv { request, result } => {
             scheduler.finish_remote(request, result);
         }
+        Command::ExportKvPool(reply) => {
+            let _ = reply.send(backend.export_kv_pool());
+        }
+        Command::OpenPeerKv { descriptor, reply } => {
+            let _ = reply.send(backend.open_peer_kv(&descriptor));
+        }
+        Command::AllowDirectWrites { request, reply } => {
+            let _ = reply.send(scheduler.allow_direct_writes(request));
+        }
+        Command::DirectLayerLanded { request, layer, blocks } => {
+            let n_layers = backend.kv_shape().n_layers;
+            if let Err(error) = scheduler.direct_layer_landed(request, layer, &blocks, n_layers) {
+                tracing::warn!(request, layer, %error, "remote KV layer refused");
+            }
+        }
+        Command::EndDirectWrites(request) => scheduler.end_direct_writes(request),
         Command::Abort(id) => {
             scheduler.abort(id);
             if let Some(entry) = live.remove(&id) {

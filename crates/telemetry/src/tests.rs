@@ -67,7 +67,7 @@ async fn worker_samples_are_read_at_scrape_time_per_worker() {
     };
     let kv = workers.worker(labels("p0", "prefill"), Arc::new(Fixed(sample)));
     workers.worker(labels("d0", "decode"), Arc::new(Fixed(WorkerSample::default())));
-    kv.record(KvDirection::Sent, 4096, Duration::from_millis(3), true);
+    kv.record(KvDirection::Sent, "tcp", 4096, Duration::from_millis(3), true);
     workers.set_lease_held(&labels("p0", "prefill"), true);
     let text = telemetry.scrape().await.unwrap();
     let p0 = "{worker=\"p0\",role=\"prefill\"}";
@@ -79,7 +79,7 @@ async fn worker_samples_are_read_at_scrape_time_per_worker() {
         format!("cleave_worker_etcd_lease_held{p0} 1"),
         "cleave_worker_running_sequences{worker=\"d0\",role=\"decode\"} 0".to_string(),
         "cleave_worker_kv_transfer_bytes_total{worker=\"p0\",role=\"prefill\",direction=\"sent\"} 4096".to_string(),
-        "cleave_worker_kv_transfers_total{worker=\"p0\",role=\"prefill\",direction=\"sent\",outcome=\"ok\"} 1"
+        "cleave_worker_kv_transfers_total{worker=\"p0\",role=\"prefill\",direction=\"sent\",transport=\"tcp\",outcome=\"ok\"} 1"
             .to_string(),
     ] {
         assert!(text.contains(&line), "missing {line} in\n{text}");

@@ -78,6 +78,8 @@ struct TransferOutcomeLabels {
     worker: String,
     role: String,
     direction: &'static str,
+    /// `tcp` or `cuda_ipc`.
+    transport: &'static str,
     outcome: &'static str,
 }
 
@@ -205,8 +207,9 @@ impl Default for KvTransferMetrics {
 }
 
 impl KvTransferMetrics {
-    /// A transfer that ended: `bytes` of KV moved in `elapsed`; failed transfers count their bytes too.
-    pub fn record(&self, direction: KvDirection, bytes: u64, elapsed: Duration, ok: bool) {
+    /// A transfer that ended: `bytes` of KV moved in `elapsed` over `transport` (`tcp`, `cuda_ipc`); failed
+    /// transfers count their bytes too.
+    pub fn record(&self, direction: KvDirection, transport: &'static str, bytes: u64, elapsed: Duration, ok: bool) {
         let labels = TransferLabels {
             worker: self.labels.worker.clone(),
             role: self.labels.role.clone(),
@@ -223,17 +226,19 @@ impl KvTransferMetrics {
             worker: labels.worker,
             role: labels.role,
             direction: labels.direction,
+            transport,
             outcome: if ok { "ok" } else { "failed" },
         };
         self.metrics.kv_transfers.get_or_create(&outcome).inc();
     }
 
-    /// Transfers counted under `direction` and `ok` so far (for tests).
-    pub fn transfers(&self, direction: KvDirection, ok: bool) -> u64 {
+    /// Transfers counted under `direction`, `transport` and `ok` so far (for tests).
+    pub fn transfers(&self, direction: KvDirection, transport: &'static str, ok: bool) -> u64 {
         let outcome = TransferOutcomeLabels {
             worker: self.labels.worker.clone(),
             role: self.labels.role.clone(),
             direction: direction.as_str(),
+            transport,
             outcome: if ok { "ok" } else { "failed" },
         };
         self.metrics.kv_transfers.get_or_create(&outcome).get()

@@ -10,6 +10,7 @@ use cleave_engine::parallel::TpRank;
 use cleave_engine::scheduler::SchedulerConfig;
 use cleave_engine::{Device, Engine, EngineConfig, load_model};
 use cleave_telemetry::{Telemetry, WorkerLabels};
+use cleave_worker::kv_inbox::{CUDA_IPC, TCP};
 use cleave_worker::{KvInbox, WorkerService, register_worker_metrics, serve_with};
 
 use crate::args::{DisaggArgs, WorkerArgs};
@@ -222,6 +223,11 @@ pub async fn prepare_worker(
         service = service.with_cluster_tls(tls.clone());
     }
     let mut kv_addr = String::new();
+    // A GPU engine holding the whole model also moves KV through CUDA IPC with workers of its host.
+    let mut kv_transports = match engine.export_kv_pool().await {
+        Ok(Some(_)) => vec![CUDA_IPC.to_owned(), TCP.to_owned()],
+        _ => vec![TCP.to_owned()],
+    };
     if role != WorkerRole::Prefill {
         let listen = disagg
             .kv_listen
@@ -231,6 +237,7 @@ pub async fn prepare_worker(
             .await
             .map_err(|source| CliError::KvListen { addr: listen, source })?;
         kv_addr = inbox.addr().to_owned();
+        kv_transports = inbox.transports().into_iter().map(str::to_owned).collect();
         let timeout = Duration::from_secs(disagg.remote_prefill_timeout_secs);
         service = service.with_kv_inbox(Arc::new(inbox), timeout);
     }
@@ -240,7 +247,7 @@ pub async fn prepare_worker(
         model: model.to_owned(),
         grpc_addr: grpc_url,
         kv_addr,
-        kv_transports: vec!["tcp".to_owned()],
+        kv_transports,
         block_size: block_size as u32,
         capacity_blocks: engine.kv_blocks() as u64,
         parallel: ParallelLayout::default(),

@@ -210,7 +210,7 @@ async fn metrics_move_with_real_requests_and_scrape_over_http() {
         let labels = labels.trim_end_matches('}');
         value(
             &text,
-            &format!("cleave_worker_kv_transfers_total{labels},outcome=\"{outcome}\"}}"),
+            &format!("cleave_worker_kv_transfers_total{labels},transport=\"tcp\",outcome=\"{outcome}\"}}"),
         )
     };
     assert_eq!(transfers(sent, "ok"), 1.0);

@@ -7,13 +7,20 @@
 //! the consumer is gone), so nothing but the expected request's own blocks is ever written. Every delivered
 //! transfer is counted in `cleave_worker_kv_transfer*{direction="received"}`. Cost: one task per transfer; layer
 //! payloads move to the engine thread without a copy.
+//!
+//! A GPU worker also accepts direct transfers (CUDA IPC): its pool descriptor is exported once at bind, and a
+//! matched direct transfer is granted it only after the engine agreed to hold the request's blocks for the peer
+//! (`allow_direct_writes`) — from then on those blocks are not reused until the peer is done. A transfer that ends
+//! cleanly (Complete, or the sender's Abort, which it sends only after its device stopped) releases them at once;
+//! one that breaks (a dead sender, a deadline) releases them after [`DIRECT_WRITE_GRACE`], longer than any copy the
+//! sender may still have queued.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use cleave_cluster::kv_transfer::{
-    IncomingTransfer, KvDtype, KvLayout, KvReceiver, KvTransferError, ReceiverConfig, TransferOutcome,
+    IncomingTransfer, KvDtype, KvLayout, KvReceiver, KvTransferError, ReceiverConfig, TransferMode, TransferOutcome,
 };
 use cleave_cluster::tls::ClusterTls;
 use cleave_engine::Engine;
@@ -23,6 +30,25 @@ use tokio::task::JoinHandle;
 
 /// How an expected transfer ended: `Ok` once every layer was handed to the engine.
 pub type TransferResult = Result<(), String>;
+
+/// KV transport names, as workers advertise them and `KvDestination.transport` lists them.
+pub const TCP: &str = "tcp";
+pub const CUDA_IPC: &str = "cuda_ipc";
+
+/// How long blocks granted to a direct writer stay out of use after its transfer broke without a clean end.
+pub const DIRECT_WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// This host's identity for same-host transports: the kernel's boot id (shared by every process and container on
+/// the host), else the host name.
+pub fn host_id() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
 
 #[derive(Debug)]
 struct Expected {
@@ -55,6 +81,8 @@ pub struct KvInbox {
     nonce: String,
     expected: ExpectedTable,
     accept: JoinHandle<()>,
+    /// Set when senders on this host may write into the engine's pool directly (CUDA IPC).
+    direct: bool,
 }
 
 impl Drop for KvInbox {
@@ -89,9 +117,24 @@ impl KvInbox {
         let pool = u32::try_from(engine.kv_blocks()).unwrap_or(u32::MAX);
         let mut config = ReceiverConfig::new(layout, pool);
         config.tls = tls;
+        let descriptor = match engine.export_kv_pool().await {
+            Ok(descriptor) => descriptor.map(Arc::<[u8]>::from),
+            Err(error) => {
+                tracing::warn!(%error, "the KV pool cannot be shared; KV arrives over TCP only");
+                None
+            }
+        };
+        config.direct = descriptor.is_some().then_some(KvDtype::Bf16);
         let (bound, receiver) = KvReceiver::bind(listen, config).await?;
         let expected: ExpectedTable = Arc::default();
-        let accept = tokio::spawn(accept_transfers(receiver, expected.clone(), engine, metrics));
+        let direct = descriptor.is_some();
+        let accept = tokio::spawn(accept_transfers(
+            receiver,
+            expected.clone(),
+            engine,
+            metrics,
+            descriptor,
+        ));
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -100,7 +143,13 @@ impl KvInbox {
             nonce: format!("{:x}-{started:x}", std::process::id()),
             expected,
             accept,
+            direct,
         })
+    }
+
+    /// The transports prefill workers may use to reach this inbox, most preferred first.
+    pub fn transports(&self) -> Vec<&'static str> {
+        if self.direct { vec![CUDA_IPC, TCP] } else { vec![TCP] }
     }
 
     /// Where prefill workers send KV (`host:port`).
@@ -158,6 +207,7 @@ async fn accept_transfers(
     expected: ExpectedTable,
     engine: Arc<Engine>,
     metrics: KvTransferMetrics,
+    descriptor: Option<Arc<[u8]>>,
 ) {
     while let Some(incoming) = receiver.next().await {
         let transfer = match incoming {
@@ -185,31 +235,123 @@ async fn accept_transfers(
             let _ = entry.done.send(Err(reason));
             continue;
         }
-        tokio::spawn(deliver(transfer, entry, engine.clone(), metrics.clone()));
+        tokio::spawn(deliver(
+            transfer,
+            entry,
+            engine.clone(),
+            metrics.clone(),
+            descriptor.clone(),
+        ));
     }
 }
 
-/// Hands each layer to the engine as it arrives, then reports how the transfer ended.
-async fn deliver(mut transfer: IncomingTransfer, entry: Expected, engine: Arc<Engine>, metrics: KvTransferMetrics) {
+/// Holds a request's blocks for a direct writer until dropped, then releases them — at once after a clean end,
+/// after [`DIRECT_WRITE_GRACE`] otherwise.
+struct DirectWrites {
+    engine: Arc<Engine>,
+    request: u64,
+    clean: bool,
+}
+
+impl Drop for DirectWrites {
+    fn drop(&mut self) {
+        if self.clean {
+            self.engine.end_direct_writes(self.request);
+            return;
+        }
+        let (engine, request) = (self.engine.clone(), self.request);
+        let release = async move {
+            tokio::time::sleep(DIRECT_WRITE_GRACE).await;
+            engine.end_direct_writes(request);
+        };
+        // No runtime means the process is shutting down: nothing will reuse the blocks.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn(release));
+        }
+    }
+}
+
+/// Lets a direct transfer's sender in: the engine holds the request's blocks for it, then it gets the pool.
+async fn grant(
+    transfer: &mut IncomingTransfer,
+    entry: &Expected,
+    engine: &Arc<Engine>,
+    descriptor: Option<&Arc<[u8]>>,
+) -> Result<DirectWrites, String> {
+    let descriptor = descriptor.ok_or("this worker shares no KV pool")?;
+    if !engine.allow_direct_writes(entry.request).await {
+        return Err("the request no longer waits for its KV".to_owned());
+    }
+    let writes = DirectWrites {
+        engine: engine.clone(),
+        request: entry.request,
+        clean: false,
+    };
+    transfer.grant(descriptor.to_vec()).map_err(|e| e.to_string())?;
+    Ok(writes)
+}
+
+/// Hands each layer to the engine as it arrives (or, for a direct transfer, tells it the layer landed), then
+/// reports how the transfer ended.
+async fn deliver(
+    mut transfer: IncomingTransfer,
+    entry: Expected,
+    engine: Arc<Engine>,
+    metrics: KvTransferMetrics,
+    descriptor: Option<Arc<[u8]>>,
+) {
     let started = std::time::Instant::now();
+    let direct = transfer.header().mode == TransferMode::Direct;
+    let mut writes = None;
+    if direct {
+        match grant(&mut transfer, &entry, &engine, descriptor.as_ref()).await {
+            Ok(granted) => writes = Some(granted),
+            Err(reason) => {
+                tracing::warn!(transfer_id = %transfer.header().transfer_id, %reason, "direct kv transfer refused");
+                drop(transfer);
+                let _ = entry.done.send(Err(format!("direct transfer refused: {reason}")));
+                return;
+            }
+        }
+    }
+    let layer_bytes = 2 * transfer.header().layer_floats() * if direct { 2 } else { 4 };
     let mut bytes = 0u64;
     while let Some(layer) = transfer.next_layer().await {
-        bytes += ((layer.keys.len() + layer.values.len()) * std::mem::size_of::<f32>()) as u64;
-        engine.write_remote_kv(
-            entry.request,
-            layer.layer,
-            entry.blocks.clone(),
-            layer.keys,
-            layer.values,
-        );
+        bytes += layer_bytes as u64;
+        if direct {
+            engine.direct_layer_landed(entry.request, layer.layer, entry.blocks.clone());
+        } else {
+            engine.write_remote_kv(
+                entry.request,
+                layer.layer,
+                entry.blocks.clone(),
+                layer.keys,
+                layer.values,
+            );
+        }
     }
-    let result = match transfer.outcome().await {
+    let outcome = transfer.outcome().await;
+    if let Some(writes) = &mut writes {
+        // Complete: every layer landed; Abort: the sender stopped its device first. Anything else may leave
+        // copies in flight.
+        writes.clean = !matches!(outcome, TransferOutcome::Failed { .. });
+    }
+    let result = match outcome {
         TransferOutcome::Complete => Ok(()),
         TransferOutcome::Aborted { reason, .. } => Err(format!("the prefill worker aborted: {reason}")),
         TransferOutcome::Failed { error, layers_received } => {
             Err(format!("{error} ({} layers had arrived)", layers_received.len()))
         }
     };
-    metrics.record(KvDirection::Received, bytes, started.elapsed(), result.is_ok());
+    // Released (or scheduled to be) before the request hears the outcome, so the engine sees them in that order.
+    drop(writes);
+    let transport = if direct { CUDA_IPC } else { TCP };
+    metrics.record(
+        KvDirection::Received,
+        transport,
+        bytes,
+        started.elapsed(),
+        result.is_ok(),
+    );
     let _ = entry.done.send(result);
 }

@@ -7,13 +7,15 @@
 //! Disaggregated prefill: a decode worker given `remote_prefill` admits the request waiting for KV, calls the
 //! prefill worker's `Prefill` naming its KV listener and destination blocks ([`remote_prefill`]), and receives the
 //! layers into those blocks ([`kv_inbox`]); the prefill worker computes and streams them layer by layer
-//! ([`prefill`]). Any failure on the way prefills the prompt locally.
+//! ([`prefill`]) — over TCP, or between GPUs of one host by writing them straight into the decode worker's pool
+//! (CUDA IPC). Any failure on the way prefills the prompt locally.
 //!
 //! Metrics ([`metrics`]): the engine's scheduler is sampled on each scrape; KV transfers are counted as they end.
 
 mod convert;
 pub mod kv_inbox;
 pub mod metrics;
+mod peer_pools;
 mod prefill;
 pub mod remote_prefill;
 mod service;

@@ -8,15 +8,26 @@
 //! prefills locally), and a cancelled call drops the engine request, freeing its blocks. The decode worker computes
 //! the prompt's last token itself, so this side computes `prompt_token_ids[..len - 1]`. Each transfer, finished or
 //! failed, is counted in `cleave_worker_kv_transfer*{direction="sent"}`.
+//!
+//! Transport: the first of the decode worker's list this worker can use. CUDA IPC needs the same host and a GPU
+//! engine holding the whole model here; the layers then never touch the host: each one is copied into the decode
+//! worker's blocks on a transfer stream while the next layer computes, and a Landed frame follows once the copy is
+//! done. Invariant of that path: this side closes the connection only after every copy it queued has finished,
+//! so a decode worker may reuse the blocks as soon as the connection ends cleanly.
 
-use cleave_cluster::kv_transfer::{DEFAULT_IO_TIMEOUT, KvSender, KvTransferError, KvTransferHeader};
-use cleave_engine::scheduler::FinishReason;
+use std::sync::Arc;
+
+use cleave_cluster::kv_transfer::{
+    DEFAULT_IO_TIMEOUT, KvDtype, KvSender, KvTransferError, KvTransferHeader, TransferMode,
+};
+use cleave_engine::scheduler::{ExportedLayer, FinishReason, LayerData, PeerExport};
+use cleave_engine::{EngineError, GenerationStream};
 use cleave_proto::v1;
 use cleave_telemetry::{KvDirection, KvTransferMetrics};
 use tonic::Status;
 
 use crate::convert::status;
-use crate::kv_inbox::engine_layout;
+use crate::kv_inbox::{CUDA_IPC, TCP, engine_layout, host_id};
 use crate::service::WorkerService;
 
 impl WorkerService {
@@ -37,12 +48,7 @@ impl WorkerService {
                 layout.block_size, req.block_size
             )));
         }
-        if dest.transport != "tcp" {
-            return Err(Status::invalid_argument(format!(
-                "destination.transport: {:?} is not spoken here (this worker speaks \"tcp\")",
-                dest.transport
-            )));
-        }
+        let direct = self.pick_transport(&dest).await?;
         let mut prompt = req.prompt_token_ids;
         if prompt.len() < 2 {
             return Err(Status::invalid_argument(
@@ -60,46 +66,82 @@ impl WorkerService {
                 prompt.len()
             )));
         }
-        let header = KvTransferHeader {
+        let mut header = KvTransferHeader {
             transfer_id: dest.transfer_id,
             layout,
             dest_blocks: dest.block_ids,
+            mode: TransferMode::Payload,
         };
+        if direct {
+            header.mode = TransferMode::Direct;
+            header.layout.dtype = KvDtype::Bf16;
+        }
         let n_layers = header.layout.n_layers;
+        let transport = match (direct, self.tls.is_some()) {
+            (true, _) => CUDA_IPC,
+            (false, true) => "tcp+tls",
+            (false, false) => TCP,
+        };
         // Ends when this call returns: connect to the decode worker's confirmation of the last layer.
         let transfer_span = tracing::info_span!(
             "kv_transfer.send",
             peer = %dest.kv_addr,
-            transport = if self.tls.is_some() { "tcp+tls" } else { "tcp" },
+            transport,
             layers = n_layers,
             blocks = header.dest_blocks.len(),
             bytes = tracing::field::Empty,
         );
-        let mut sent_record = SentTransfer::new(self.kv_metrics.clone());
+        let mut sent_record = SentTransfer::new(self.kv_metrics.clone(), if direct { CUDA_IPC } else { TCP });
+        let layer_bytes = 2 * header.layer_floats() as u64 * if direct { 2 } else { 4 };
+        let dest_blocks: Arc<[u32]> = header.dest_blocks.clone().into();
         let mut sender = KvSender::connect_with(dest.kv_addr.as_str(), header, DEFAULT_IO_TIMEOUT, self.tls.as_ref())
             .await
             .map_err(|e| transfer_status(&e))?;
+        let peer = match sender.grant() {
+            Some(descriptor) => match self.peer_pools.open(&self.engine, &dest.kv_addr, descriptor).await {
+                Ok(pool) => Some(PeerExport {
+                    pool,
+                    blocks: dest_blocks,
+                }),
+                Err(e) => {
+                    let reason = format!("cannot map the decode worker's KV pool: {e}");
+                    let _ = sender.abort(&reason).await;
+                    return Err(Status::failed_precondition(reason));
+                }
+            },
+            None => None,
+        };
         let (mut stream, mut layers) = self
             .engine
-            .submit_export(prompt, first_block, 0)
+            .submit_export(prompt, first_block, 0, peer)
             .map_err(|e| status(&e))?;
-        let _registration = self.register(&req.request_id, stream.id())?;
+        let registration = self.register(&req.request_id, stream.id())?;
 
         let mut sent = 0;
+        let mut failure = None;
         while sent < n_layers {
             let Some(layer) = layers.recv().await else { break };
-            if let Err(e) = sender.send_layer(layer.layer, &layer.keys, &layer.values).await {
-                return Err(transfer_status(&e));
+            if let Err(reason) = ship(&mut sender, layer).await {
+                failure = Some(reason);
+                break;
             }
-            sent_record.bytes += ((layer.keys.len() + layer.values.len()) * std::mem::size_of::<f32>()) as u64;
+            sent_record.bytes += layer_bytes;
             sent += 1;
         }
         if sent < n_layers {
-            // The engine dropped the request: its stream says why.
-            let reason = match stream.next().await {
-                Some(Err(e)) => e.to_string(),
-                _ => "the engine stopped before computing every layer".to_owned(),
+            let reason = match failure {
+                Some(reason) => reason,
+                // The engine dropped the request: its stream says why.
+                None => match stream.next().await {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "the engine stopped before computing every layer".to_owned(),
+                },
             };
+            if direct {
+                // Nothing may still be writing into the decode worker's blocks when the connection closes.
+                drop(registration);
+                quiesce(stream, layers).await;
+            }
             let _ = sender.abort(&reason).await;
             return Err(Status::aborted(format!(
                 "prefill stopped after {sent} of {n_layers} layers: {reason}"
@@ -123,6 +165,63 @@ impl WorkerService {
     }
 }
 
+impl WorkerService {
+    /// Whether to write into the decode worker's pool directly (CUDA IPC) rather than send the layers over TCP:
+    /// the first transport of the destination's list this worker can use.
+    async fn pick_transport(&self, dest: &v1::KvDestination) -> Result<bool, Status> {
+        let offered: Vec<&str> = dest.transport.split(',').map(str::trim).collect();
+        for transport in &offered {
+            match *transport {
+                CUDA_IPC => {
+                    let usable = dest.host_id == host_id()
+                        && !dest.host_id.is_empty()
+                        && !self.peer_pools.refused(&dest.kv_addr)
+                        && self.peer_pools.capable(&self.engine).await;
+                    if usable {
+                        return Ok(true);
+                    }
+                }
+                TCP => return Ok(false),
+                _ => {}
+            }
+        }
+        Err(Status::invalid_argument(format!(
+            "destination.transport: none of {:?} is spoken here (this worker speaks \"{TCP}\", and \"{CUDA_IPC}\" \
+             to GPUs of its host)",
+            dest.transport
+        )))
+    }
+}
+
+/// Sends one exported layer: its payload, or — once its copy into the peer's pool finished — its Landed frame.
+async fn ship(sender: &mut KvSender, layer: ExportedLayer) -> Result<(), String> {
+    match layer.data {
+        LayerData::Host { keys, values } => sender
+            .send_layer(layer.layer, &keys, &values)
+            .await
+            .map_err(|e| e.to_string()),
+        LayerData::Copied(copy) => {
+            let landed = tokio::task::spawn_blocking(move || copy.wait())
+                .await
+                .unwrap_or_else(|e| Err(EngineError::Internal(format!("waiting for a copy: {e}"))));
+            landed.map_err(|e| e.to_string())?;
+            sender.landed(layer.layer).await.map_err(|e| e.to_string())
+        }
+        LayerData::Failed(reason) => Err(reason),
+    }
+}
+
+/// Ends an export whose transfer failed and waits until every copy it queued has finished: the engine request is
+/// dropped (so no later pass exports), then the layers of a pass already running drain.
+async fn quiesce(stream: GenerationStream, mut layers: tokio::sync::mpsc::UnboundedReceiver<ExportedLayer>) {
+    drop(stream);
+    while let Some(layer) = layers.recv().await {
+        if let LayerData::Copied(copy) = layer.data {
+            let _ = tokio::task::spawn_blocking(move || copy.wait()).await;
+        }
+    }
+}
+
 /// A KV-transfer failure as the decode worker's `Prefill` call sees it.
 fn transfer_status(e: &KvTransferError) -> Status {
     match e {
@@ -141,15 +240,17 @@ fn transfer_status(e: &KvTransferError) -> Status {
 /// Counts one outgoing transfer when dropped: `ok` once the decode worker confirmed every layer.
 struct SentTransfer {
     metrics: KvTransferMetrics,
+    transport: &'static str,
     started: std::time::Instant,
     bytes: u64,
     ok: bool,
 }
 
 impl SentTransfer {
-    fn new(metrics: KvTransferMetrics) -> Self {
+    fn new(metrics: KvTransferMetrics, transport: &'static str) -> Self {
         SentTransfer {
             metrics,
+            transport,
             started: std::time::Instant::now(),
             bytes: 0,
             ok: false,
@@ -159,7 +260,12 @@ impl SentTransfer {
 
 impl Drop for SentTransfer {
     fn drop(&mut self) {
-        self.metrics
-            .record(KvDirection::Sent, self.bytes, self.started.elapsed(), self.ok);
+        self.metrics.record(
+            KvDirection::Sent,
+            self.transport,
+            self.bytes,
+            self.started.elapsed(),
+            self.ok,
+        );
     }
 }

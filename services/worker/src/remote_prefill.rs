@@ -108,7 +108,8 @@ impl RemotePrefillContext {
             prompt_token_ids: prompt,
             destination: Some(v1::KvDestination {
                 kv_addr: self.inbox.addr().to_owned(),
-                transport: "tcp".to_owned(),
+                transport: self.inbox.transports().join(","),
+                host_id: crate::kv_inbox::host_id().to_owned(),
                 block_ids: blocks.to_vec(),
                 first_block: u32::try_from(target.first_block).unwrap_or(u32::MAX),
                 transfer_id,

@@ -43,6 +43,8 @@ pub struct WorkerService {
     pub(crate) kv_metrics: KvTransferMetrics,
     /// The cluster's mutual TLS, for the connections this worker opens to other workers.
     pub(crate) tls: Option<ClusterTls>,
+    /// Decode workers' KV pools this worker writes into directly (CUDA IPC).
+    pub(crate) peer_pools: crate::peer_pools::PeerPools,
 }
 
 impl WorkerService {
@@ -55,6 +57,7 @@ impl WorkerService {
             remote: None,
             kv_metrics: KvTransferMetrics::default(),
             tls: None,
+            peer_pools: Default::default(),
         }
     }
 

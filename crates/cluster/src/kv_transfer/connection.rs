@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use super::frame::{self, FrameKind, LAYER_PREFIX_LEN};
 use super::stream::{self, KvReader, KvWriter};
 use super::{
-    IncomingTransfer, KvTransferError, KvTransferHeader, LayerPayload, ReceiverConfig, RejectedTransfer,
-    TransferOutcome,
+    IncomingTransfer, KvLayout, KvTransferError, KvTransferHeader, LayerPayload, ReceiverConfig, RejectedTransfer,
+    TransferMode, TransferOutcome,
 };
 
 const ABORT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -109,12 +109,15 @@ pub(super) async fn serve_connection(
     let (outcome_tx, outcome) = oneshot::channel();
     // Two spare layers suffice: in steady state the consumer returns one for each one the reader takes.
     let (spent, mut spare) = mpsc::channel(2);
+    let (grant, granted) = oneshot::channel();
+    let direct = header.mode == TransferMode::Direct;
     let transfer = IncomingTransfer {
         header: header.clone(),
         peer,
         layers,
         outcome,
         spent,
+        grant: direct.then_some(grant),
     };
     let handed_over = clock
         .until_deadline("hand the transfer to the decode worker", incoming.send(Ok(transfer)))
@@ -122,6 +125,31 @@ pub(super) async fn serve_connection(
     if !matches!(handed_over, Ok(Ok(()))) {
         send_abort(&mut writer, "the decode worker is not taking transfers").await;
         return;
+    }
+
+    if direct {
+        let sent = match clock
+            .until_deadline("wait for the decode worker's grant", granted)
+            .await
+        {
+            Ok(Ok(descriptor)) => {
+                let frame = frame::encode_frame(FrameKind::Grant, &descriptor);
+                clock
+                    .frame("send the grant", frame::write_all_parts(&mut writer, &[&frame]))
+                    .await
+                    .and_then(|r| r.map_err(|e| KvTransferError::io("send the grant", e)))
+            }
+            Ok(Err(_)) => Err(KvTransferError::ConsumerGone),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            send_abort(&mut writer, &format!("no direct writes for this transfer: {error}")).await;
+            let _ = outcome_tx.send(TransferOutcome::Failed {
+                error,
+                layers_received: vec![],
+            });
+            return;
+        }
     }
 
     let mut received = vec![false; header.layout.n_layers as usize];
@@ -175,7 +203,20 @@ async fn read_hello(reader: &mut KvReader, clock: &Clock) -> Result<KvTransferHe
         .await?
         .map_err(|e| KvTransferError::io("read the header", e))?;
     let header = frame::decode_hello(&body)?;
-    config.layout.check_matches(&header.layout)?;
+    match (header.mode, config.direct) {
+        (TransferMode::Payload, _) => config.layout.check_matches(&header.layout)?,
+        (TransferMode::Direct, Some(dtype)) => KvLayout {
+            dtype,
+            ..config.layout.clone()
+        }
+        .check_matches(&header.layout)?,
+        (TransferMode::Direct, None) => {
+            return Err(KvTransferError::InvalidHeader {
+                field: "mode",
+                reason: "this worker takes no direct writes into its pool; send the layers".to_owned(),
+            });
+        }
+    }
     header.validate(Some(config.pool_blocks))?;
     Ok(header)
 }
@@ -198,8 +239,22 @@ async fn receive_layers(
             .frame("read the next frame", frame::read_frame_header(reader))
             .await?
             .map_err(|e| KvTransferError::io("the next frame", e))?;
+        let direct = header.mode == TransferMode::Direct;
         match FrameKind::from_wire(kind) {
-            Some(FrameKind::Layer) => {
+            Some(FrameKind::Landed) if direct => {
+                let layer = read_landed(reader, len, clock, received).await?;
+                received[layer as usize] = true;
+                let payload = LayerPayload {
+                    layer,
+                    keys: Vec::new(),
+                    values: Vec::new(),
+                };
+                clock
+                    .until_deadline("hand a layer to the decode worker", layer_tx.send(payload))
+                    .await?
+                    .map_err(|_| KvTransferError::ConsumerGone)?;
+            }
+            Some(FrameKind::Layer) if !direct => {
                 let buffers = spare.try_recv().ok();
                 let payload = read_layer(reader, header, len, clock, received, buffers).await?;
                 received[payload.layer as usize] = true;
@@ -226,11 +281,57 @@ async fn receive_layers(
             }
             _ => {
                 return Err(KvTransferError::UnexpectedFrame {
-                    expected: "a Layer, End or Abort frame",
+                    expected: if direct {
+                        "a Landed, End or Abort frame"
+                    } else {
+                        "a Layer, End or Abort frame"
+                    },
                     got: kind,
                 });
             }
         }
+    }
+}
+
+/// A Landed frame's layer, checked against the header like a Layer frame's.
+async fn read_landed(
+    reader: &mut KvReader,
+    len: u32,
+    clock: &Clock,
+    received: &[bool],
+) -> Result<u32, KvTransferError> {
+    if len != 4 {
+        return Err(KvTransferError::BadFrameLength {
+            kind: "Landed",
+            len,
+            constraint: "a layer number is exactly 4".to_owned(),
+        });
+    }
+    let mut body = [0u8; 4];
+    clock
+        .frame(
+            "read a Landed frame",
+            tokio::io::AsyncReadExt::read_exact(reader, &mut body),
+        )
+        .await?
+        .map_err(|e| KvTransferError::io("read a Landed frame", e))?;
+    let layer = u32::from_le_bytes(body);
+    check_new_layer(layer, received)?;
+    Ok(layer)
+}
+
+/// `layer` exists and has not arrived yet.
+fn check_new_layer(layer: u32, received: &[bool]) -> Result<(), KvTransferError> {
+    match received.get(layer as usize) {
+        None => Err(KvTransferError::InvalidLayer {
+            layer,
+            reason: format!("the model has {} layers", received.len()),
+        }),
+        Some(true) => Err(KvTransferError::InvalidLayer {
+            layer,
+            reason: "sent twice".to_owned(),
+        }),
+        Some(false) => Ok(()),
     }
 }
 
@@ -261,21 +362,7 @@ async fn read_layer(
         .map_err(|e| KvTransferError::io("read a layer", e))?;
     let layer = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     let n_blocks = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
-    match received.get(layer as usize) {
-        None => {
-            return Err(KvTransferError::InvalidLayer {
-                layer,
-                reason: format!("the model has {} layers", received.len()),
-            });
-        }
-        Some(true) => {
-            return Err(KvTransferError::InvalidLayer {
-                layer,
-                reason: "sent twice".to_owned(),
-            });
-        }
-        Some(false) => {}
-    }
+    check_new_layer(layer, received)?;
     if n_blocks as usize != header.dest_blocks.len() {
         return Err(KvTransferError::InvalidLayer {
             layer,

@@ -10,16 +10,18 @@ use std::io::IoSlice;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::KvTransferError;
-use super::layout::{KvDtype, KvLayout, KvTransferHeader, MAX_ID_LEN};
+use super::layout::{KvDtype, KvLayout, KvTransferHeader, MAX_ID_LEN, TransferMode};
 
 pub(crate) const MAGIC: [u8; 4] = *b"CLKV";
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 2;
 pub(crate) const FRAME_HEADER_LEN: usize = 5;
 /// Bytes in a Layer frame's body ahead of the payload: layer and n_blocks.
 pub(crate) const LAYER_PREFIX_LEN: usize = 8;
 pub(crate) const MAX_REASON_LEN: usize = 1024;
-/// A Hello without destination blocks: magic, version, two length-prefixed ids, dtype, six u32 fields.
-const HELLO_FIXED_MAX: usize = 4 + 2 + 2 * (2 + MAX_ID_LEN) + 1 + 6 * 4;
+/// A Hello without destination blocks: magic, version, two length-prefixed ids, dtype, mode, six u32 fields.
+const HELLO_FIXED_MAX: usize = 4 + 2 + 2 * (2 + MAX_ID_LEN) + 2 + 6 * 4;
+/// The longest pool descriptor a Grant frame carries.
+pub(crate) const MAX_GRANT_LEN: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FrameKind {
@@ -29,6 +31,8 @@ pub(crate) enum FrameKind {
     Abort = 4,
     Accept = 5,
     Complete = 6,
+    Grant = 7,
+    Landed = 8,
 }
 
 impl FrameKind {
@@ -40,6 +44,8 @@ impl FrameKind {
             4 => FrameKind::Abort,
             5 => FrameKind::Accept,
             6 => FrameKind::Complete,
+            7 => FrameKind::Grant,
+            8 => FrameKind::Landed,
             _ => return None,
         })
     }
@@ -52,6 +58,8 @@ impl FrameKind {
             FrameKind::Abort => "Abort",
             FrameKind::Accept => "Accept",
             FrameKind::Complete => "Complete",
+            FrameKind::Grant => "Grant",
+            FrameKind::Landed => "Landed",
         }
     }
 }
@@ -82,7 +90,7 @@ pub(crate) fn hello_max_len(pool_blocks: u32) -> usize {
 pub(crate) fn encode_hello(header: &KvTransferHeader) -> Vec<u8> {
     let layout = &header.layout;
     let body_len =
-        4 + 2 + 2 + header.transfer_id.len() + 2 + layout.model_id.len() + 1 + 6 * 4 + 4 * header.dest_blocks.len();
+        4 + 2 + 2 + header.transfer_id.len() + 2 + layout.model_id.len() + 2 + 6 * 4 + 4 * header.dest_blocks.len();
     let mut out = Vec::with_capacity(FRAME_HEADER_LEN + body_len);
     out.extend_from_slice(&frame_header(FrameKind::Hello, body_len as u32));
     out.extend_from_slice(&MAGIC);
@@ -92,6 +100,7 @@ pub(crate) fn encode_hello(header: &KvTransferHeader) -> Vec<u8> {
         out.extend_from_slice(id.as_bytes());
     }
     out.push(layout.dtype.wire_code());
+    out.push(header.mode.wire_code());
     for field in [
         layout.block_size,
         layout.n_layers,
@@ -127,6 +136,7 @@ pub(crate) fn decode_hello(body: &[u8]) -> Result<KvTransferHeader, KvTransferEr
     let transfer_id = cursor.string("transfer_id")?;
     let model_id = cursor.string("model_id")?;
     let dtype = KvDtype::from_wire_code(cursor.take("dtype", 1)?[0])?;
+    let mode = TransferMode::from_wire_code(cursor.take("mode", 1)?[0])?;
     let block_size = cursor.u32("block_size")?;
     let n_layers = cursor.u32("n_layers")?;
     let heads_start = cursor.u32("kv_heads")?;
@@ -154,6 +164,7 @@ pub(crate) fn decode_hello(body: &[u8]) -> Result<KvTransferHeader, KvTransferEr
             kv_heads: heads_start..heads_end,
             head_dim,
         },
+        mode,
         dest_blocks,
     })
 }
@@ -199,6 +210,14 @@ impl<'a> Cursor<'a> {
             reason: "not UTF-8".to_owned(),
         })
     }
+}
+
+/// A whole frame of `kind` whose body is `body` (Grant's descriptor, Landed's layer).
+pub(crate) fn encode_frame(kind: FrameKind, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
+    out.extend_from_slice(&frame_header(kind, body.len() as u32));
+    out.extend_from_slice(body);
+    out
 }
 
 /// A whole Abort frame; the reason is cut at a character boundary to fit `MAX_REASON_LEN`.

@@ -9,7 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{KvSink, KvTransferError, KvTransferHeader};
 
-/// One layer's keys and values for the transfer's destination blocks, in the order of `dest_blocks`.
+/// One layer's keys and values for the transfer's destination blocks, in the order of `dest_blocks`. In direct mode
+/// the layer is already in the pool and both are empty.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerPayload {
     pub layer: u32,
@@ -44,6 +45,8 @@ pub struct IncomingTransfer {
     pub(super) layers: mpsc::Receiver<LayerPayload>,
     pub(super) outcome: oneshot::Receiver<TransferOutcome>,
     pub(super) spent: mpsc::Sender<LayerPayload>,
+    /// Direct mode: hands the pool descriptor to the connection, which sends it to the sender.
+    pub(super) grant: Option<oneshot::Sender<Vec<u8>>>,
 }
 
 impl IncomingTransfer {
@@ -53,6 +56,22 @@ impl IncomingTransfer {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Direct mode: lets the sender write the header's destination blocks straight into this worker's pool, which
+    /// `descriptor` describes. A direct transfer that is dropped or never granted is refused.
+    pub fn grant(&mut self, descriptor: Vec<u8>) -> Result<(), KvTransferError> {
+        if descriptor.len() > super::frame::MAX_GRANT_LEN {
+            return Err(KvTransferError::InvalidHeader {
+                field: "grant",
+                reason: format!("a {}-byte descriptor is over 64 KiB", descriptor.len()),
+            });
+        }
+        let grant = self.grant.take().ok_or_else(|| KvTransferError::InvalidHeader {
+            field: "mode",
+            reason: "only a direct transfer is granted, and once".to_owned(),
+        })?;
+        grant.send(descriptor).map_err(|_| KvTransferError::TaskEnded)
     }
 
     /// The next layer to arrive; `None` once the transfer ended, then [`Self::outcome`] says how.

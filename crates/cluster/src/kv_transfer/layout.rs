@@ -9,25 +9,28 @@ use super::KvTransferError;
 /// Longest transfer id or model id the wire format carries.
 pub(crate) const MAX_ID_LEN: usize = 256;
 
-/// Element type of the keys and values on the wire. bf16 will join when the engine stores it.
+/// Element type of the keys and values: on the wire for payload transfers (f32), in the pools for direct ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvDtype {
     F32,
+    Bf16,
 }
 
 impl KvDtype {
     pub(crate) fn wire_code(self) -> u8 {
         match self {
             KvDtype::F32 => 0,
+            KvDtype::Bf16 => 1,
         }
     }
 
     pub(crate) fn from_wire_code(code: u8) -> Result<Self, KvTransferError> {
         match code {
             0 => Ok(KvDtype::F32),
+            1 => Ok(KvDtype::Bf16),
             other => Err(KvTransferError::InvalidHeader {
                 field: "dtype",
-                reason: format!("unknown dtype code {other} (known: 0 = f32)"),
+                reason: format!("unknown dtype code {other} (known: 0 = f32, 1 = bf16)"),
             }),
         }
     }
@@ -35,6 +38,7 @@ impl KvDtype {
     pub fn name(self) -> &'static str {
         match self {
             KvDtype::F32 => "f32",
+            KvDtype::Bf16 => "bf16",
         }
     }
 }
@@ -129,12 +133,44 @@ impl KvLayout {
     }
 }
 
+/// How the layers travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferMode {
+    /// Layer frames carry the keys and values (TCP).
+    #[default]
+    Payload,
+    /// The sender writes the blocks straight into the receiver's pool, which the receiver grants it after
+    /// accepting the header (CUDA IPC on one host); Landed frames say which layers are in place.
+    Direct,
+}
+
+impl TransferMode {
+    pub(crate) fn wire_code(self) -> u8 {
+        match self {
+            TransferMode::Payload => 0,
+            TransferMode::Direct => 1,
+        }
+    }
+
+    pub(crate) fn from_wire_code(code: u8) -> Result<Self, KvTransferError> {
+        match code {
+            0 => Ok(TransferMode::Payload),
+            1 => Ok(TransferMode::Direct),
+            other => Err(KvTransferError::InvalidHeader {
+                field: "mode",
+                reason: format!("unknown transfer mode {other} (known: 0 = payload, 1 = direct)"),
+            }),
+        }
+    }
+}
+
 /// Everything a receiver needs before the first payload byte: whose cache this is and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvTransferHeader {
     /// The request id; names the transfer in logs and in [`super::KvSink::write_layer`].
     pub transfer_id: String,
     pub layout: KvLayout,
+    pub mode: TransferMode,
     /// Decode-worker block ids, in prompt order; payload block `i` lands in `dest_blocks[i]`.
     pub dest_blocks: Vec<u32>,
 }

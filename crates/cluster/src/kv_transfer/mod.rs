@@ -5,24 +5,29 @@
 //! while later layers are still being computed, so compute and transfer overlap. GPU transports (NCCL, CUDA IPC)
 //! will implement the same header, the same per-layer payloads and the same [`KvSink`].
 //!
-//! # Wire format, version 1
+//! # Wire format, version 2
 //!
 //! Every frame is `[kind: u8][len: u32 LE][body: len bytes]`; all integers are little-endian and every float is an
 //! IEEE-754 `f32` in little-endian byte order.
 //!
 //! | kind | name     | direction | body |
 //! |------|----------|-----------|------|
-//! | 1    | Hello    | P → D | `b"CLKV"`, version `u16`, transfer id (`u16` len + UTF-8), model id (`u16` len + UTF-8), dtype `u8` (0 = f32), block_size `u32`, n_layers `u32`, kv head range start `u32`, end `u32`, head_dim `u32`, n_dest_blocks `u32`, dest block ids `u32 × n` |
+//! | 1    | Hello    | P → D | `b"CLKV"`, version `u16`, transfer id (`u16` len + UTF-8), model id (`u16` len + UTF-8), dtype `u8` (0 = f32, 1 = bf16), mode `u8` (0 = payload, 1 = direct), block_size `u32`, n_layers `u32`, kv head range start `u32`, end `u32`, head_dim `u32`, n_dest_blocks `u32`, dest block ids `u32 × n` |
 //! | 2    | Layer    | P → D | layer `u32`, n_blocks `u32`, keys `f32 × n_blocks·block_floats`, values the same |
 //! | 3    | End      | P → D | empty |
 //! | 4    | Abort    | both  | reason, UTF-8, at most 1024 bytes |
 //! | 5    | Accept   | D → P | empty: the header matches the decode worker's layout |
 //! | 6    | Complete | D → P | empty: every layer arrived |
+//! | 7    | Grant    | D → P | direct mode: the receiver's pool descriptor (opaque, at most 64 KiB), after Accept |
+//! | 8    | Landed   | P → D | direct mode: layer `u32` is in the receiver's pool |
 //!
 //! `block_floats = n_kv_heads · block_size · head_dim`: one block of one layer in the engine's
 //! `[block][kv_head][slot][head_dim]` layout, the keys of all listed blocks back to back, then their values.
 //! A sender writes Hello and waits for Accept (or an Abort naming the mismatched field), then sends each layer
 //! exactly once in any order, then End, and waits for Complete. Either side may send Abort instead and close.
+//! In direct mode the header's dtype is the pools' (bf16), the receiver sends Grant once the transfer is matched to
+//! a waiting request, and Landed frames replace Layer frames; a sender closes the connection only after its device
+//! stopped writing, which is what lets the receiver reuse the blocks of a request that ended meanwhile.
 //!
 //! # Invariants
 //!
@@ -54,7 +59,7 @@ mod tests;
 
 pub use error::KvTransferError;
 pub use incoming::{IncomingTransfer, LayerPayload, RejectedTransfer, TransferOutcome};
-pub use layout::{KvDtype, KvLayout, KvTransferHeader};
+pub use layout::{KvDtype, KvLayout, KvTransferHeader, TransferMode};
 pub use receiver::{KvReceiver, ReceiverConfig};
 pub use sender::{DEFAULT_IO_TIMEOUT, KvSender};
 

@@ -30,6 +30,9 @@ pub struct ReceiverConfig {
     pub layer_queue: usize,
     /// Mutual TLS on every connection (the cluster's); plain TCP when `None`.
     pub tls: Option<crate::tls::ClusterTls>,
+    /// The element type of this worker's pool when it grants senders direct writes into it (CUDA IPC); `None`
+    /// refuses direct transfers.
+    pub direct: Option<super::KvDtype>,
 }
 
 impl ReceiverConfig {
@@ -41,6 +44,7 @@ impl ReceiverConfig {
             transfer_deadline: Duration::from_secs(60),
             layer_queue: 4,
             tls: None,
+            direct: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::frame::{self, FrameKind, LAYER_PREFIX_LEN};
 use super::stream::{self, KvReader, KvWriter};
-use super::{KvTransferError, KvTransferHeader};
+use super::{KvTransferError, KvTransferHeader, TransferMode};
 use crate::tls::ClusterTls;
 
 /// How long [`KvSender::connect`] waits for any one step (connect, a layer write, a reply).
@@ -26,6 +26,8 @@ pub struct KvSender {
     header: KvTransferHeader,
     sent: Vec<bool>,
     io_timeout: Duration,
+    /// Direct mode: the receiver's pool descriptor from its Grant.
+    grant: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for KvSender {
@@ -68,6 +70,7 @@ impl KvSender {
             sent: vec![false; header.layout.n_layers as usize],
             header,
             io_timeout,
+            grant: None,
         };
         let hello = frame::encode_hello(&sender.header);
         timed(
@@ -80,7 +83,99 @@ impl KvSender {
         sender
             .expect_reply(FrameKind::Accept, "read the receiver's answer to the header")
             .await?;
+        if sender.header.mode == TransferMode::Direct {
+            sender.grant = Some(sender.read_grant().await?);
+        }
         Ok(sender)
+    }
+
+    /// Direct mode: the receiver's pool descriptor, which says where to write the header's destination blocks.
+    pub fn grant(&self) -> Option<&[u8]> {
+        self.grant.as_deref()
+    }
+
+    /// Direct mode: tells the receiver that `layer`'s blocks are in its pool. Call it only once the device finished
+    /// writing them.
+    pub async fn landed(&mut self, layer: u32) -> Result<(), KvTransferError> {
+        if self.header.mode != TransferMode::Direct {
+            return Err(KvTransferError::InvalidLayer {
+                layer,
+                reason: "a payload transfer sends its layers, it does not report them landed".to_owned(),
+            });
+        }
+        self.check_unsent(layer)?;
+        let frame = frame::encode_frame(FrameKind::Landed, &layer.to_le_bytes());
+        self.write_frame(&frame, "send a Landed frame").await?;
+        self.sent[layer as usize] = true;
+        Ok(())
+    }
+
+    async fn read_grant(&mut self) -> Result<Vec<u8>, KvTransferError> {
+        let waiting_for = "read the receiver's grant of its pool";
+        let (kind, len) = timed(self.io_timeout, waiting_for, frame::read_frame_header(&mut self.reader))
+            .await?
+            .map_err(|e| KvTransferError::io(waiting_for, e))?;
+        match FrameKind::from_wire(kind) {
+            Some(FrameKind::Grant) if len as usize <= frame::MAX_GRANT_LEN => {
+                let mut body = vec![0u8; len as usize];
+                timed(
+                    self.io_timeout,
+                    waiting_for,
+                    tokio::io::AsyncReadExt::read_exact(&mut self.reader, &mut body),
+                )
+                .await?
+                .map_err(|e| KvTransferError::io(waiting_for, e))?;
+                Ok(body)
+            }
+            Some(FrameKind::Grant) => Err(KvTransferError::BadFrameLength {
+                kind: "Grant",
+                len,
+                constraint: "over the 64 KiB a pool descriptor may take".to_owned(),
+            }),
+            Some(FrameKind::Abort) => {
+                let reason = timed(
+                    self.io_timeout,
+                    waiting_for,
+                    frame::read_abort_reason(&mut self.reader, len),
+                )
+                .await??;
+                Err(KvTransferError::PeerAborted { reason })
+            }
+            _ => Err(KvTransferError::UnexpectedFrame {
+                expected: "Grant",
+                got: kind,
+            }),
+        }
+    }
+
+    /// Refuses layers out of range or sent before.
+    fn check_unsent(&self, layer: u32) -> Result<(), KvTransferError> {
+        let n_layers = self.header.layout.n_layers;
+        match self.sent.get(layer as usize) {
+            None => Err(KvTransferError::InvalidLayer {
+                layer,
+                reason: format!("the model has {n_layers} layers"),
+            }),
+            Some(true) => Err(KvTransferError::InvalidLayer {
+                layer,
+                reason: "already sent".to_owned(),
+            }),
+            Some(false) => Ok(()),
+        }
+    }
+
+    /// Writes one whole frame, explaining a failure by the receiver's Abort when it sent one.
+    async fn write_frame(&mut self, frame: &[u8], what: &'static str) -> Result<(), KvTransferError> {
+        let written = timed(
+            self.io_timeout,
+            what,
+            frame::write_all_parts(&mut self.writer, &[frame]),
+        )
+        .await?;
+        if let Err(error) = written {
+            return Err(self.explain_write_failure(KvTransferError::io(what, error)).await);
+        }
+        Ok(())
     }
 
     pub fn header(&self) -> &KvTransferHeader {
@@ -90,22 +185,13 @@ impl KvSender {
     /// Sends one layer: `keys` and `values` each hold the header's blocks back to back,
     /// `dest_blocks.len() · n_kv_heads · block_size · head_dim` floats.
     pub async fn send_layer(&mut self, layer: u32, keys: &[f32], values: &[f32]) -> Result<(), KvTransferError> {
-        let n_layers = self.header.layout.n_layers;
-        match self.sent.get(layer as usize) {
-            None => {
-                return Err(KvTransferError::InvalidLayer {
-                    layer,
-                    reason: format!("the model has {n_layers} layers"),
-                });
-            }
-            Some(true) => {
-                return Err(KvTransferError::InvalidLayer {
-                    layer,
-                    reason: "already sent".to_owned(),
-                });
-            }
-            Some(false) => {}
+        if self.header.mode == TransferMode::Direct {
+            return Err(KvTransferError::InvalidLayer {
+                layer,
+                reason: "a direct transfer writes into the receiver's pool; report the layer landed".to_owned(),
+            });
         }
+        self.check_unsent(layer)?;
         let expected = self.header.layer_floats();
         for (field, got) in [("keys", keys.len()), ("values", values.len())] {
             if got != expected {
@@ -151,15 +237,7 @@ impl KvSender {
             });
         }
         let end = frame::frame_header(FrameKind::End, 0);
-        let written = timed(
-            self.io_timeout,
-            "send End",
-            frame::write_all_parts(&mut self.writer, &[&end]),
-        )
-        .await?;
-        if let Err(error) = written {
-            return Err(self.explain_write_failure(KvTransferError::io("send End", error)).await);
-        }
+        self.write_frame(&end, "send End").await?;
         self.expect_reply(FrameKind::Complete, "read the receiver's confirmation")
             .await
     }

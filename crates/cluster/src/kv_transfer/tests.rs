@@ -13,6 +13,7 @@ fn header() -> KvTransferHeader {
             head_dim: 8,
         },
         dest_blocks: vec![9, 3, 12],
+        mode: TransferMode::Payload,
     }
 }
 

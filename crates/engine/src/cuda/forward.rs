@@ -235,6 +235,8 @@ pub(super) struct Model<'a> {
     pub inv_freq: &'a CudaSlice<f32>,
     /// This rank's tensor-parallel group (NCCL on the same stream), when the weights are one rank's shard.
     pub tp: Option<&'a NcclCommunicator>,
+    /// Where copies of KV into peers' pools run, beside the compute (passes that export KV).
+    pub transfer: Option<&'a Arc<CudaStream>>,
 }
 
 /// One batch on the device: its token ids, attention layout and the rows that want logits.
@@ -310,7 +312,7 @@ pub(super) fn run_pass(
                     let gathered = kv.gather_layer(stream, comm, layer, batch.blocks)?;
                     done(layer, &gathered.reader(stream));
                 }
-                None => done(layer, &kv.reader(stream)),
+                None => done(layer, &kv.reader(stream, m.transfer.map(|t| (kernels, t)))),
             }
         }
         kernels.attention(
@@ -341,6 +343,10 @@ pub(super) fn run_pass(
         kernels.silu_mul(stream, &b.gate_up, &mut b.act, t, cfg.intermediate)?;
         gemm(on, &b.act, t, &w.down, &mut b.x, cudaDataType_t::CUDA_R_32F, residual)?;
         all_reduce_rows(m.tp, &mut b.x, t * hidden)?;
+    }
+    if let (Some(transfer), true) = (m.transfer, layer_done.is_some()) {
+        // Copies into peers read this pass's KV: the next pass must not overwrite it before they are done.
+        stream.join(transfer)?;
     }
     let n = batch.n_logits;
     if n > 0 {
@@ -424,6 +430,7 @@ impl CudaBackend {
             weights: &self.weights,
             inv_freq: &self.inv_freq,
             tp: self.tp.as_ref().map(|c| &c.0),
+            transfer: Some(&self.transfer),
         };
         run_pass(&model, kv, scratch, &batch, layer_done)?;
         read_logits(&stream, scratch, batch.n_logits * cfg.vocab_size)

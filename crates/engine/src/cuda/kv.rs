@@ -1,6 +1,8 @@
 //! The paged KV pool on the device: per layer, one bf16 buffer of keys and one of values, each
 //! `[block][kv_head][slot][head_dim]` — the CPU pool's layout, so a block of one layer is one contiguous range and
-//! KV transfers read and write whole ranges. Blocks cross to the host as f32 (the transfer format).
+//! KV transfers read and write whole ranges. Blocks cross to the host as f32 (the TCP transfer format), or go
+//! straight into another process's pool through CUDA IPC (`ipc.rs`), which is why the buffers come from
+//! `cuMemAlloc` (stream-ordered allocations cannot be exported) and are freed by hand.
 
 use std::sync::Arc;
 
@@ -8,13 +10,16 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 
 use super::CudaError;
-use crate::backend::KvBlockReader;
+use crate::backend::{KvBlockReader, LandedCopy, PeerKv};
 use crate::config::ModelConfig;
 use crate::kv::{BlockId, KvShape};
+use cleave_kernels::Kernels;
 
 #[derive(Debug)]
 pub(super) struct DeviceKv {
     shape: KvShape,
+    /// Names this pool in IPC descriptors: unique per process and allocation.
+    pool_id: u64,
     pub keys: Vec<CudaSlice<bf16>>,
     pub values: Vec<CudaSlice<bf16>>,
 }
@@ -45,10 +50,22 @@ impl DeviceKv {
         let mut keys = Vec::with_capacity(config.n_layers);
         let mut values = Vec::with_capacity(config.n_layers);
         for _ in 0..config.n_layers {
-            keys.push(stream.alloc_zeros::<bf16>(len)?);
-            values.push(stream.alloc_zeros::<bf16>(len)?);
+            keys.push(alloc_exportable(stream, len)?);
+            values.push(alloc_exportable(stream, len)?);
         }
-        Ok(DeviceKv { shape, keys, values })
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(DeviceKv {
+            shape,
+            pool_id: nanos ^ (u64::from(std::process::id()) << 40),
+            keys,
+            values,
+        })
+    }
+
+    pub fn pool_id(&self) -> u64 {
+        self.pool_id
     }
 
     pub fn shape(&self) -> KvShape {
@@ -141,15 +158,52 @@ impl DeviceKv {
         })
     }
 
-    /// A reader for one forward pass (the stream orders the reads after the layer's writes).
-    pub fn reader<'a>(&'a self, stream: &'a Arc<CudaStream>) -> DeviceKvReader<'a> {
-        DeviceKvReader { kv: self, stream }
+    /// A reader for one forward pass (the stream orders the reads after the layer's writes); with `peer_copies`
+    /// (the kernels and a transfer stream) it can also copy layers into a peer's pool.
+    pub fn reader<'a>(
+        &'a self,
+        stream: &'a Arc<CudaStream>,
+        peer_copies: Option<(&'a Kernels, &'a Arc<CudaStream>)>,
+    ) -> DeviceKvReader<'a> {
+        DeviceKvReader {
+            kv: self,
+            stream,
+            peer_copies,
+        }
+    }
+}
+
+/// `len` zeroed elements from `cuMemAlloc`, which CUDA IPC can export; freed by `DeviceKv`'s `Drop`.
+fn alloc_exportable(stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<bf16>, CudaError> {
+    stream.context().bind_to_thread()?;
+    // SAFETY: a plain allocation of `len` bf16s; the slice below owns exactly that length and is zeroed before use.
+    let mut slice = unsafe {
+        let ptr = cudarc::driver::result::malloc_sync(len * std::mem::size_of::<bf16>())?;
+        stream.upgrade_device_ptr::<bf16>(ptr, len)
+    };
+    stream.memset_zeros(&mut slice)?;
+    Ok(slice)
+}
+
+impl Drop for DeviceKv {
+    fn drop(&mut self) {
+        for slice in self.keys.drain(..).chain(self.values.drain(..)) {
+            let stream = slice.stream().clone();
+            let ptr = slice.leak();
+            // SAFETY: `ptr` came from `malloc_sync` in `alloc_exportable` and is freed once, after the stream that
+            // used it finished (cudarc's own drop would free it as a stream-ordered allocation, which it is not).
+            unsafe {
+                let _ = stream.synchronize();
+                let _ = cudarc::driver::result::free_sync(ptr);
+            }
+        }
     }
 }
 
 pub(super) struct DeviceKvReader<'a> {
     kv: &'a DeviceKv,
     stream: &'a Arc<CudaStream>,
+    peer_copies: Option<(&'a Kernels, &'a Arc<CudaStream>)>,
 }
 
 impl KvBlockReader for DeviceKvReader<'_> {
@@ -164,6 +218,18 @@ impl KvBlockReader for DeviceKvReader<'_> {
                 }
             }
         }
+    }
+
+    fn copy_to_peer(&self, layer: usize, peer: &PeerKv, pairs: &[(BlockId, BlockId)]) -> Result<LandedCopy, String> {
+        let Some((kernels, transfer)) = self.peer_copies else {
+            return Err("this pass copies no KV to peers".to_owned());
+        };
+        let (Some(keys), Some(values)) = (self.kv.keys.get(layer), self.kv.values.get(layer)) else {
+            return Err(format!("layer {layer} is out of range"));
+        };
+        super::ipc::copy_layer(kernels, self.stream, transfer, keys, values, &peer.0, layer, pairs)
+            .map(LandedCopy)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod bench;
 mod forward;
 mod graphs;
+mod ipc;
 mod kv;
 pub mod reference;
 mod synthetic;
@@ -24,7 +25,7 @@ use cleave_kernels::{KernelError, Kernels, ModuleInfo};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 
-use crate::backend::{Backend, KvBlockReader};
+use crate::backend::{Backend, KvBlockReader, PeerKv};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvShape};
@@ -35,6 +36,7 @@ use graphs::DecodeGraphs;
 
 /// cuBLAS workspace; 32 MiB covers its Hopper GEMM kernels.
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
+pub use ipc::PeerPool;
 use kv::DeviceKv;
 pub use synthetic::{SYNTHETIC_SHAPES, synthetic_config};
 use weights::DeviceWeights;
@@ -82,6 +84,8 @@ pub struct CudaOptions<'a> {
 pub struct CudaBackend {
     config: ModelConfig,
     stream: Arc<CudaStream>,
+    /// Copies of KV into other processes' pools (CUDA IPC) run here, overlapping the next layer's compute.
+    transfer: Arc<CudaStream>,
     blas: CudaBlas,
     kernels: Kernels,
     weights: DeviceWeights,
@@ -217,6 +221,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             device_name: ctx.name().unwrap_or_else(|_| "CUDA device".to_owned()),
             config,
+            transfer: ctx.new_stream()?,
             stream,
             blas,
             kernels,
@@ -303,6 +308,36 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// Copies blocks `0..blocks` of every layer into the same blocks of `peer` (CUDA IPC), `repeats` times, and
+    /// returns the bytes of keys and values moved per second (the transfer path alone, for benchmarks).
+    pub fn peer_copy_bandwidth(&self, peer: &PeerKv, blocks: usize, repeats: usize) -> Result<f64, EngineError> {
+        let pairs: Vec<(BlockId, BlockId)> = (0..blocks as BlockId).map(|b| (b, b)).collect();
+        let shape = self.kv.shape();
+        let run = || -> Result<(), CudaError> {
+            for layer in 0..shape.n_layers {
+                let (keys, values) = (&self.kv.keys[layer], &self.kv.values[layer]);
+                ipc::copy_layer(
+                    &self.kernels,
+                    &self.stream,
+                    &self.transfer,
+                    keys,
+                    values,
+                    &peer.0,
+                    layer,
+                    &pairs,
+                )?;
+            }
+            Ok(self.transfer.synchronize()?)
+        };
+        run()?;
+        let started = std::time::Instant::now();
+        for _ in 0..repeats.max(1) {
+            run()?;
+        }
+        let bytes = (2 * shape.n_layers * blocks * shape.block_floats() * 2 * repeats.max(1)) as f64;
+        Ok(bytes / started.elapsed().as_secs_f64())
+    }
+
     /// Waits until every queued kernel finished (benchmarks time whole steps).
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.stream.synchronize().map_err(CudaError::from)
@@ -380,12 +415,34 @@ impl Backend for CudaBackend {
                 weights: &self.weights,
                 inv_freq: &self.inv_freq,
                 tp: self.tp.as_ref().map(|c| &c.0),
+                transfer: None,
             };
             if let Some(logits) = self.graphs.run(&model, &mut self.kv, &mut self.scratch, chunks)? {
                 return Ok(logits);
             }
         }
         self.try_forward(chunks, None).map_err(EngineError::from)
+    }
+
+    /// The pool's CUDA-IPC descriptor; none under tensor parallelism (each rank holds a slice of every block, so
+    /// those groups transfer over TCP).
+    fn export_kv_pool(&self) -> Result<Option<Vec<u8>>, EngineError> {
+        if self.shard.world > 1 {
+            return Ok(None);
+        }
+        Ok(Some(self.kv.export()?))
+    }
+
+    fn open_peer_kv(&mut self, descriptor: &[u8]) -> Result<PeerKv, EngineError> {
+        if self.shard.world > 1 {
+            return Err(EngineError::invalid(
+                "transport",
+                "a tensor-parallel group sends KV over TCP, not CUDA IPC",
+            ));
+        }
+        let shape = self.kv.shape();
+        let pool = PeerPool::open(self.stream.context(), descriptor, shape.n_layers, shape.block_floats())?;
+        Ok(PeerKv(Arc::new(pool)))
     }
 
     fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError> {

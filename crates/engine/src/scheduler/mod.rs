@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use cleave_tokens::Tokenizer;
 
-pub use remote::{ExportedLayer, KvExport, RemoteKvTarget, RemotePrefillStats, RemoteWriteError, RequestKind};
+pub use remote::{
+    ExportedLayer, KvExport, LayerData, PeerExport, RemoteKvTarget, RemotePrefillStats, RemoteWriteError, RequestKind,
+};
 use sequence::Sequence;
 pub use sequence::{Finish, FinishReason, NewRequest, RequestId, SeqOutput, Usage};
 
@@ -74,6 +76,9 @@ pub struct Scheduler {
     running: Vec<Sequence>,
     /// Sequences whose prompt KV a prefill worker is writing; they hold blocks but take no part in steps.
     awaiting: Vec<Sequence>,
+    /// Blocks a peer may still be writing into directly (CUDA IPC) although their request ended: held until the
+    /// transfer connection closes (`end_direct_writes`), so no other request is handed memory being written.
+    fenced: std::collections::HashMap<RequestId, Vec<crate::kv::BlockId>>,
     remote_prefills: RemotePrefillStats,
     tokenizer: Arc<Tokenizer>,
     eos: Vec<u32>,
@@ -91,6 +96,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             awaiting: Vec::new(),
+            fenced: std::collections::HashMap::new(),
             remote_prefills: RemotePrefillStats::default(),
             tokenizer,
             eos,
@@ -129,6 +135,7 @@ impl Scheduler {
             prefix_cache: self.blocks.stats(),
             remote_prefill: RemotePrefillStats {
                 awaiting: self.awaiting.len(),
+                fenced_blocks: self.fenced.values().map(Vec::len).sum(),
                 ..self.remote_prefills
             },
         }
@@ -161,9 +168,14 @@ impl Scheduler {
             .running
             .iter()
             .chain(&self.waiting)
-            .chain(&self.awaiting)
             .filter(|s| s.request == request)
         {
+            self.blocks.release_all(&seq.blocks);
+            found = true;
+        }
+        if let Some(at) = self.awaiting.iter().position(|s| s.request == request) {
+            let mut seq = self.awaiting.swap_remove(at);
+            self.fence_direct_writes(&mut seq);
             self.blocks.release_all(&seq.blocks);
             found = true;
         }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::Scheduler;
 use super::sequence::SeqMode;
-use crate::backend::{Backend, KvBlockReader};
+use crate::backend::{Backend, KvBlockReader, LandedCopy, PeerKv};
 use crate::error::EngineError;
 use crate::kv::BlockId;
 use crate::scheduler::{NewRequest, RequestId};
@@ -39,15 +39,33 @@ pub struct KvExport {
     /// Leading prompt blocks the receiver already holds; they are not sent.
     pub first_block: usize,
     pub layers: mpsc::UnboundedSender<ExportedLayer>,
+    /// Write the blocks straight into this peer's pool instead of copying them out to the host.
+    pub peer: Option<PeerExport>,
 }
 
-/// One layer of an exported prompt: the keys, then the values, of each exported block back to back, in the
-/// engine's `[block][kv_head][slot][head_dim]` layout.
-#[derive(Debug, Clone, PartialEq)]
+/// A peer's mapped pool and the blocks there that receive prompt blocks `first_block..`, in order.
+#[derive(Debug, Clone)]
+pub struct PeerExport {
+    pub pool: PeerKv,
+    pub blocks: Arc<[BlockId]>,
+}
+
+/// One layer of an exported prompt.
+#[derive(Debug)]
 pub struct ExportedLayer {
     pub layer: u32,
-    pub keys: Vec<f32>,
-    pub values: Vec<f32>,
+    pub data: LayerData,
+}
+
+#[derive(Debug)]
+pub enum LayerData {
+    /// The keys, then the values, of each exported block back to back, in the engine's
+    /// `[block][kv_head][slot][head_dim]` layout.
+    Host { keys: Vec<f32>, values: Vec<f32> },
+    /// Queued into the peer's pool ([`KvExport::peer`]); landed once the copy says so.
+    Copied(LandedCopy),
+    /// The device could not queue the copy; the export cannot complete.
+    Failed(String),
 }
 
 /// Where a prefill worker must write a request's prompt KV.
@@ -67,6 +85,8 @@ pub struct RemoteKvTarget {
 pub(crate) struct AwaitingKv {
     first_block: usize,
     layers_written: Vec<bool>,
+    /// A peer was given this worker's pool and may be writing the destination blocks directly.
+    direct_writer: bool,
 }
 
 /// Why a remote layer write was refused.
@@ -133,6 +153,7 @@ impl Scheduler {
         seq.mode = SeqMode::AwaitingKv(AwaitingKv {
             first_block,
             layers_written: Vec::new(),
+            direct_writer: false,
         });
         let target = RemoteKvTarget {
             prefill_tokens,
@@ -154,29 +175,8 @@ impl Scheduler {
         values: &[f32],
         backend: &mut dyn Backend,
     ) -> Result<(), RemoteWriteError> {
-        let seq = self
-            .awaiting
-            .iter_mut()
-            .find(|s| s.request == request)
-            .ok_or(RemoteWriteError::NotAwaiting(request))?;
-        let SeqMode::AwaitingKv(state) = &mut seq.mode else {
-            return Err(RemoteWriteError::NotAwaiting(request));
-        };
-        let expected = &seq.blocks[state.first_block..];
-        if blocks != expected {
-            return Err(RemoteWriteError::WrongBlocks {
-                got: blocks.to_vec(),
-                expected: expected.to_vec(),
-            });
-        }
         let shape = backend.kv_shape();
-        let n_layers = shape.n_layers;
-        if state.layers_written.is_empty() {
-            state.layers_written = vec![false; n_layers];
-        }
-        if layer as usize >= n_layers {
-            return Err(RemoteWriteError::LayerOutOfRange { layer, n_layers });
-        }
+        let state = self.awaiting_layer(request, layer, blocks, shape.n_layers)?;
         let per_block = shape.block_floats();
         for (field, got) in [("keys", keys.len()), ("values", values.len())] {
             if got != per_block * blocks.len() {
@@ -201,6 +201,98 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The waiting state of `request`, after checking that a write of `layer` into `blocks` is one it expects.
+    fn awaiting_layer(
+        &mut self,
+        request: RequestId,
+        layer: u32,
+        blocks: &[BlockId],
+        n_layers: usize,
+    ) -> Result<&mut AwaitingKv, RemoteWriteError> {
+        let seq = self
+            .awaiting
+            .iter_mut()
+            .find(|s| s.request == request)
+            .ok_or(RemoteWriteError::NotAwaiting(request))?;
+        let SeqMode::AwaitingKv(state) = &mut seq.mode else {
+            return Err(RemoteWriteError::NotAwaiting(request));
+        };
+        let expected = &seq.blocks[state.first_block..];
+        if blocks != expected {
+            return Err(RemoteWriteError::WrongBlocks {
+                got: blocks.to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        if state.layers_written.is_empty() {
+            state.layers_written = vec![false; n_layers];
+        }
+        if layer as usize >= n_layers {
+            return Err(RemoteWriteError::LayerOutOfRange { layer, n_layers });
+        }
+        Ok(state)
+    }
+
+    /// Lets a peer write `request`'s destination blocks directly (CUDA IPC): from now until
+    /// [`Scheduler::end_direct_writes`], those blocks are never handed to another request, even if this one ends.
+    /// Returns false when the request is no longer waiting, in which case the peer must not be let in.
+    pub fn allow_direct_writes(&mut self, request: RequestId) -> bool {
+        let Some(seq) = self.awaiting.iter_mut().find(|s| s.request == request) else {
+            return false;
+        };
+        match &mut seq.mode {
+            SeqMode::AwaitingKv(state) => {
+                state.direct_writer = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records that a peer finished writing `layer` of `request` into `blocks` directly.
+    pub fn direct_layer_landed(
+        &mut self,
+        request: RequestId,
+        layer: u32,
+        blocks: &[BlockId],
+        n_layers: usize,
+    ) -> Result<(), RemoteWriteError> {
+        let state = self.awaiting_layer(request, layer, blocks, n_layers)?;
+        if !state.direct_writer {
+            return Err(RemoteWriteError::NotAwaiting(request));
+        }
+        state.layers_written[layer as usize] = true;
+        Ok(())
+    }
+
+    /// The peer writing `request`'s blocks directly is done (its connection closed, so it stopped): blocks held
+    /// for it since its request ended are free again.
+    pub fn end_direct_writes(&mut self, request: RequestId) {
+        if let Some(seq) = self.awaiting.iter_mut().find(|s| s.request == request)
+            && let SeqMode::AwaitingKv(state) = &mut seq.mode
+        {
+            state.direct_writer = false;
+        }
+        if let Some(blocks) = self.fenced.remove(&request) {
+            self.blocks.release_all(&blocks);
+        }
+    }
+
+    /// Takes the destination blocks of an awaiting sequence that a peer may still be writing out of its hands
+    /// (into `fenced`, until `end_direct_writes`); its cached prefix stays.
+    pub(super) fn fence_direct_writes(&mut self, seq: &mut super::sequence::Sequence) {
+        let SeqMode::AwaitingKv(state) = &mut seq.mode else {
+            return;
+        };
+        if !state.direct_writer {
+            return;
+        }
+        state.direct_writer = false;
+        let first = state.first_block.min(seq.blocks.len());
+        let held = seq.blocks.split_off(first);
+        self.fenced.entry(seq.request).or_default().extend(held);
+    }
+
     /// Ends the wait for remote KV and queues the request for the batch. `Ok(prefill_cached)` reports a transfer
     /// that completed (and how many prompt tokens the prefill worker found in its own cache); with every layer
     /// written, only the last prompt token is left to compute. Anything else prefills the prompt locally.
@@ -208,10 +300,15 @@ impl Scheduler {
     pub fn finish_remote(&mut self, request: RequestId, result: Result<usize, String>) -> Option<bool> {
         let at = self.awaiting.iter().position(|s| s.request == request)?;
         let mut seq = self.awaiting.swap_remove(at);
-        let SeqMode::AwaitingKv(state) = std::mem::replace(&mut seq.mode, SeqMode::Local) else {
-            return None;
+        let complete = match &seq.mode {
+            SeqMode::AwaitingKv(state) => !state.layers_written.is_empty() && state.layers_written.iter().all(|&w| w),
+            _ => return None,
         };
-        let complete = !state.layers_written.is_empty() && state.layers_written.iter().all(|&w| w);
+        if !(complete && result.is_ok()) {
+            // A peer still writing must not write over the local prefill: it gets other blocks.
+            self.fence_direct_writes(&mut seq);
+        }
+        seq.mode = SeqMode::Local;
         let used = match result {
             Ok(prefill_cached) if complete => {
                 seq.computed = seq.tokens.len() - 1;
@@ -233,18 +330,33 @@ impl Scheduler {
         Some(used)
     }
 
-    /// Copies, for every exporting sequence in `exports`, `layer`'s blocks into a message for its receiver.
+    /// Copies, for every exporting sequence in `exports`, `layer`'s blocks into a message for its receiver, or
+    /// queues their copy into the receiver's pool.
     pub(super) fn export_layer(exports: &[ExportPlan], layer: usize, kv: &dyn KvBlockReader) {
         for plan in exports {
-            let (mut keys, mut values) = (Vec::new(), Vec::new());
-            for &block in plan.blocks.iter() {
-                kv.read_block_layer(layer, block, &mut keys, &mut values);
-            }
+            let data = match &plan.peer {
+                Some(peer) if peer.blocks.len() != plan.blocks.len() => LayerData::Failed(format!(
+                    "{} destination blocks for {} exported blocks",
+                    peer.blocks.len(),
+                    plan.blocks.len()
+                )),
+                Some(peer) => {
+                    let pairs: Vec<_> = plan.blocks.iter().copied().zip(peer.blocks.iter().copied()).collect();
+                    kv.copy_to_peer(layer, &peer.pool, &pairs)
+                        .map_or_else(LayerData::Failed, LayerData::Copied)
+                }
+                None => {
+                    let (mut keys, mut values) = (Vec::new(), Vec::new());
+                    for &block in plan.blocks.iter() {
+                        kv.read_block_layer(layer, block, &mut keys, &mut values);
+                    }
+                    LayerData::Host { keys, values }
+                }
+            };
             // A receiver that went away has aborted the request; the engine frees it at the next command.
             let _ = plan.layers.send(ExportedLayer {
                 layer: layer as u32,
-                keys,
-                values,
+                data,
             });
         }
     }
@@ -260,6 +372,7 @@ impl Scheduler {
                 (seq.computed + take == seq.tokens.len()).then(|| ExportPlan {
                     blocks: seq.blocks[export.first_block.min(seq.blocks.len())..].into(),
                     layers: export.layers.clone(),
+                    peer: export.peer.clone(),
                 })
             })
             .collect()
@@ -271,6 +384,7 @@ impl Scheduler {
 pub(super) struct ExportPlan {
     blocks: Arc<[BlockId]>,
     layers: mpsc::UnboundedSender<ExportedLayer>,
+    peer: Option<PeerExport>,
 }
 
 /// Counts of remote prefills, for load reports and tests.
@@ -282,6 +396,8 @@ pub struct RemotePrefillStats {
     pub completed: u64,
     /// Transfers that failed; the request prefilled locally.
     pub fell_back: u64,
+    /// Blocks held back from reuse until a peer that may still write them directly disconnects.
+    pub fenced_blocks: usize,
 }
 
 #[cfg(test)]

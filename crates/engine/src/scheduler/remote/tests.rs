@@ -96,6 +96,7 @@ fn export(prefill: &mut Side, prompt: &[u32], first_block: usize) -> Vec<Exporte
     let kind = RequestKind::ExportKv(KvExport {
         first_block,
         layers: tx,
+        peer: None,
     });
     prefill
         .scheduler
@@ -115,16 +116,12 @@ fn export(prefill: &mut Side, prompt: &[u32], first_block: usize) -> Vec<Exporte
 /// Writes every exported layer into the decode side's destination blocks.
 fn deliver(decode: &mut Side, request: RequestId, target: &RemoteKvTarget, layers: &[ExportedLayer]) {
     for l in layers {
+        let LayerData::Host { keys, values } = &l.data else {
+            panic!("the CPU backend exports through the host");
+        };
         decode
             .scheduler
-            .write_remote_layer(
-                request,
-                l.layer,
-                &target.blocks,
-                &l.keys,
-                &l.values,
-                &mut decode.backend,
-            )
+            .write_remote_layer(request, l.layer, &target.blocks, keys, values, &mut decode.backend)
             .unwrap();
     }
 }
@@ -189,7 +186,10 @@ fn a_cached_prefix_on_the_decode_side_is_not_sent() {
     assert_eq!(target.first_block, 4, "16 cached tokens are 4 blocks");
     assert_eq!(target.blocks.len(), 29usize.div_ceil(BLOCK_SIZE) - 4);
     let layers = export(&mut prefill, &text, target.first_block);
-    assert_eq!(layers[0].keys.len(), target.blocks.len() * decode.block_floats());
+    let LayerData::Host { keys, .. } = &layers[0].data else {
+        panic!("the CPU backend exports through the host")
+    };
+    assert_eq!(keys.len(), target.blocks.len() * decode.block_floats());
     deliver(&mut decode, 2, &target, &layers);
     decode.scheduler.finish_remote(2, Ok(0));
     let outputs = drain(&mut decode);
@@ -208,9 +208,9 @@ fn a_transfer_missing_layers_falls_back_to_local_prefill() {
         .add_remote(request(1, text.clone(), 4, RequestKind::Generate))
         .unwrap()
         .unwrap();
-    let layers = export(&mut prefill, &text, 0);
+    assert!(!export(&mut prefill, &text, 0).is_empty());
     // Only the first layer lands, with garbage the local prefill must overwrite.
-    let garbage = vec![f32::NAN; layers[0].keys.len()];
+    let garbage = vec![f32::NAN; target.blocks.len() * decode.block_floats()];
     decode
         .scheduler
         .write_remote_layer(1, 0, &target.blocks, &garbage, &garbage, &mut decode.backend)
@@ -332,5 +332,110 @@ fn nothing_to_send_or_no_room_means_local_prefill() {
     };
     assert_eq!(decode.scheduler.add_remote(req).unwrap(), None);
     assert_eq!(drain(&mut decode).iter().filter(|o| o.finish.is_some()).count(), 2);
+    assert_eq!(decode.scheduler.stats().free_blocks, BLOCKS);
+}
+
+/// Writes every exported layer into the destination blocks "directly" — straight into the pool, as a peer's device
+/// does through CUDA IPC — and reports each one landed.
+fn land_directly(decode: &mut Side, request: RequestId, target: &RemoteKvTarget, layers: &[ExportedLayer]) {
+    let n_layers = decode.backend.kv_shape().n_layers;
+    let per_block = decode.block_floats();
+    for l in layers {
+        let LayerData::Host { keys, values } = &l.data else {
+            panic!("the CPU backend exports through the host");
+        };
+        for (i, &block) in target.blocks.iter().enumerate() {
+            let at = i * per_block..(i + 1) * per_block;
+            decode
+                .backend
+                .write_block_layer(l.layer as usize, block, &keys[at.clone()], &values[at])
+                .unwrap();
+        }
+        decode
+            .scheduler
+            .direct_layer_landed(request, l.layer, &target.blocks, n_layers)
+            .unwrap();
+    }
+}
+
+#[test]
+fn direct_writes_land_only_once_allowed_and_give_the_local_tokens() {
+    let text = prompt(23);
+    let expected = local_tokens(&text, 6);
+    let (mut prefill, mut decode) = (side(), side());
+    let target = decode
+        .scheduler
+        .add_remote(request(1, text.clone(), 6, RequestKind::Generate))
+        .unwrap()
+        .unwrap();
+    let n_layers = decode.backend.kv_shape().n_layers;
+    assert_eq!(
+        decode.scheduler.direct_layer_landed(1, 0, &target.blocks, n_layers),
+        Err(RemoteWriteError::NotAwaiting(1)),
+        "a layer cannot land before the peer was let in"
+    );
+    assert!(decode.scheduler.allow_direct_writes(1));
+    assert!(
+        !decode.scheduler.allow_direct_writes(99),
+        "an unknown request lets nobody in"
+    );
+    let layers = export(&mut prefill, &text, target.first_block);
+    land_directly(&mut decode, 1, &target, &layers);
+    decode.scheduler.end_direct_writes(1);
+    assert_eq!(decode.scheduler.finish_remote(1, Ok(0)), Some(true));
+    assert_eq!(tokens(&drain(&mut decode)), expected);
+    let stats = decode.scheduler.stats();
+    assert_eq!((stats.free_blocks, stats.remote_prefill.fenced_blocks), (BLOCKS, 0));
+}
+
+#[test]
+fn blocks_a_direct_writer_may_still_write_are_not_reused_until_it_is_done() {
+    let text = prompt(23);
+    let expected = local_tokens(&text, 6);
+    let mut decode = side();
+
+    // Cancelled while the peer may be writing: the blocks stay out of the pool until the peer's connection ends.
+    let target = decode
+        .scheduler
+        .add_remote(request(1, text.clone(), 6, RequestKind::Generate))
+        .unwrap()
+        .unwrap();
+    assert!(decode.scheduler.allow_direct_writes(1));
+    assert!(decode.scheduler.abort(1));
+    let stats = decode.scheduler.stats();
+    assert_eq!(stats.remote_prefill.fenced_blocks, target.blocks.len());
+    assert_eq!(stats.free_blocks, BLOCKS - target.blocks.len());
+    assert!(
+        !decode.scheduler.allow_direct_writes(1),
+        "an ended request lets nobody in"
+    );
+    decode.scheduler.end_direct_writes(1);
+    assert_eq!(decode.scheduler.stats().free_blocks, BLOCKS);
+
+    // A broken transfer: the request prefills locally in other blocks while the old ones wait for the peer.
+    let target = decode
+        .scheduler
+        .add_remote(request(2, text.clone(), 6, RequestKind::Generate))
+        .unwrap()
+        .unwrap();
+    assert!(decode.scheduler.allow_direct_writes(2));
+    assert_eq!(
+        decode.scheduler.finish_remote(2, Err("the peer died".to_owned())),
+        Some(false)
+    );
+    let outputs = drain(&mut decode);
+    assert_eq!(
+        tokens(&outputs),
+        expected,
+        "the local prefill is untouched by the fenced blocks"
+    );
+    let stats = decode.scheduler.stats();
+    assert_eq!(stats.remote_prefill.fenced_blocks, target.blocks.len());
+    assert_eq!(
+        stats.free_blocks + target.blocks.len(),
+        BLOCKS,
+        "the prefix cache keeps the rest"
+    );
+    decode.scheduler.end_direct_writes(2);
     assert_eq!(decode.scheduler.stats().free_blocks, BLOCKS);
 }
