@@ -430,6 +430,8 @@ impl Backend for CudaBackend {
         if self.shard.world > 1 {
             return Ok(None);
         }
+        // The engine thread may not have touched the device yet: IPC calls need the context current.
+        self.stream.context().bind_to_thread().map_err(CudaError::from)?;
         Ok(Some(self.kv.export()?))
     }
 
