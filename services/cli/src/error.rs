@@ -25,8 +25,8 @@ pub enum CliError {
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error(
-        "--model {spec}: synthetic models are not supported by the engine yet; \
-         give a model name, a .gguf file or a model directory"
+        "--model {spec}: a synthetic model is served with the default model's tokenizer, which is not a GGUF file \
+         here"
     )]
     SyntheticModel { spec: String },
     #[error("cannot start {threads} compute threads")]

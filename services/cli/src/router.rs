@@ -7,22 +7,19 @@ use cleave_cluster::registry::{RegistryView, WorkerRole};
 use cleave_cluster::tls::PublicTls;
 use cleave_router::auth::ApiKeys;
 use cleave_router::{
-    Frontend, RouterModel, RouterService, ServeOptions, WorkerEndpoint, WorkerPool, grpc_url, serve_with,
+    Frontend, RouterService, ServeOptions, WorkerEndpoint, WorkerPool, grpc_url, serve_with,
 };
 use cleave_telemetry::Telemetry;
 
 use crate::args::{HttpArgs, RouterArgs};
 use crate::error::CliError;
-use crate::model::{self, ModelPath};
+use crate::model;
 use crate::registry;
 use crate::worker::{bind, shutdown_signal};
 
 pub fn run_router(args: &RouterArgs) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
-    let router_model = match &path {
-        ModelPath::Gguf(file) => RouterModel::from_gguf(&name, file)?,
-        ModelPath::HfDir(dir) => RouterModel::from_hf_dir(&name, dir)?,
-    };
+    let router_model = model::router_model(&name, &path)?;
     let cluster_tls = args.cluster_tls.load()?;
     let public = PublicSecurity::load(&args.http)?;
     for url in args.workers.iter().chain(&args.prefill_workers) {

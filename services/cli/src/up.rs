@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cleave_cluster::registry::{EmbeddedRegistry, KeyLayout, LeaseGuard, Registry, RegistryView, register_worker};
-use cleave_engine::{EngineConfig, load_model};
+use cleave_engine::EngineConfig;
 use cleave_proto::v1;
-use cleave_router::{Frontend, RouterModel, RouterService, WorkerPool, WorkerRole, grpc_url, serve_with};
+use cleave_router::{Frontend, RouterService, WorkerPool, WorkerRole, grpc_url, serve_with};
 use cleave_telemetry::Telemetry;
 
 use crate::args::{DisaggArgs, Role, UpArgs};
@@ -23,10 +23,7 @@ const LEASE_TTL: Duration = Duration::from_secs(10);
 
 pub fn run_up(args: &UpArgs, device: cleave_engine::Device) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
-    let router_model = match &path {
-        ModelPath::Gguf(file) => RouterModel::from_gguf(&name, file)?,
-        ModelPath::HfDir(dir) => RouterModel::from_hf_dir(&name, dir)?,
-    };
+    let router_model = model::router_model(&name, &path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -105,12 +102,11 @@ async fn start_worker(
     (registry, layout): (&dyn Registry, &KeyLayout),
     telemetry: &Telemetry,
 ) -> Result<(LeaseGuard, cleave_telemetry::WorkerLabels), CliError> {
-    let (weights, tokenizer) = load_model(path.files())?;
     let config = EngineConfig {
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
         ..EngineConfig::default()
     };
-    let engine = Arc::new(model::start_engine_with(weights, tokenizer, config, device)?);
+    let engine = Arc::new(model::start(path, config, device)?);
     let (listener, addr) = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let disagg = DisaggArgs {
         role,

@@ -8,7 +8,7 @@ use cleave_cluster::tls::ClusterTls;
 use cleave_engine::model::PipelineStage;
 use cleave_engine::parallel::TpRank;
 use cleave_engine::scheduler::SchedulerConfig;
-use cleave_engine::{Device, Engine, EngineConfig, load_model};
+use cleave_engine::{Device, Engine, EngineConfig};
 use cleave_telemetry::{Telemetry, WorkerLabels};
 use cleave_worker::kv_inbox::{CUDA_IPC, TCP};
 use cleave_worker::{KvInbox, WorkerService, register_worker_metrics, serve_with};
@@ -20,8 +20,13 @@ use crate::{model, parallel, registry};
 
 pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<(), CliError> {
     let (name, path) = model::locate(&args.model)?;
-    let (weights, tokenizer) = load_model(path.files())?;
+    let loaded = model::load(&path)?;
     let world = args.parallel.world();
+    let model_config = match &loaded {
+        model::Loaded::Weights(weights, _) => weights.config().clone(),
+        model::Loaded::Synthetic(config, _) if world == 1 => config.clone(),
+        model::Loaded::Synthetic(..) => return Err(CliError::SyntheticModel { spec: args.model.clone() }),
+    };
     let stages = usize::from(args.parallel.pipeline_parallel);
     let [tensor, _, expert, context] = args.parallel.kinds();
     let tensor_in_stages = stages > 1 && tensor > 1 && expert == 1 && context == 1;
@@ -31,10 +36,10 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
     if stages > 1 && WorkerRole::from(args.disagg.role) == WorkerRole::Prefill {
         return Err(CliError::PipelinePrefill);
     }
-    TpRank::check(weights.config(), usize::from(args.parallel.tensor_parallel))?;
-    PipelineStage::new(weights.config().n_layers, stages, 0, 1)?;
+    TpRank::check(&model_config, usize::from(args.parallel.tensor_parallel))?;
+    PipelineStage::new(model_config.n_layers, stages, 0, 1)?;
     if args.parallel.expert_parallel > 1 {
-        TpRank::check_experts(weights.config(), usize::from(args.parallel.expert_parallel))?;
+        TpRank::check_experts(&model_config, usize::from(args.parallel.expert_parallel))?;
     }
     let rank = args.parallel.group_rank.map_or(0, usize::from);
     if rank >= world {
@@ -65,7 +70,12 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         },
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
     };
+    let (weights, tokenizer) = match loaded {
+        model::Loaded::Weights(weights, tokenizer) => (Some(weights), tokenizer),
+        model::Loaded::Synthetic(_, tokenizer) => (None, tokenizer),
+    };
     if rank > 0 {
+        let weights = weights.ok_or_else(|| CliError::SyntheticModel { spec: args.model.clone() })?;
         return parallel::follow(args, weights, rank, gpus.map(|first| (first, &config)));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,6 +98,7 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         let mut group = None;
         let engine = match &registry {
             Some((registry, layout)) if world > 1 => {
+                let weights = weights.ok_or_else(|| CliError::SyntheticModel { spec: args.model.clone() })?;
                 let led =
                     group.insert(parallel::lead(args, registry.as_ref(), layout, &id, (addr, &grpc_url), gpus).await?);
                 let comm: Arc<dyn cleave_comm::Communicator> = led.comm.clone();
@@ -109,7 +120,10 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
                     )?,
                 })
             }
-            _ => Arc::new(model::start_engine_with(weights, tokenizer, config, device)?),
+            _ => Arc::new(match weights {
+                Some(weights) => model::start_engine_with(weights, tokenizer, config, device)?,
+                None => model::start_synthetic(model_config, tokenizer, config, device)?,
+            }),
         };
         let telemetry = Telemetry::new();
         let labels = worker_labels(&id, WorkerRole::from(args.disagg.role));
