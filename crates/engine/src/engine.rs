@@ -20,7 +20,7 @@ use crate::kv::{Gap, KvEventLog, KvEventRecord, KvShape};
 use crate::model::LlamaModel;
 use crate::sampling::{ModelLimits, SamplingSpec};
 use crate::scheduler::{
-    ExportedLayer, KvExport, NewRequest, PeerExport, RemoteKvTarget, RequestId, RequestKind, Scheduler,
+    ExportedLayer, KvExport, NewRequest, PeerExport, RemoteDone, RemoteKvTarget, RequestId, RequestKind, Scheduler,
     SchedulerConfig, SchedulerStats, SeqOutput,
 };
 
@@ -61,7 +61,7 @@ enum Command {
     },
     FinishRemoteKv {
         request: RequestId,
-        result: Result<usize, String>,
+        result: Result<RemoteDone, String>,
     },
     ExportKvPool(oneshot::Sender<Result<Option<Vec<u8>>, EngineError>>),
     OpenPeerKv {
@@ -83,6 +83,27 @@ enum Command {
     KvEventsSince(u64, oneshot::Sender<Result<Vec<KvEventRecord>, Gap>>),
     KvSnapshot(oneshot::Sender<KvSnapshot>),
     Shutdown,
+}
+
+/// How `Engine::submit_export` exports a prompt's KV.
+#[derive(Debug, Clone, Default)]
+pub struct ExportSpec {
+    /// Leading blocks the receiver already holds; not sent.
+    pub first_block: usize,
+    pub priority: i32,
+    /// Write into this peer's pool (CUDA IPC) instead of handing the layers over on the host.
+    pub peer: Option<PeerExport>,
+    /// Also hand over the logits of the prompt's last token.
+    pub logits: bool,
+}
+
+/// A running export: its stream (ends with `FinishReason::Prefilled`), its layers, and the last token's logits when
+/// asked for (the channel closes empty otherwise).
+#[derive(Debug)]
+pub struct Export {
+    pub stream: GenerationStream,
+    pub layers: mpsc::UnboundedReceiver<ExportedLayer>,
+    pub logits: mpsc::UnboundedReceiver<Vec<f32>>,
 }
 
 /// The prefix cache's contents, current up to (excluding) event `next_seq`.
@@ -273,13 +294,13 @@ impl Engine {
     /// the returned receiver, during the prompt's last chunk — or, with `peer`, queues their copy straight into the
     /// peer's pool and sends the copy to wait for. The stream ends with `FinishReason::Prefilled` and the usage (how
     /// many prompt tokens came from this engine's prefix cache).
-    pub fn submit_export(
-        &self,
-        prompt: Vec<u32>,
-        first_block: usize,
-        priority: i32,
-        peer: Option<PeerExport>,
-    ) -> Result<(GenerationStream, mpsc::UnboundedReceiver<ExportedLayer>), EngineError> {
+    pub fn submit_export(&self, prompt: Vec<u32>, spec: ExportSpec) -> Result<Export, EngineError> {
+        let ExportSpec {
+            first_block,
+            priority,
+            peer,
+            logits: want_logits,
+        } = spec;
         let blocks = prompt.len().div_ceil(self.block_size);
         if first_block >= blocks {
             return Err(EngineError::invalid(
@@ -292,16 +313,18 @@ impl Engine {
             ..SamplingSpec::default()
         };
         let (layers_tx, layers) = mpsc::unbounded_channel();
+        let (logits_tx, logits) = mpsc::unbounded_channel();
         let kind = RequestKind::ExportKv(KvExport {
             first_block,
             layers: layers_tx,
             peer,
+            logits: want_logits.then_some(logits_tx),
         });
         let (req, stream, tx) = self.prepare(prompt, &spec, priority, kind)?;
         self.commands
             .send(Command::Submit { req, tx })
             .map_err(|_| EngineError::Unavailable)?;
-        Ok((stream, layers))
+        Ok(Export { stream, layers, logits })
     }
 
     /// Writes one layer of remote KV into the blocks `submit_remote` named for `request`. A write for a request
@@ -325,7 +348,7 @@ impl Engine {
 
     /// Ends the wait for remote KV: `Ok(prefill_cached_tokens)` after a complete transfer, `Err(reason)` after a
     /// failed one (the prompt is then prefilled here). Writes sent before this call are applied before it.
-    pub fn finish_remote_kv(&self, request: RequestId, result: Result<usize, String>) {
+    pub fn finish_remote_kv(&self, request: RequestId, result: Result<RemoteDone, String>) {
         let _ = self.commands.send(Command::FinishRemoteKv { request, result });
     }
 
@@ -678,7 +701,20 @@ fn handle(cmd: Command, state: &mut EngineState) -> bool {
                 tracing::warn!(request, layer, %error, "remote KV layer refused");
             }
         }
-        Command::FinishRemoteKv { request, result } => {
+        Command::FinishRemoteKv { request, mut result } => {
+            let vocab = backend.model_config().vocab_size;
+            if let Ok(RemoteDone {
+                logits: logits @ Some(_),
+                ..
+            }) = &mut result
+                && logits.as_ref().is_some_and(|row| row.len() != vocab)
+            {
+                tracing::warn!(
+                    request,
+                    "the prefill worker's logits have another vocabulary; recomputing the last token"
+                );
+                *logits = None;
+            }
             scheduler.finish_remote(request, result);
         }
         Command::ExportKvPool(reply) => {

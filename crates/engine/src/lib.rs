@@ -20,7 +20,7 @@ pub mod weights;
 pub use backend::{Backend, CpuBackend, KvBlockReader, LandedCopy, PeerKv};
 pub use config::ModelConfig;
 pub use device::{Device, start_engine};
-pub use engine::{Engine, EngineConfig, GenerationStream, KvSnapshot};
+pub use engine::{Engine, EngineConfig, Export, ExportSpec, GenerationStream, KvSnapshot};
 pub use error::{EngineError, ErrorCategory};
 pub use loader::{ModelFiles, load_model};
 pub use model::{LlamaModel, SeqChunk};

@@ -23,7 +23,10 @@ pub enum ModelPath {
     HfDir(PathBuf),
     /// Random bf16 weights of a named shape, built on the GPU (`synthetic:llama-3.1-8b`), served with the default
     /// model's tokenizer (its GGUF here): a stand-in for a large model in benchmarks, no download.
-    Synthetic { shape: String, tokenizer: PathBuf },
+    Synthetic {
+        shape: String,
+        tokenizer: PathBuf,
+    },
 }
 
 impl ModelPath {
@@ -53,7 +56,7 @@ pub fn router_model(name: &str, path: &ModelPath) -> Result<cleave_router::Route
 
 /// A model ready to start an engine on.
 pub enum Loaded {
-    Weights(LlamaModel, Tokenizer),
+    Weights(Box<LlamaModel>, Tokenizer),
     /// A synthetic shape (vocabulary resized to the tokenizer's) and its tokenizer.
     Synthetic(ModelConfig, Tokenizer),
 }
@@ -67,7 +70,7 @@ pub fn load(path: &ModelPath) -> Result<Loaded, CliError> {
         }
         real => {
             let (model, tokenizer) = load_model(real.files())?;
-            Ok(Loaded::Weights(model, tokenizer))
+            Ok(Loaded::Weights(Box::new(model), tokenizer))
         }
     }
 }
@@ -122,10 +125,12 @@ pub fn locate(spec: &str) -> Result<(String, ModelPath), CliError> {
             cleave_engine::cuda::synthetic_config(&shape)?;
             let tokenizer = match std::env::var_os(SYNTHETIC_TOKENIZER_ENV) {
                 Some(path) => PathBuf::from(path),
-                None => match resolve(cleave_modelstore::DEFAULT_MODEL, &cache, true, &BarProgress::default())?.source {
-                    ModelSource::Gguf(path) => path,
-                    _ => return Err(CliError::SyntheticModel { spec: spec.to_string() }),
-                },
+                None => {
+                    match resolve(cleave_modelstore::DEFAULT_MODEL, &cache, true, &BarProgress::default())?.source {
+                        ModelSource::Gguf(path) => path,
+                        _ => return Err(CliError::SyntheticModel { spec: spec.to_string() }),
+                    }
+                }
             };
             ModelPath::Synthetic { shape, tokenizer }
         }
@@ -141,7 +146,7 @@ pub fn start_engine(path: &ModelPath, device: Device) -> Result<Engine, CliError
 /// Loads the model at `path` and starts an engine on `device` with `config`.
 pub fn start(path: &ModelPath, config: EngineConfig, device: Device) -> Result<Engine, CliError> {
     match load(path)? {
-        Loaded::Weights(model, tokenizer) => start_engine_with(model, tokenizer, config, device),
+        Loaded::Weights(model, tokenizer) => start_engine_with(*model, tokenizer, config, device),
         Loaded::Synthetic(shape, tokenizer) => start_synthetic(shape, tokenizer, config, device),
     }
 }

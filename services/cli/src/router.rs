@@ -6,9 +6,7 @@ use std::sync::Arc;
 use cleave_cluster::registry::{RegistryView, WorkerRole};
 use cleave_cluster::tls::PublicTls;
 use cleave_router::auth::ApiKeys;
-use cleave_router::{
-    Frontend, RouterService, ServeOptions, WorkerEndpoint, WorkerPool, grpc_url, serve_with,
-};
+use cleave_router::{Frontend, RouterService, ServeOptions, WorkerEndpoint, WorkerPool, grpc_url, serve_with};
 use cleave_telemetry::Telemetry;
 
 use crate::args::{HttpArgs, RouterArgs};

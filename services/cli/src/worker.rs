@@ -25,7 +25,11 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
     let model_config = match &loaded {
         model::Loaded::Weights(weights, _) => weights.config().clone(),
         model::Loaded::Synthetic(config, _) if world == 1 => config.clone(),
-        model::Loaded::Synthetic(..) => return Err(CliError::SyntheticModel { spec: args.model.clone() }),
+        model::Loaded::Synthetic(..) => {
+            return Err(CliError::SyntheticModel {
+                spec: args.model.clone(),
+            });
+        }
     };
     let stages = usize::from(args.parallel.pipeline_parallel);
     let [tensor, _, expert, context] = args.parallel.kinds();
@@ -71,11 +75,13 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
     };
     let (weights, tokenizer) = match loaded {
-        model::Loaded::Weights(weights, tokenizer) => (Some(weights), tokenizer),
+        model::Loaded::Weights(weights, tokenizer) => (Some(*weights), tokenizer),
         model::Loaded::Synthetic(_, tokenizer) => (None, tokenizer),
     };
     if rank > 0 {
-        let weights = weights.ok_or_else(|| CliError::SyntheticModel { spec: args.model.clone() })?;
+        let weights = weights.ok_or_else(|| CliError::SyntheticModel {
+            spec: args.model.clone(),
+        })?;
         return parallel::follow(args, weights, rank, gpus.map(|first| (first, &config)));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -98,7 +104,9 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
         let mut group = None;
         let engine = match &registry {
             Some((registry, layout)) if world > 1 => {
-                let weights = weights.ok_or_else(|| CliError::SyntheticModel { spec: args.model.clone() })?;
+                let weights = weights.ok_or_else(|| CliError::SyntheticModel {
+                    spec: args.model.clone(),
+                })?;
                 let led =
                     group.insert(parallel::lead(args, registry.as_ref(), layout, &id, (addr, &grpc_url), gpus).await?);
                 let comm: Arc<dyn cleave_comm::Communicator> = led.comm.clone();

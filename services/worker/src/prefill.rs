@@ -5,8 +5,10 @@
 //! milliseconds with the field that differs. The engine hands each layer over as soon as the prompt's last chunk
 //! has computed it, and this task sends it while the engine computes the next layer. Invariant: the call returns
 //! `Ok` only after the decode worker confirmed every layer; any failure aborts the transfer (the decode worker then
-//! prefills locally), and a cancelled call drops the engine request, freeing its blocks. The decode worker computes
-//! the prompt's last token itself, so this side computes `prompt_token_ids[..len - 1]`. Each transfer, finished or
+//! prefills locally), and a cancelled call drops the engine request, freeing its blocks. With `return_logits` (what
+//! decode workers ask for) the whole prompt is computed and the last token's logits come back in the response, so
+//! the decode worker samples the first token without a step of its own; otherwise it computes the prompt's last
+//! token itself and this side computes `prompt_token_ids[..len - 1]`. Each transfer, finished or
 //! failed, is counted in `cleave_worker_kv_transfer*{direction="sent"}`.
 //!
 //! Transport: the first of the decode worker's list this worker can use. CUDA IPC needs the same host and a GPU
@@ -21,7 +23,7 @@ use cleave_cluster::kv_transfer::{
     DEFAULT_IO_TIMEOUT, KvDtype, KvSender, KvTransferError, KvTransferHeader, TransferMode,
 };
 use cleave_engine::scheduler::{ExportedLayer, FinishReason, LayerData, PeerExport};
-use cleave_engine::{EngineError, GenerationStream};
+use cleave_engine::{EngineError, Export, ExportSpec, GenerationStream};
 use cleave_proto::v1;
 use cleave_telemetry::{KvDirection, KvTransferMetrics};
 use tonic::Status;
@@ -50,12 +52,18 @@ impl WorkerService {
         }
         let direct = self.pick_transport(&dest).await?;
         let mut prompt = req.prompt_token_ids;
-        if prompt.len() < 2 {
-            return Err(Status::invalid_argument(
-                "prompt_token_ids: at least 2 tokens (the decode worker computes the last one)",
-            ));
+        if req.return_logits {
+            if prompt.is_empty() {
+                return Err(Status::invalid_argument("prompt_token_ids: empty"));
+            }
+        } else {
+            if prompt.len() < 2 {
+                return Err(Status::invalid_argument(
+                    "prompt_token_ids: at least 2 tokens (the decode worker computes the last one)",
+                ));
+            }
+            prompt.pop();
         }
-        prompt.pop();
         let blocks = prompt.len().div_ceil(layout.block_size as usize);
         let first_block = dest.first_block as usize;
         if blocks.checked_sub(first_block) != Some(dest.block_ids.len()) {
@@ -111,10 +119,17 @@ impl WorkerService {
             },
             None => None,
         };
-        let (mut stream, mut layers) = self
-            .engine
-            .submit_export(prompt, first_block, 0, peer)
-            .map_err(|e| status(&e))?;
+        let spec = ExportSpec {
+            first_block,
+            priority: 0,
+            peer,
+            logits: req.return_logits,
+        };
+        let Export {
+            mut stream,
+            mut layers,
+            mut logits,
+        } = self.engine.submit_export(prompt, spec).map_err(|e| status(&e))?;
         let registration = self.register(&req.request_id, stream.id())?;
 
         let mut sent = 0;
@@ -152,10 +167,16 @@ impl WorkerService {
         drop(transfer_span);
         sent_record.ok = true;
         drop(sent_record);
+        let last_logits = if req.return_logits {
+            logits.recv().await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         match stream.next().await {
             Some(Ok(out)) => match out.finish {
                 Some(finish) if finish.reason == FinishReason::Prefilled => Ok(v1::PrefillResponse {
                     cached_tokens: u32::try_from(finish.usage.cached_tokens).unwrap_or(u32::MAX),
+                    last_logits,
                 }),
                 _ => Err(Status::internal("the prefill request ended without its usage")),
             },

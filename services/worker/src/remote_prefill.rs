@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use cleave_cluster::tls::{ClusterTls, peer_endpoint};
 use cleave_engine::sampling::SamplingSpec;
+use cleave_engine::scheduler::RemoteDone;
 use cleave_engine::{Engine, GenerationStream};
 use cleave_proto::v1;
 use cleave_proto::v1::worker_client::WorkerClient;
@@ -116,6 +117,7 @@ impl RemotePrefillContext {
             }),
             model: self.model.to_string(),
             block_size: u32::try_from(self.engine.block_size()).unwrap_or(u32::MAX),
+            return_logits: true,
         };
         tracing::debug!(
             request_id,
@@ -161,7 +163,11 @@ async fn drive(
             .await
             .map_err(|s| format!("Prefill failed ({:?}): {}", s.code(), s.message()))?;
         expected.outcome().await?;
-        Ok(response.into_inner().cached_tokens as usize)
+        let response = response.into_inner();
+        Ok(RemoteDone {
+            prefill_cached: response.cached_tokens as usize,
+            logits: (!response.last_logits.is_empty()).then_some(response.last_logits),
+        })
     };
     let result = tokio::time::timeout(timeout, prefill)
         .await

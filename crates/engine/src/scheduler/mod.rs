@@ -17,7 +17,8 @@ use std::sync::Arc;
 use cleave_tokens::Tokenizer;
 
 pub use remote::{
-    ExportedLayer, KvExport, LayerData, PeerExport, RemoteKvTarget, RemotePrefillStats, RemoteWriteError, RequestKind,
+    ExportedLayer, KvExport, LayerData, PeerExport, RemoteDone, RemoteKvTarget, RemotePrefillStats, RemoteWriteError,
+    RequestKind,
 };
 use sequence::Sequence;
 pub use sequence::{Finish, FinishReason, NewRequest, RequestId, SeqOutput, Usage};
@@ -79,6 +80,9 @@ pub struct Scheduler {
     /// Blocks a peer may still be writing into directly (CUDA IPC) although their request ended: held until the
     /// transfer connection closes (`end_direct_writes`), so no other request is handed memory being written.
     fenced: std::collections::HashMap<RequestId, Vec<crate::kv::BlockId>>,
+    /// Outputs produced between steps (a first token sampled from a prefill worker's logits), returned by the next
+    /// step.
+    pending: Vec<SeqOutput>,
     remote_prefills: RemotePrefillStats,
     tokenizer: Arc<Tokenizer>,
     eos: Vec<u32>,
@@ -97,6 +101,7 @@ impl Scheduler {
             running: Vec::new(),
             awaiting: Vec::new(),
             fenced: std::collections::HashMap::new(),
+            pending: Vec::new(),
             remote_prefills: RemotePrefillStats::default(),
             tokenizer,
             eos,
@@ -121,7 +126,7 @@ impl Scheduler {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.running.is_empty() || !self.waiting.is_empty()
+        !self.running.is_empty() || !self.waiting.is_empty() || !self.pending.is_empty()
     }
 
     pub fn stats(&self) -> SchedulerStats {
@@ -188,9 +193,10 @@ impl Scheduler {
     /// Runs one batch through the model and returns what each scheduled sequence produced.
     /// A backend error fails the step; the caller fails the requests it cannot continue.
     pub fn step(&mut self, backend: &mut dyn Backend) -> Result<Vec<SeqOutput>, EngineError> {
+        let mut outputs = std::mem::take(&mut self.pending);
         let plan = self.plan();
         if plan.is_empty() {
-            return Ok(Vec::new());
+            return Ok(outputs);
         }
         let chunks: Vec<SeqChunk<'_>> = plan
             .iter()
@@ -200,7 +206,7 @@ impl Scheduler {
                     tokens: &s.tokens[s.computed..s.computed + take],
                     start_pos: s.computed,
                     blocks: &s.blocks,
-                    want_logits: s.computed + take == s.tokens.len() && !s.exports(),
+                    want_logits: s.computed + take == s.tokens.len() && s.wants_logits(),
                 }
             })
             .collect();
@@ -211,7 +217,8 @@ impl Scheduler {
             backend.forward(&chunks, &mut |layer, kv| Self::export_layer(&exports, layer, kv))?
         };
         let vocab = backend.model_config().vocab_size;
-        self.apply(&plan, &logits, vocab, backend)
+        outputs.extend(self.apply(&plan, &logits, vocab, backend)?);
+        Ok(outputs)
     }
 
     /// Chooses this step's work: `(index into running, tokens to compute)`, allocating the blocks it needs.
@@ -336,6 +343,11 @@ impl Scheduler {
                 continue;
             }
             if seq.exports() {
+                if seq.wants_logits()
+                    && let Some(row) = rows.next()
+                {
+                    seq.send_export_logits(row);
+                }
                 let mut out = seq.output();
                 out.finish = Some(Finish {
                     reason: FinishReason::Prefilled,
@@ -408,7 +420,7 @@ fn share_prefix(
 }
 
 /// Samples the next token from `row`, appends it, and decides whether the sequence is finished.
-fn sample_and_check(seq: &mut Sequence, row: &[f32], eos: &[u32], max_context: usize) -> SeqOutput {
+pub(super) fn sample_and_check(seq: &mut Sequence, row: &[f32], eos: &[u32], max_context: usize) -> SeqOutput {
     let (token, logprob) = seq.sampler.sample(row);
     seq.push_token(token);
     let mut out = seq.output();

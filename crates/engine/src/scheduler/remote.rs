@@ -41,6 +41,8 @@ pub struct KvExport {
     pub layers: mpsc::UnboundedSender<ExportedLayer>,
     /// Write the blocks straight into this peer's pool instead of copying them out to the host.
     pub peer: Option<PeerExport>,
+    /// Receives the logits of the prompt's last token (the receiver samples its first token from them).
+    pub logits: Option<mpsc::UnboundedSender<Vec<f32>>>,
 }
 
 /// A peer's mapped pool and the blocks there that receive prompt blocks `first_block..`, in order.
@@ -68,10 +70,19 @@ pub enum LayerData {
     Failed(String),
 }
 
+/// How a remote prefill ended well: how many prompt tokens the prefill worker found in its own cache, and the
+/// logits of the prompt's last token when it sent them (the first token is then sampled from them here, exactly
+/// as after a local prefill; without them this worker recomputes the last token).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemoteDone {
+    pub prefill_cached: usize,
+    pub logits: Option<Vec<f32>>,
+}
+
 /// Where a prefill worker must write a request's prompt KV.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteKvTarget {
-    /// Prompt tokens whose KV the prefill worker computes: all but the last, which this worker computes.
+    /// Prompt tokens whose KV the prefill worker computes: the whole prompt.
     pub prefill_tokens: usize,
     /// Leading blocks this worker already holds from its prefix cache; they are not sent.
     pub first_block: usize,
@@ -121,15 +132,16 @@ impl Scheduler {
         let Some(at) = self.waiting.iter().rposition(|s| s.request == id) else {
             return Ok(None);
         };
-        let prefill_tokens = self.waiting[at].tokens.len() - 1;
+        let prefill_tokens = self.waiting[at].tokens.len();
         // n > 1 forks its samples from the computed prompt inside the batch; keep those local.
-        if prefill_tokens == 0 || !single {
+        if prefill_tokens < 2 || !single {
             return Ok(None);
         }
         let seq = &mut self.waiting[at];
         let total = prefill_tokens.div_ceil(bs);
         if self.config.prefix_caching {
-            let reusable = (prefill_tokens / bs).min(seq.hashes.len());
+            // The last token is always computed somewhere, so a block holding it is never taken from the cache.
+            let reusable = ((prefill_tokens - 1) / bs).min(seq.hashes.len());
             seq.blocks = self.blocks.acquire_prefix(&seq.hashes[..reusable]);
         }
         let first_block = seq.blocks.len();
@@ -293,11 +305,12 @@ impl Scheduler {
         self.fenced.entry(seq.request).or_default().extend(held);
     }
 
-    /// Ends the wait for remote KV and queues the request for the batch. `Ok(prefill_cached)` reports a transfer
-    /// that completed (and how many prompt tokens the prefill worker found in its own cache); with every layer
-    /// written, only the last prompt token is left to compute. Anything else prefills the prompt locally.
-    /// Returns whether the remote KV was used, or `None` for a request not waiting (already aborted).
-    pub fn finish_remote(&mut self, request: RequestId, result: Result<usize, String>) -> Option<bool> {
+    /// Ends the wait for remote KV and queues the request for the batch. `Ok(done)` reports a transfer that
+    /// completed; with every layer written, the first token is sampled from the prefill worker's logits (the output
+    /// comes with the next step), or — without logits — the last prompt token is recomputed here. Anything else
+    /// prefills the prompt locally. Returns whether the remote KV was used, or `None` for a request not waiting
+    /// (already aborted).
+    pub fn finish_remote(&mut self, request: RequestId, result: Result<RemoteDone, String>) -> Option<bool> {
         let at = self.awaiting.iter().position(|s| s.request == request)?;
         let mut seq = self.awaiting.swap_remove(at);
         let complete = match &seq.mode {
@@ -309,12 +322,26 @@ impl Scheduler {
             self.fence_direct_writes(&mut seq);
         }
         seq.mode = SeqMode::Local;
-        let used = match result {
-            Ok(prefill_cached) if complete => {
-                seq.computed = seq.tokens.len() - 1;
-                seq.cached_tokens = seq.cached_tokens.max(prefill_cached.min(seq.computed));
+        match result {
+            Ok(done) if complete => {
+                let prompt = seq.tokens.len();
+                seq.cached_tokens = seq.cached_tokens.max(done.prefill_cached.min(prompt - 1));
                 self.remote_prefills.completed += 1;
-                true
+                match done.logits {
+                    Some(row) => {
+                        seq.computed = prompt;
+                        let out = super::sample_and_check(&mut seq, &row, &self.eos, self.max_context);
+                        let finished = out.finish.is_some();
+                        self.pending.push(out);
+                        if finished {
+                            self.blocks.release_all(&seq.blocks);
+                            return Some(true);
+                        }
+                    }
+                    None => seq.computed = prompt - 1,
+                }
+                self.enqueue(seq);
+                Some(true)
             }
             outcome => {
                 let reason = match outcome {
@@ -323,11 +350,10 @@ impl Scheduler {
                 };
                 tracing::warn!(request, %reason, "remote prefill failed; prefilling locally");
                 self.remote_prefills.fell_back += 1;
-                false
+                self.enqueue(seq);
+                Some(false)
             }
-        };
-        self.enqueue(seq);
-        Some(used)
+        }
     }
 
     /// Copies, for every exporting sequence in `exports`, `layer`'s blocks into a message for its receiver, or

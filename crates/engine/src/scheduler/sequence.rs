@@ -162,6 +162,25 @@ impl Sequence {
         matches!(self.mode, SeqMode::Export(_))
     }
 
+    /// Hands the prompt's last logits to an export's receiver (one that went away has aborted the request).
+    pub fn send_export_logits(&self, row: &[f32]) {
+        if let SeqMode::Export(KvExport {
+            logits: Some(logits), ..
+        }) = &self.mode
+        {
+            let _ = logits.send(row.to_vec());
+        }
+    }
+
+    /// Whether this chunk's last row needs logits: a generating sequence's always, an export's when its receiver
+    /// asked for the prompt's last logits.
+    pub fn wants_logits(&self) -> bool {
+        match &self.mode {
+            SeqMode::Export(export) => export.logits.is_some(),
+            _ => true,
+        }
+    }
+
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }

@@ -92,16 +92,20 @@ fn tokens(outputs: &[SeqOutput]) -> Vec<u32> {
 
 /// Runs the prefill-only request on `prefill` and returns its layers in the order they came out.
 fn export(prefill: &mut Side, prompt: &[u32], first_block: usize) -> Vec<ExportedLayer> {
+    export_with_logits(prefill, prompt, first_block).0
+}
+
+/// [`export`], also returning the logits of the prompt's last token.
+fn export_with_logits(prefill: &mut Side, prompt: &[u32], first_block: usize) -> (Vec<ExportedLayer>, Vec<f32>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (logits_tx, mut logits) = mpsc::unbounded_channel();
     let kind = RequestKind::ExportKv(KvExport {
         first_block,
         layers: tx,
         peer: None,
+        logits: Some(logits_tx),
     });
-    prefill
-        .scheduler
-        .add(request(100, prompt[..prompt.len() - 1].to_vec(), 1, kind))
-        .unwrap();
+    prefill.scheduler.add(request(100, prompt.to_vec(), 1, kind)).unwrap();
     let outputs = drain(prefill);
     let last = outputs.last().unwrap();
     assert_eq!(last.finish.unwrap().reason, FinishReason::Prefilled);
@@ -110,7 +114,16 @@ fn export(prefill: &mut Side, prompt: &[u32], first_block: usize) -> Vec<Exporte
     while let Ok(layer) = rx.try_recv() {
         layers.push(layer);
     }
-    layers
+    let row = logits.try_recv().expect("the last token's logits");
+    assert_eq!(row.len(), prefill.backend.model_config().vocab_size);
+    (layers, row)
+}
+
+fn done(logits: Option<Vec<f32>>) -> Result<RemoteDone, String> {
+    Ok(RemoteDone {
+        prefill_cached: 0,
+        logits,
+    })
 }
 
 /// Writes every exported layer into the decode side's destination blocks.
@@ -137,23 +150,30 @@ fn remote_prefill_gives_the_local_tokens_and_frees_every_block() {
         .add_remote(request(1, text.clone(), 6, RequestKind::Generate))
         .unwrap()
         .expect("a 23-token prompt is worth a remote prefill");
-    assert_eq!(target.prefill_tokens, 22);
+    assert_eq!(
+        target.prefill_tokens, 23,
+        "the prefill worker computes the whole prompt"
+    );
     assert_eq!((target.first_block, target.blocks.len()), (0, 6));
     assert!(
         !decode.scheduler.has_work(),
         "an awaiting sequence takes no part in steps"
     );
 
-    let layers = export(&mut prefill, &text, target.first_block);
+    let (layers, logits) = export_with_logits(&mut prefill, &text, target.first_block);
     let order: Vec<u32> = layers.iter().map(|l| l.layer).collect();
     assert_eq!(
         order,
         (0..decode.backend.model_config().n_layers as u32).collect::<Vec<_>>()
     );
     deliver(&mut decode, 1, &target, &layers);
-    assert_eq!(decode.scheduler.finish_remote(1, Ok(0)), Some(true));
+    assert_eq!(decode.scheduler.finish_remote(1, done(Some(logits))), Some(true));
     let outputs = drain(&mut decode);
-    assert_eq!(tokens(&outputs), expected);
+    assert_eq!(
+        tokens(&outputs),
+        expected,
+        "the first token comes from the prefill worker's logits"
+    );
     let usage = outputs.last().unwrap().finish.unwrap().usage;
     assert_eq!((usage.prompt_tokens, usage.completion_tokens), (23, 6));
 
@@ -184,14 +204,15 @@ fn a_cached_prefix_on_the_decode_side_is_not_sent() {
         .unwrap()
         .unwrap();
     assert_eq!(target.first_block, 4, "16 cached tokens are 4 blocks");
-    assert_eq!(target.blocks.len(), 29usize.div_ceil(BLOCK_SIZE) - 4);
+    assert_eq!(target.blocks.len(), 30usize.div_ceil(BLOCK_SIZE) - 4);
     let layers = export(&mut prefill, &text, target.first_block);
     let LayerData::Host { keys, .. } = &layers[0].data else {
         panic!("the CPU backend exports through the host")
     };
     assert_eq!(keys.len(), target.blocks.len() * decode.block_floats());
     deliver(&mut decode, 2, &target, &layers);
-    decode.scheduler.finish_remote(2, Ok(0));
+    // Without the prefill worker's logits the last prompt token is recomputed here.
+    decode.scheduler.finish_remote(2, done(None));
     let outputs = drain(&mut decode);
     assert_eq!(tokens(&outputs), expected);
     assert_eq!(outputs.last().unwrap().finish.unwrap().usage.cached_tokens, 16);
@@ -215,7 +236,7 @@ fn a_transfer_missing_layers_falls_back_to_local_prefill() {
         .scheduler
         .write_remote_layer(1, 0, &target.blocks, &garbage, &garbage, &mut decode.backend)
         .unwrap();
-    assert_eq!(decode.scheduler.finish_remote(1, Ok(0)), Some(false));
+    assert_eq!(decode.scheduler.finish_remote(1, done(None)), Some(false));
     assert_eq!(tokens(&drain(&mut decode)), expected);
     let stats = decode.scheduler.stats();
     assert_eq!((stats.remote_prefill.fell_back, stats.free_blocks), (1, BLOCKS));
@@ -253,7 +274,7 @@ fn a_failed_transfer_falls_back_and_abort_frees_an_awaiting_request() {
         &mut decode.backend,
     );
     assert_eq!(late, Err(RemoteWriteError::NotAwaiting(2)));
-    assert_eq!(decode.scheduler.finish_remote(2, Ok(0)), None);
+    assert_eq!(decode.scheduler.finish_remote(2, done(None)), None);
     assert!(!target.blocks.is_empty());
 }
 
@@ -382,7 +403,7 @@ fn direct_writes_land_only_once_allowed_and_give_the_local_tokens() {
     let layers = export(&mut prefill, &text, target.first_block);
     land_directly(&mut decode, 1, &target, &layers);
     decode.scheduler.end_direct_writes(1);
-    assert_eq!(decode.scheduler.finish_remote(1, Ok(0)), Some(true));
+    assert_eq!(decode.scheduler.finish_remote(1, done(None)), Some(true));
     assert_eq!(tokens(&drain(&mut decode)), expected);
     let stats = decode.scheduler.stats();
     assert_eq!((stats.free_blocks, stats.remote_prefill.fenced_blocks), (BLOCKS, 0));
@@ -438,4 +459,29 @@ fn blocks_a_direct_writer_may_still_write_are_not_reused_until_it_is_done() {
     );
     decode.scheduler.end_direct_writes(2);
     assert_eq!(decode.scheduler.stats().free_blocks, BLOCKS);
+}
+
+#[test]
+fn a_one_token_request_ends_on_the_prefill_workers_logits_without_a_step_here() {
+    let text = prompt(23);
+    let expected = local_tokens(&text, 1);
+    let (mut prefill, mut decode) = (side(), side());
+    let target = decode
+        .scheduler
+        .add_remote(request(1, text.clone(), 1, RequestKind::Generate))
+        .unwrap()
+        .unwrap();
+    let (layers, logits) = export_with_logits(&mut prefill, &text, target.first_block);
+    deliver(&mut decode, 1, &target, &layers);
+    assert_eq!(decode.scheduler.finish_remote(1, done(Some(logits))), Some(true));
+    assert_eq!(
+        decode.scheduler.stats().free_blocks,
+        BLOCKS,
+        "finished at once: its blocks are free"
+    );
+    assert!(decode.scheduler.has_work(), "its output waits for the next step");
+    let outputs = decode.scheduler.step(&mut decode.backend).unwrap();
+    assert_eq!(tokens(&outputs), expected);
+    assert_eq!(outputs[0].finish.unwrap().reason, FinishReason::Length);
+    assert!(!decode.scheduler.has_work());
 }
