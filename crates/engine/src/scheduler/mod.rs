@@ -193,10 +193,13 @@ impl Scheduler {
     /// Runs one batch through the model and returns what each scheduled sequence produced.
     /// A backend error fails the step; the caller fails the requests it cannot continue.
     pub fn step(&mut self, backend: &mut dyn Backend) -> Result<Vec<SeqOutput>, EngineError> {
-        let mut outputs = std::mem::take(&mut self.pending);
+        if !self.pending.is_empty() {
+            // Delivered before the next forward pass, not after it: a first token is not held for a step.
+            return Ok(std::mem::take(&mut self.pending));
+        }
         let plan = self.plan();
         if plan.is_empty() {
-            return Ok(outputs);
+            return Ok(Vec::new());
         }
         let chunks: Vec<SeqChunk<'_>> = plan
             .iter()
@@ -217,8 +220,7 @@ impl Scheduler {
             backend.forward(&chunks, &mut |layer, kv| Self::export_layer(&exports, layer, kv))?
         };
         let vocab = backend.model_config().vocab_size;
-        outputs.extend(self.apply(&plan, &logits, vocab, backend)?);
-        Ok(outputs)
+        self.apply(&plan, &logits, vocab, backend)
     }
 
     /// Chooses this step's work: `(index into running, tokens to compute)`, allocating the blocks it needs.
