@@ -43,6 +43,8 @@ pub struct WorkerSample {
     pub remote_prefills_awaiting: usize,
     pub remote_prefills_completed: u64,
     pub remote_prefills_fell_back: u64,
+    /// Blocks held back from reuse for a peer that may still write them directly (CUDA IPC).
+    pub kv_blocks_fenced: usize,
 }
 
 /// Reads a worker's [`WorkerSample`] at scrape time; `None` when its engine is gone.
@@ -286,6 +288,12 @@ const SAMPLED: &[Sampled] = &[
         help: "KV cache blocks free (idle cached blocks count as free).",
         counter: false,
         read: |s| s.kv_blocks_free as f64,
+    },
+    Sampled {
+        name: "worker_kv_blocks_fenced",
+        help: "KV cache blocks held back from reuse until a peer that may still write them directly is done.",
+        counter: false,
+        read: |s| s.kv_blocks_fenced as f64,
     },
     Sampled {
         name: "worker_queued_prefill_tokens",

@@ -23,6 +23,7 @@ impl WorkerSampler for EngineSampler {
                 waiting: stats.waiting,
                 kv_blocks_used: stats.total_blocks.saturating_sub(stats.free_blocks),
                 kv_blocks_free: stats.free_blocks,
+                kv_blocks_fenced: stats.remote_prefill.fenced_blocks,
                 queued_prefill_tokens: stats.queued_prefill_tokens,
                 preemptions: stats.preemptions,
                 prefix_cache_queried_blocks: stats.prefix_cache.queried_blocks,
