@@ -180,8 +180,35 @@ fn group_of(w: &cleave_cluster::registry::WorkerRecord) -> String {
     format!("{} ({})", w.group, split.join(" × "))
 }
 
+/// The registered workers this router routes to: those serving `model` with KV blocks of `block_size` tokens
+/// (prefix hashes and KV transfers need one block size across the pool). The others come back as refusals, each
+/// naming the worker and why.
+fn routable<'a>(
+    records: impl Iterator<Item = &'a cleave_cluster::registry::WorkerRecord>,
+    model: &str,
+    block_size: usize,
+) -> (Vec<WorkerEndpoint>, Vec<(String, String)>) {
+    let (mut workers, mut refused) = (Vec::new(), Vec::new());
+    for w in records.filter(|w| w.model == model) {
+        if w.block_size as usize != block_size {
+            refused.push((
+                w.id.clone(),
+                format!(
+                    "it registers {}-token KV blocks and this router's pool uses {block_size}-token blocks (prefix \
+                     hashes and KV transfers need one block size); not routed to",
+                    w.block_size
+                ),
+            ));
+            continue;
+        }
+        workers.push(WorkerEndpoint::new(w.grpc_addr.clone(), w.role).in_group(group_of(w)));
+    }
+    (workers, refused)
+}
+
 /// Keeps the pool equal to the static workers plus the registered workers serving this model, each with its
 /// registered role (a role change in the registry reaches the pool; a static worker's flag wins over its record).
+/// A worker whose KV block size differs from the pool's is refused, with an error logged once per registration.
 /// While etcd is unreachable the view keeps its last snapshot, so the pool does not change.
 pub async fn follow_registry(
     mut snapshots: tokio::sync::watch::Receiver<Arc<cleave_cluster::registry::WorkerSnapshot>>,
@@ -189,21 +216,56 @@ pub async fn follow_registry(
     static_workers: Vec<WorkerEndpoint>,
     model: String,
 ) {
+    let mut reported = std::collections::HashSet::new();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         if snapshot.synced {
             let mut workers = static_workers.clone();
-            workers.extend(
-                snapshot
-                    .workers
-                    .values()
-                    .filter(|w| w.model == model)
-                    .map(|w| WorkerEndpoint::new(w.grpc_addr.clone(), w.role).in_group(group_of(w))),
-            );
+            let (registered, refused) = routable(snapshot.workers.values(), &model, pool.block_size());
+            workers.extend(registered);
+            for (id, why) in &refused {
+                if reported.insert(id.clone()) {
+                    tracing::error!(worker = %id, "worker refused: {why}");
+                }
+            }
+            reported.retain(|id| refused.iter().any(|(r, _)| r == id));
             pool.set_workers(&workers);
         }
         if snapshots.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cleave_cluster::registry::{WorkerRecord, WorkerRole};
+
+    use super::routable;
+
+    fn record(id: &str, model: &str, block_size: u32) -> WorkerRecord {
+        WorkerRecord {
+            id: id.to_owned(),
+            role: WorkerRole::Decode,
+            model: model.to_owned(),
+            grpc_addr: format!("http://{id}:50061"),
+            kv_addr: format!("{id}:50071"),
+            kv_transports: vec!["tcp".to_owned()],
+            block_size,
+            capacity_blocks: 100,
+            parallel: Default::default(),
+            metrics_addr: String::new(),
+            group: String::new(),
+        }
+    }
+
+    #[test]
+    fn workers_of_another_block_size_are_refused_by_name() {
+        let records = [record("d0", "m", 16), record("d1", "m", 32), record("d2", "other", 16)];
+        let (workers, refused) = routable(records.iter(), "m", 16);
+        assert_eq!(workers.len(), 1, "only d0 serves this model with 16-token blocks");
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, "d1");
+        assert!(refused[0].1.contains("32-token KV blocks"), "{}", refused[0].1);
     }
 }
