@@ -1,0 +1,263 @@
+//! CUDA IPC between two processes: KV written straight into another process's pool, and its benchmark.
+
+use super::*;
+
+/// GPUs on this machine (0 without a driver).
+fn gpu_count() -> usize {
+    CudaContext::device_count().map_or(0, |n| n as usize)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Runs this test binary's `test` in a child process with `env` set (CUDA IPC needs two processes) and fails if it
+/// fails.
+fn run_child(test: &str, env: &[(&str, String)]) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    for (key, value) in env {
+        child.env(key, value);
+    }
+    let status = child.status().unwrap();
+    assert!(status.success(), "the child process failed: {status}");
+}
+
+const IPC_PROMPT: usize = 37;
+/// Where the prefill side's blocks land in the decode side's pool: scattered, out of order.
+const IPC_DEST: [u32; 10] = [7, 2, 11, 30, 4, 19, 25, 9, 14, 0];
+
+/// Two processes, each with the tiny Llama on a GPU (different GPUs when there are two): the prefill side maps the
+/// decode side's pool through CUDA IPC and writes a 37-token prompt's KV straight into scattered blocks of it,
+/// layer by layer during its forward pass; the decode side's next-token logits from those blocks equal its own
+/// local prefill's.
+#[test]
+fn kv_written_through_cuda_ipc_gives_the_local_prefill_logits() {
+    if skip() {
+        return;
+    }
+    let prompt: Vec<u32> = (0..IPC_PROMPT as u32).map(|i| 3 + (i * 13) % 250).collect();
+    let blocks = IPC_PROMPT.div_ceil(4);
+    if let Ok(descriptor) = std::env::var("CLEAVE_IPC_CHILD") {
+        // The prefill side.
+        let mut gpu = tiny_gpu_on(gpu_count().min(2) - 1);
+        let peer = gpu.open_peer_kv(&unhex(&descriptor)).unwrap();
+        let own: Vec<u32> = (40..40 + blocks as u32).collect();
+        let pairs: Vec<(u32, u32)> = own.iter().copied().zip(IPC_DEST).collect();
+        let mut copies = Vec::new();
+        gpu.forward(
+            &[SeqChunk {
+                tokens: &prompt[..IPC_PROMPT - 1],
+                start_pos: 0,
+                blocks: &own,
+                want_logits: false,
+            }],
+            &mut |layer, reader| copies.push(reader.copy_to_peer(layer, &peer, &pairs).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(copies.len(), gpu.kv_shape().n_layers, "one copy per layer");
+        for copy in copies {
+            copy.wait().unwrap();
+        }
+        // Refused: a block outside the peer's pool.
+        let mut refused = None;
+        gpu.forward(
+            &[SeqChunk {
+                tokens: &prompt[..4],
+                start_pos: 0,
+                blocks: &own[..1],
+                want_logits: false,
+            }],
+            &mut |layer, reader| {
+                if layer == 0 {
+                    refused = Some(reader.copy_to_peer(0, &peer, &[(40, 1 << 30)]).unwrap_err());
+                }
+            },
+        )
+        .unwrap();
+        assert!(refused.unwrap().contains("pool"));
+        return;
+    }
+    let mut gpu = tiny_gpu_on(0);
+    let descriptor = gpu
+        .export_kv_pool()
+        .unwrap()
+        .expect("a whole-model CUDA backend shares its pool");
+    assert!(
+        gpu.open_peer_kv(b"not a descriptor")
+            .unwrap_err()
+            .to_string()
+            .contains("kv_pool")
+    );
+    run_child(
+        "ipc::kv_written_through_cuda_ipc_gives_the_local_prefill_logits",
+        &[("CLEAVE_IPC_CHILD", hex(&descriptor))],
+    );
+    let last = [prompt[IPC_PROMPT - 1]];
+    let landed = gpu
+        .forward(
+            &[SeqChunk {
+                tokens: &last,
+                start_pos: IPC_PROMPT - 1,
+                blocks: &IPC_DEST,
+                want_logits: true,
+            }],
+            &mut |_, _| {},
+        )
+        .unwrap();
+    let local_blocks: Vec<u32> = (40..40 + blocks as u32).collect();
+    let local = gpu
+        .forward(
+            &[SeqChunk {
+                tokens: &prompt,
+                start_pos: 0,
+                blocks: &local_blocks,
+                want_logits: true,
+            }],
+            &mut |_, _| {},
+        )
+        .unwrap();
+    let scale = local.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_close(
+        "logits from KV landed through CUDA IPC",
+        &landed,
+        &local,
+        0.0,
+        1e-3 * scale.max(1.0),
+    );
+    eprintln!(
+        "CUDA IPC: {} blocks × {} layers landed; logits match local prefill",
+        blocks,
+        gpu.kv_shape().n_layers
+    );
+}
+
+/// The tiny Llama on GPU `ordinal`, 4-token blocks.
+fn tiny_gpu_on(ordinal: usize) -> CudaBackend {
+    let (model, _) = load_model(ModelFiles::HfDir(&fixture("fixtures/tiny-llama"))).unwrap();
+    let options = CudaOptions {
+        ordinal,
+        kv_cache_bytes: 16 << 20,
+        block_size: 4,
+        kernel_cache: None,
+    };
+    CudaBackend::from_model(model, &options).unwrap()
+}
+
+/// With `CLEAVE_IPC_BENCH=llama-3.1-8b` (a synthetic shape) on two GPUs: the KV of a 4,096-token prompt copied
+/// into the other GPU's pool through CUDA IPC (GB/s), and prefill of 1k/4k/16k-token prompts alone against the same
+/// prefill writing each layer into the peer as it is computed (what disaggregation adds to the time to first
+/// token on the prefill side), plus the decode side's one-token step from the landed KV.
+#[test]
+fn cuda_ipc_bench_when_asked() {
+    let Ok(shape) = std::env::var("CLEAVE_IPC_BENCH") else {
+        return;
+    };
+    if skip() || gpu_count() < 2 {
+        eprintln!("skipped: 2 GPUs wanted");
+        return;
+    }
+    let config = cleave_engine::cuda::synthetic_config(&shape).unwrap();
+    let prompts = [1024usize, 4096, 16384];
+    let block_size = 16;
+    let per_token = 2 * config.n_layers * config.n_kv_heads * config.head_dim * 2;
+    let options = |ordinal| CudaOptions {
+        ordinal,
+        // The longest prompt twice over (local and landed), and spare.
+        kv_cache_bytes: (2 * 16384 + 512) * per_token,
+        block_size,
+        kernel_cache: None,
+    };
+    let tokens = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919) % config.vocab_size as u32).collect() };
+    if let Ok(descriptor) = std::env::var("CLEAVE_IPC_CHILD") {
+        let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(0)).unwrap();
+        let peer = gpu.open_peer_kv(&unhex(&descriptor)).unwrap();
+        let gb_s = gpu.peer_copy_bandwidth(&peer, 4096 / block_size, 5).unwrap();
+        let bytes = 4096 * per_token;
+        eprintln!(
+            "CUDA IPC copy: KV of 4096 tokens ({:.3} GB) in {:.2} ms → {:.0} GB/s",
+            bytes as f64 / 1e9,
+            bytes as f64 / gb_s * 1e3,
+            gb_s / 1e9
+        );
+        for &n in &prompts {
+            let prompt = tokens(n);
+            let blocks: Vec<u32> = (0..n.div_ceil(block_size) as u32).collect();
+            let pairs: Vec<(u32, u32)> = blocks.iter().map(|&b| (b, b)).collect();
+            let chunk = [SeqChunk {
+                tokens: &prompt,
+                start_pos: 0,
+                blocks: &blocks,
+                want_logits: false,
+            }];
+            let mut time = |export: bool| {
+                let mut runs = Vec::new();
+                for _ in 0..4 {
+                    let started = std::time::Instant::now();
+                    let mut copies = Vec::new();
+                    gpu.forward(&chunk, &mut |layer, reader| {
+                        if export {
+                            copies.push(reader.copy_to_peer(layer, &peer, &pairs).unwrap());
+                        }
+                    })
+                    .unwrap();
+                    for copy in copies {
+                        copy.wait().unwrap();
+                    }
+                    runs.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                runs.remove(0);
+                runs.sort_by(f64::total_cmp);
+                runs[runs.len() / 2]
+            };
+            let (alone, exported) = (time(false), time(true));
+            eprintln!(
+                "prefill {n:>5} tokens: {alone:.1} ms alone, {exported:.1} ms writing each layer into the peer \
+                 ({:+.1}%)",
+                100.0 * (exported / alone - 1.0)
+            );
+        }
+        return;
+    }
+    let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(1)).unwrap();
+    let descriptor = gpu.export_kv_pool().unwrap().unwrap();
+    run_child(
+        "ipc::cuda_ipc_bench_when_asked",
+        &[
+            ("CLEAVE_IPC_CHILD", hex(&descriptor)),
+            ("CLEAVE_IPC_BENCH", shape.clone()),
+        ],
+    );
+    // The decode side's own step once the KV landed: the prompt's last token.
+    for &n in &prompts {
+        let blocks: Vec<u32> = (0..(n + 1).div_ceil(block_size) as u32).collect();
+        let last = [1u32];
+        let mut runs = Vec::new();
+        for _ in 0..4 {
+            let started = std::time::Instant::now();
+            gpu.forward(
+                &[SeqChunk {
+                    tokens: &last,
+                    start_pos: n,
+                    blocks: &blocks,
+                    want_logits: true,
+                }],
+                &mut |_, _| {},
+            )
+            .unwrap();
+            runs.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        runs.remove(0);
+        runs.sort_by(f64::total_cmp);
+        eprintln!(
+            "decode side, last prompt token after {n} landed: {:.2} ms",
+            runs[runs.len() / 2]
+        );
+    }
+}
