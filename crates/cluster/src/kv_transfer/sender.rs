@@ -132,15 +132,7 @@ impl KvSender {
                 len,
                 constraint: "over the 64 KiB a pool descriptor may take".to_owned(),
             }),
-            Some(FrameKind::Abort) => {
-                let reason = timed(
-                    self.io_timeout,
-                    waiting_for,
-                    frame::read_abort_reason(&mut self.reader, len),
-                )
-                .await??;
-                Err(KvTransferError::PeerAborted { reason })
-            }
+            Some(FrameKind::Abort) => Err(self.read_abort(len, waiting_for).await),
             _ => Err(KvTransferError::UnexpectedFrame {
                 expected: "Grant",
                 got: kind,
@@ -267,21 +259,27 @@ impl KvSender {
         }
     }
 
+    /// The receiver's Abort (its header already read) as the error to return.
+    async fn read_abort(&mut self, len: u32, waiting_for: &'static str) -> KvTransferError {
+        let read = timed(
+            self.io_timeout,
+            waiting_for,
+            frame::read_abort_reason(&mut self.reader, len),
+        )
+        .await;
+        match read {
+            Ok(Ok(reason)) => KvTransferError::PeerAborted { reason },
+            Ok(Err(error)) | Err(error) => error,
+        }
+    }
+
     async fn expect_reply(&mut self, expected: FrameKind, waiting_for: &'static str) -> Result<(), KvTransferError> {
         let (kind, len) = timed(self.io_timeout, waiting_for, frame::read_frame_header(&mut self.reader))
             .await?
             .map_err(|e| KvTransferError::io(waiting_for, e))?;
         match FrameKind::from_wire(kind) {
             Some(kind) if kind == expected && len == 0 => Ok(()),
-            Some(FrameKind::Abort) => {
-                let reason = timed(
-                    self.io_timeout,
-                    waiting_for,
-                    frame::read_abort_reason(&mut self.reader, len),
-                )
-                .await??;
-                Err(KvTransferError::PeerAborted { reason })
-            }
+            Some(FrameKind::Abort) => Err(self.read_abort(len, waiting_for).await),
             _ => Err(KvTransferError::UnexpectedFrame {
                 expected: expected.name(),
                 got: kind,
