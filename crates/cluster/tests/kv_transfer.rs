@@ -42,6 +42,7 @@ fn header(transfer_id: &str, dest_blocks: Vec<u32>) -> KvTransferHeader {
         layout: layout(),
         dest_blocks,
         mode: TransferMode::Payload,
+        link: String::new(),
     }
 }
 
@@ -319,6 +320,7 @@ async fn sender_learns_why_the_receiver_stopped() {
         layout: big,
         dest_blocks: (0..POOL_BLOCKS).collect(),
         mode: TransferMode::Payload,
+        link: String::new(),
     };
     let n = h.layer_floats();
     let mut sender = KvSender::connect(addr, h).await.unwrap();
@@ -383,8 +385,8 @@ async fn sender_rejects_bad_calls_before_writing() {
 /// A Hello frame for `header`, built from the documented wire format rather than the crate's encoder.
 fn hello_frame(header: &KvTransferHeader) -> Vec<u8> {
     let mut body = b"CLKV".to_vec();
-    body.extend_from_slice(&2u16.to_le_bytes());
-    for id in [&header.transfer_id, &header.layout.model_id] {
+    body.extend_from_slice(&3u16.to_le_bytes());
+    for id in [&header.transfer_id, &header.layout.model_id, &header.link] {
         body.extend_from_slice(&(id.len() as u16).to_le_bytes());
         body.extend_from_slice(id.as_bytes());
     }
@@ -576,6 +578,7 @@ fn direct_header(transfer_id: &str, dest_blocks: Vec<u32>) -> KvTransferHeader {
             ..layout()
         },
         mode: TransferMode::Direct,
+        link: String::new(),
         ..header(transfer_id, dest_blocks)
     }
 }

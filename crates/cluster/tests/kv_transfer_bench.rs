@@ -43,6 +43,7 @@ async fn time_kv_transfer(keys: &[f32], values: &[f32], recycle: bool) -> Durati
         layout: layout(),
         dest_blocks: (0..n_blocks).collect(),
         mode: TransferMode::Payload,
+        link: String::new(),
     };
     let started = Instant::now();
     let consuming = tokio::spawn(async move {

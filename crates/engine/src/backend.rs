@@ -25,27 +25,64 @@ pub trait KvBlockReader {
     }
 }
 
-/// Another worker's KV pool, mapped into this worker's device (CUDA IPC); unmapped when the last clone goes.
+/// Where exports write another worker's blocks: its KV pool mapped into this device (CUDA IPC), or an NCCL link
+/// to its device (the receiver scatters what arrives). Unmapped or closed when the last clone goes.
 #[derive(Debug, Clone)]
-pub struct PeerKv(pub(crate) std::sync::Arc<crate::cuda::PeerPool>);
+pub struct PeerKv(pub(crate) PeerTarget);
+
+#[derive(Debug, Clone)]
+pub(crate) enum PeerTarget {
+    Pool(std::sync::Arc<crate::cuda::PeerPool>),
+    Link(std::sync::Arc<crate::cuda::NcclLink>),
+}
 
 impl PeerKv {
-    /// The id the exporting worker gave its pool.
-    pub fn id(&self) -> u64 {
-        self.0.id()
+    /// The link's name, for an NCCL link.
+    pub fn link_name(&self) -> Option<&str> {
+        match &self.0 {
+            PeerTarget::Link(link) => Some(link.name()),
+            PeerTarget::Pool(_) => None,
+        }
+    }
+
+    /// Device memory this side of an NCCL link holds (its communicator and staging buffers); 0 for a mapped pool.
+    pub fn device_bytes(&self) -> usize {
+        match &self.0 {
+            PeerTarget::Link(link) => link.device_bytes(),
+            PeerTarget::Pool(_) => 0,
+        }
+    }
+
+    /// Whether an NCCL link was aborted (it then fails every operation; make a new one).
+    pub fn is_aborted(&self) -> bool {
+        matches!(&self.0, PeerTarget::Link(link) if link.is_aborted())
+    }
+
+    /// Aborts an NCCL link, ending the operations waiting on it (a transfer on it failed); no-op for a pool.
+    pub fn abort(&self, reason: &str) {
+        if let PeerTarget::Link(link) = &self.0 {
+            link.abort(reason);
+        }
     }
 }
 
-/// A queued copy of one layer into a peer's pool.
+/// A queued copy of one layer into a peer's pool, or onto an NCCL link.
 #[derive(Debug)]
-pub struct LandedCopy(pub(crate) cudarc::driver::CudaEvent);
+pub struct LandedCopy {
+    pub(crate) event: cudarc::driver::CudaEvent,
+    /// Set for NCCL links: waits are bounded and abort the link past their limit.
+    pub(crate) link: Option<std::sync::Arc<crate::cuda::NcclLink>>,
+}
 
 impl LandedCopy {
-    /// Blocks until the layer's blocks are in the peer's memory.
+    /// Blocks until the layer's blocks are in the peer's memory (for an NCCL link: until they left this device,
+    /// or, on the receiving side, are in this pool).
     pub fn wait(&self) -> Result<(), EngineError> {
-        self.0
-            .synchronize()
-            .map_err(|e| EngineError::Internal(format!("copying KV to the peer failed: {e}")))
+        let waited = match &self.link {
+            Some(link) => link.wait(&self.event).map_err(|e| e.to_string()),
+            None => self.event.synchronize().map_err(|e| e.to_string()),
+        };
+        waited.map_err(|e| EngineError::Internal(format!("moving KV to or from the peer failed: {e}")))
     }
 }
 
@@ -84,6 +121,22 @@ pub trait Backend: Send {
         ))
     }
 
+    /// This device's end of NCCL links for KV transfers (see [`crate::cuda::NcclLink`]), when it can have them: a
+    /// CUDA device holding the whole model, with NCCL installed.
+    fn kv_link_endpoint(&self) -> Option<KvLinkEndpoint> {
+        None
+    }
+
+    /// Queues the receipt of every layer of a transfer over `link` into `blocks` (the receiving side of an NCCL
+    /// link); one copy per layer says when it is in place.
+    fn receive_kv(&mut self, link: &PeerKv, blocks: &[BlockId]) -> Result<Vec<LandedCopy>, EngineError> {
+        let _ = (link, blocks);
+        Err(EngineError::invalid(
+            "transport",
+            "this device receives no KV over NCCL (it needs the CUDA backend)",
+        ))
+    }
+
     /// Copies a whole block, every layer (copy-on-write when forked samples diverge).
     fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError>;
 
@@ -95,6 +148,38 @@ pub trait Backend: Send {
         keys: &[f32],
         values: &[f32],
     ) -> Result<(), EngineError>;
+}
+
+/// What joining an NCCL link needs of a device, usable off the engine thread (joining blocks until the other side
+/// joins too).
+#[derive(Debug, Clone)]
+pub struct KvLinkEndpoint {
+    pub(crate) ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+    pub(crate) block_elems: usize,
+    pub(crate) staging_bytes: usize,
+}
+
+impl KvLinkEndpoint {
+    /// Moves layers in chunks of `bytes` of keys (and as many of values) instead of
+    /// [`crate::cuda::STAGING_BYTES`]; both sides of a link must use the same size.
+    pub fn with_staging_bytes(mut self, bytes: usize) -> Self {
+        self.staging_bytes = bytes;
+        self
+    }
+
+    /// A fresh id for a new link, made by its sending side.
+    pub fn new_link_id(&self) -> Result<Vec<u8>, EngineError> {
+        Ok(crate::cuda::new_link_id()?)
+    }
+
+    /// Joins link `name` (whose id `unique_id` the sender made) as the sender (`sends`) or the receiver. Blocks until
+    /// both sides joined.
+    pub fn connect(&self, name: &str, unique_id: &[u8], sends: bool) -> Result<PeerKv, EngineError> {
+        let rank = if sends { 0 } else { 1 };
+        let sizes = (self.block_elems, self.staging_bytes);
+        let link = crate::cuda::NcclLink::connect(&self.ctx, name, unique_id, rank, sizes)?;
+        Ok(PeerKv(PeerTarget::Link(std::sync::Arc::new(link))))
+    }
 }
 
 impl KvShape {

@@ -14,7 +14,7 @@ use cleave_tokens::BlockHash;
 use cleave_tokens::Tokenizer;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::backend::{Backend, CpuBackend, PeerKv};
+use crate::backend::{Backend, CpuBackend, KvLinkEndpoint, LandedCopy, PeerKv};
 use crate::error::EngineError;
 use crate::kv::{Gap, KvEventLog, KvEventRecord, KvShape};
 use crate::model::LlamaModel;
@@ -64,6 +64,13 @@ enum Command {
         result: Result<RemoteDone, String>,
     },
     ExportKvPool(oneshot::Sender<Result<Option<Vec<u8>>, EngineError>>),
+    KvLinkEndpoint(oneshot::Sender<Option<KvLinkEndpoint>>),
+    ReceiveKv {
+        request: RequestId,
+        link: PeerKv,
+        blocks: Arc<[u32]>,
+        reply: oneshot::Sender<Result<Vec<LandedCopy>, EngineError>>,
+    },
     OpenPeerKv {
         descriptor: Vec<u8>,
         reply: oneshot::Sender<Result<PeerKv, EngineError>>,
@@ -139,6 +146,8 @@ impl std::fmt::Debug for Command {
             Command::FinishRemoteKv { request, .. } => write!(f, "FinishRemoteKv({request})"),
             Command::ExportKvPool(_) => write!(f, "ExportKvPool"),
             Command::OpenPeerKv { .. } => write!(f, "OpenPeerKv"),
+            Command::KvLinkEndpoint(_) => write!(f, "KvLinkEndpoint"),
+            Command::ReceiveKv { request, .. } => write!(f, "ReceiveKv({request})"),
             Command::AllowDirectWrites { request, .. } => write!(f, "AllowDirectWrites({request})"),
             Command::DirectLayerLanded { request, layer, .. } => {
                 write!(f, "DirectLayerLanded({request}, layer {layer})")
@@ -367,6 +376,34 @@ impl Engine {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::OpenPeerKv { descriptor, reply })
+            .map_err(|_| EngineError::Unavailable)?;
+        rx.await.map_err(|_| EngineError::Unavailable)?
+    }
+
+    /// This engine's end of NCCL KV links (see [`Backend::kv_link_endpoint`]); `None` when it can have none.
+    pub async fn kv_link_endpoint(&self) -> Option<KvLinkEndpoint> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::KvLinkEndpoint(reply)).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Lets the sender at the other end of `link` write `request`'s destination `blocks` (exactly those it waits
+    /// on) and queues the receipt of every layer; each copy says when its layer is in place — then report it with
+    /// [`Engine::direct_layer_landed`]. Until [`Engine::end_direct_writes`], the blocks are never reused.
+    pub async fn receive_kv(
+        &self,
+        request: RequestId,
+        link: PeerKv,
+        blocks: Arc<[u32]>,
+    ) -> Result<Vec<LandedCopy>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::ReceiveKv {
+                request,
+                link,
+                blocks,
+                reply,
+            })
             .map_err(|_| EngineError::Unavailable)?;
         rx.await.map_err(|_| EngineError::Unavailable)?
     }
@@ -722,6 +759,22 @@ fn handle(cmd: Command, state: &mut EngineState) -> bool {
         }
         Command::OpenPeerKv { descriptor, reply } => {
             let _ = reply.send(backend.open_peer_kv(&descriptor));
+        }
+        Command::KvLinkEndpoint(reply) => {
+            let _ = reply.send(backend.kv_link_endpoint());
+        }
+        Command::ReceiveKv {
+            request,
+            link,
+            blocks,
+            reply,
+        } => {
+            let n_layers = backend.kv_shape().n_layers;
+            let received = scheduler
+                .allow_direct_writes_into(request, &blocks, n_layers)
+                .map_err(|e| EngineError::invalid("blocks", e.to_string()))
+                .and_then(|()| backend.receive_kv(&link, &blocks));
+            let _ = reply.send(received);
         }
         Command::AllowDirectWrites { request, reply } => {
             let _ = reply.send(scheduler.allow_direct_writes(request));

@@ -17,7 +17,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod weights;
 
-pub use backend::{Backend, CpuBackend, KvBlockReader, LandedCopy, PeerKv};
+pub use backend::{Backend, CpuBackend, KvBlockReader, KvLinkEndpoint, LandedCopy, PeerKv};
 pub use config::ModelConfig;
 pub use device::{Device, start_engine};
 pub use engine::{Engine, EngineConfig, Export, ExportSpec, GenerationStream, KvSnapshot};

@@ -609,3 +609,6 @@ fn synthetic_bench_when_asked() {
 
 #[path = "cuda/ipc.rs"]
 mod ipc;
+
+#[path = "cuda/nccl_link.rs"]
+mod nccl_link;

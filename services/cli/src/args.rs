@@ -318,6 +318,11 @@ pub struct DisaggArgs {
     #[arg(long)]
     pub kv_advertise: Option<String>,
 
+    /// KV transports this worker offers prefill workers, most preferred first (default: every one it speaks —
+    /// `cuda_ipc` to GPUs of its host, `nccl` between GPU workers of a registry, `tcp`).
+    #[arg(long, value_delimiter = ',')]
+    pub kv_transports: Vec<String>,
+
     /// Seconds a decode worker waits for a prompt's KV from a prefill worker before prefilling it itself.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub remote_prefill_timeout_secs: u64,

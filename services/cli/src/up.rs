@@ -112,6 +112,7 @@ async fn start_worker(
         role,
         kv_listen: None,
         kv_advertise: None,
+        kv_transports: Vec::new(),
         remote_prefill_timeout_secs: 30,
     };
     let id = format!("up-{}-{i}", format!("{role:?}").to_lowercase());
@@ -122,6 +123,7 @@ async fn start_worker(
         (id, format!("http://{addr}"), addr),
         &disagg,
         telemetry,
+        None,
         None,
     )
     .await?;

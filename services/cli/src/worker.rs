@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cleave_cluster::registry::{ParallelLayout, WorkerRecord, WorkerRole, register_worker};
+use cleave_cluster::registry::{ParallelLayout, Registry, WorkerRecord, WorkerRole, register_worker};
 use cleave_cluster::tls::ClusterTls;
 use cleave_engine::model::PipelineStage;
 use cleave_engine::parallel::TpRank;
@@ -11,7 +11,8 @@ use cleave_engine::scheduler::SchedulerConfig;
 use cleave_engine::{Device, Engine, EngineConfig};
 use cleave_telemetry::{Telemetry, WorkerLabels};
 use cleave_worker::kv_inbox::{CUDA_IPC, TCP};
-use cleave_worker::{KvInbox, WorkerService, register_worker_metrics, serve_with};
+use cleave_worker::nccl_links::NCCL;
+use cleave_worker::{KvInbox, NcclLinks, WorkerService, register_worker_metrics, serve_with};
 
 use crate::args::{DisaggArgs, WorkerArgs};
 use crate::error::CliError;
@@ -142,6 +143,9 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             &args.disagg,
             &telemetry,
             cluster_tls.as_ref(),
+            registry
+                .as_ref()
+                .map(|(registry, layout)| (registry.clone(), layout.prefix())),
         )
         .await?;
         record.parallel.tensor = u32::from(args.parallel.tensor_parallel);
@@ -226,7 +230,8 @@ pub fn worker_labels(id: &str, role: WorkerRole) -> WorkerLabels {
 /// the bound gRPC address). Decode and both-role workers get a KV listener (`--kv-listen`, default: `grpc_addr`'s
 /// host on a free port) so prefill workers can ship prompt KV to them. The worker's engine and KV transfers are
 /// measured in `telemetry`. With `tls` (the cluster's mutual TLS), the KV listener and the connections the worker
-/// opens to other workers use it.
+/// opens to other workers use it. With `registry` (and its key prefix), a GPU worker also moves KV over NCCL links
+/// to GPU workers anywhere, meeting them through the registry.
 pub async fn prepare_worker(
     engine: Arc<Engine>,
     model: &str,
@@ -234,6 +239,7 @@ pub async fn prepare_worker(
     disagg: &DisaggArgs,
     telemetry: &Telemetry,
     tls: Option<&ClusterTls>,
+    registry: Option<(Arc<dyn Registry>, &str)>,
 ) -> Result<(WorkerService, WorkerRecord), CliError> {
     let role = WorkerRole::from(disagg.role);
     let block_size = engine.block_size();
@@ -245,19 +251,35 @@ pub async fn prepare_worker(
         service = service.with_cluster_tls(tls.clone());
     }
     let mut kv_addr = String::new();
-    // A GPU engine holding the whole model also moves KV through CUDA IPC with workers of its host.
+    let links = NcclLinks::default();
+    if let Some((registry, prefix)) = &registry {
+        links.enable(&engine, registry.clone(), prefix).await;
+    }
+    // A GPU engine holding the whole model also moves KV through CUDA IPC with workers of its host, and over NCCL
+    // links with GPU workers anywhere.
     let mut kv_transports = match engine.export_kv_pool().await {
-        Ok(Some(_)) => vec![CUDA_IPC.to_owned(), TCP.to_owned()],
-        _ => vec![TCP.to_owned()],
+        Ok(Some(_)) => vec![CUDA_IPC.to_owned()],
+        _ => vec![],
     };
+    if links.enabled() {
+        kv_transports.push(NCCL.to_owned());
+    }
+    kv_transports.push(TCP.to_owned());
+    service = service.with_nccl_links(links);
     if role != WorkerRole::Prefill {
         let listen = disagg
             .kv_listen
             .unwrap_or_else(|| std::net::SocketAddr::new(grpc_addr.ip(), 0));
         let advertise = disagg.kv_advertise.clone();
-        let inbox = KvInbox::bind_with_metrics(listen, advertise, engine.clone(), model, kv_metrics, tls.cloned())
+        let mut inbox = KvInbox::bind_with_metrics(listen, advertise, engine.clone(), model, kv_metrics, tls.cloned())
             .await
             .map_err(|source| CliError::KvListen { addr: listen, source })?;
+        if let Some((registry, prefix)) = registry {
+            inbox.nccl_links().enable(&engine, registry, prefix).await;
+        }
+        if !disagg.kv_transports.is_empty() {
+            inbox.offer_only(&disagg.kv_transports);
+        }
         kv_addr = inbox.addr().to_owned();
         kv_transports = inbox.transports().into_iter().map(str::to_owned).collect();
         let timeout = Duration::from_secs(disagg.remote_prefill_timeout_secs);

@@ -23,10 +23,12 @@ use cleave_cluster::kv_transfer::{
     IncomingTransfer, KvDtype, KvLayout, KvReceiver, KvTransferError, ReceiverConfig, TransferMode, TransferOutcome,
 };
 use cleave_cluster::tls::ClusterTls;
-use cleave_engine::Engine;
+use cleave_engine::{Engine, LandedCopy, PeerKv};
 use cleave_telemetry::{KvDirection, KvTransferMetrics};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::nccl_links::{NCCL, NcclLinks};
 
 /// How an expected transfer ended: `Ok` once every layer was handed to the engine.
 pub type TransferResult = Result<(), String>;
@@ -34,6 +36,10 @@ pub type TransferResult = Result<(), String>;
 /// KV transport names, as workers advertise them and `KvDestination.transport` lists them.
 pub const TCP: &str = "tcp";
 pub const CUDA_IPC: &str = "cuda_ipc";
+
+/// Marks a link the sender has just made in a Hello's link name (`<name>+new`): the receiver joins it then. A name
+/// without it must be a link this worker already joined.
+pub const NEW_LINK: &str = "+new";
 
 /// How long blocks granted to a direct writer stay out of use after its transfer broke without a clean end.
 pub const DIRECT_WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -83,6 +89,10 @@ pub struct KvInbox {
     accept: JoinHandle<()>,
     /// Set when senders on this host may write into the engine's pool directly (CUDA IPC).
     direct: bool,
+    /// NCCL links senders anywhere may send over (enabled later, by whoever holds the registry).
+    links: NcclLinks,
+    /// The transports offered, when restricted ([`KvInbox::offer_only`]).
+    offered: Option<Vec<String>>,
 }
 
 impl Drop for KvInbox {
@@ -128,13 +138,14 @@ impl KvInbox {
         let (bound, receiver) = KvReceiver::bind(listen, config).await?;
         let expected: ExpectedTable = Arc::default();
         let direct = descriptor.is_some();
-        let accept = tokio::spawn(accept_transfers(
-            receiver,
-            expected.clone(),
+        let links = NcclLinks::default();
+        let sinks = Sinks {
             engine,
             metrics,
             descriptor,
-        ));
+            links: links.clone(),
+        };
+        let accept = tokio::spawn(accept_transfers(receiver, expected.clone(), sinks));
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -144,12 +155,42 @@ impl KvInbox {
             expected,
             accept,
             direct,
+            links,
+            offered: None,
         })
+    }
+
+    /// The NCCL links transfers to this inbox may use; enable them ([`NcclLinks::enable`]) to offer NCCL.
+    pub fn nccl_links(&self) -> &NcclLinks {
+        &self.links
+    }
+
+    /// Offers only these of the transports this inbox speaks, in this order (an operator's choice, e.g. to keep
+    /// KV off NCCL). Unknown names are ignored; TCP stays the fallback when nothing else is left.
+    pub fn offer_only(&mut self, transports: &[String]) {
+        self.offered = Some(transports.to_vec());
     }
 
     /// The transports prefill workers may use to reach this inbox, most preferred first.
     pub fn transports(&self) -> Vec<&'static str> {
-        if self.direct { vec![CUDA_IPC, TCP] } else { vec![TCP] }
+        let mut spoken = Vec::new();
+        if self.direct {
+            spoken.push(CUDA_IPC);
+        }
+        if self.links.enabled() {
+            spoken.push(NCCL);
+        }
+        spoken.push(TCP);
+        match &self.offered {
+            None => spoken,
+            Some(offered) => {
+                let chosen: Vec<&'static str> = offered
+                    .iter()
+                    .filter_map(|name| spoken.iter().copied().find(|t| t == name))
+                    .collect();
+                if chosen.is_empty() { vec![TCP] } else { chosen }
+            }
+        }
     }
 
     /// Where prefill workers send KV (`host:port`).
@@ -202,13 +243,17 @@ impl Drop for ExpectedTransfer {
     }
 }
 
-async fn accept_transfers(
-    mut receiver: KvReceiver,
-    expected: ExpectedTable,
+/// Where accepted transfers go: the engine, the metrics, and what direct writers get.
+#[derive(Clone)]
+struct Sinks {
     engine: Arc<Engine>,
     metrics: KvTransferMetrics,
+    /// The pool's CUDA-IPC descriptor, when it has one.
     descriptor: Option<Arc<[u8]>>,
-) {
+    links: NcclLinks,
+}
+
+async fn accept_transfers(mut receiver: KvReceiver, expected: ExpectedTable, sinks: Sinks) {
     while let Some(incoming) = receiver.next().await {
         let transfer = match incoming {
             Ok(transfer) => transfer,
@@ -235,13 +280,7 @@ async fn accept_transfers(
             let _ = entry.done.send(Err(reason));
             continue;
         }
-        tokio::spawn(deliver(
-            transfer,
-            entry,
-            engine.clone(),
-            metrics.clone(),
-            descriptor.clone(),
-        ));
+        tokio::spawn(deliver(transfer, entry, sinks.clone()));
     }
 }
 
@@ -271,41 +310,99 @@ impl Drop for DirectWrites {
     }
 }
 
-/// Lets a direct transfer's sender in: the engine holds the request's blocks for it, then it gets the pool.
+/// How a direct transfer's layers reach the pool.
+enum DirectPath {
+    /// The sender writes them (CUDA IPC).
+    Ipc,
+    /// This side receives them over a link, each layer's copy finishing when it is in place.
+    Link {
+        link: PeerKv,
+        copies: Vec<Option<LandedCopy>>,
+    },
+}
+
+/// Lets a direct transfer's sender in: the engine holds the request's blocks for it, then it gets the pool (CUDA
+/// IPC) or, over an NCCL link, every layer's receipt is queued first and it gets an empty grant.
 async fn grant(
     transfer: &mut IncomingTransfer,
     entry: &Expected,
-    engine: &Arc<Engine>,
-    descriptor: Option<&Arc<[u8]>>,
-) -> Result<DirectWrites, String> {
-    let descriptor = descriptor.ok_or("this worker shares no KV pool")?;
-    if !engine.allow_direct_writes(entry.request).await {
-        return Err("the request no longer waits for its KV".to_owned());
+    sinks: &Sinks,
+) -> Result<(DirectWrites, DirectPath), String> {
+    let engine = &sinks.engine;
+    let link = transfer.header().link.clone();
+    if link.is_empty() {
+        let descriptor = sinks.descriptor.as_ref().ok_or("this worker shares no KV pool")?;
+        if !engine.allow_direct_writes(entry.request).await {
+            return Err("the request no longer waits for its KV".to_owned());
+        }
+        let writes = DirectWrites {
+            engine: engine.clone(),
+            request: entry.request,
+            clean: false,
+        };
+        transfer.grant(descriptor.to_vec()).map_err(|e| e.to_string())?;
+        return Ok((writes, DirectPath::Ipc));
     }
+    let link = match link.strip_suffix(NEW_LINK) {
+        Some(name) => sinks.links.receiver(name).await?,
+        None => sinks
+            .links
+            .joined(&link)
+            .ok_or_else(|| format!("no NCCL link named {link} here (this worker restarted?)"))?,
+    };
+    // The engine lets the link write only the request's own blocks.
+    let copies = match engine
+        .receive_kv(entry.request, link.clone(), entry.blocks.clone())
+        .await
+    {
+        Ok(copies) => copies,
+        Err(e) => {
+            link.abort(&e.to_string());
+            return Err(e.to_string());
+        }
+    };
     let writes = DirectWrites {
         engine: engine.clone(),
         request: entry.request,
         clean: false,
     };
-    transfer.grant(descriptor.to_vec()).map_err(|e| e.to_string())?;
-    Ok(writes)
+    let path = DirectPath::Link {
+        link: link.clone(),
+        copies: copies.into_iter().map(Some).collect(),
+    };
+    if let Err(e) = transfer.grant(Vec::new()) {
+        link.abort(&e.to_string());
+        return Err(e.to_string());
+    }
+    Ok((writes, path))
+}
+
+/// Waits for a queued copy off the runtime's threads.
+async fn wait_copy(copy: LandedCopy) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || copy.wait())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Hands each layer to the engine as it arrives (or, for a direct transfer, tells it the layer landed), then
 /// reports how the transfer ended.
-async fn deliver(
-    mut transfer: IncomingTransfer,
-    entry: Expected,
-    engine: Arc<Engine>,
-    metrics: KvTransferMetrics,
-    descriptor: Option<Arc<[u8]>>,
-) {
+async fn deliver(mut transfer: IncomingTransfer, entry: Expected, sinks: Sinks) {
     let started = std::time::Instant::now();
+    let engine = &sinks.engine;
     let direct = transfer.header().mode == TransferMode::Direct;
-    let mut writes = None;
+    let transport = match (direct, transfer.header().link.is_empty()) {
+        (false, _) => TCP,
+        (true, true) => CUDA_IPC,
+        (true, false) => NCCL,
+    };
+    let (mut writes, mut path) = (None, None);
     if direct {
-        match grant(&mut transfer, &entry, &engine, descriptor.as_ref()).await {
-            Ok(granted) => writes = Some(granted),
+        match grant(&mut transfer, &entry, &sinks).await {
+            Ok((granted, how)) => {
+                writes = Some(granted);
+                path = Some(how);
+            }
             Err(reason) => {
                 tracing::warn!(transfer_id = %transfer.header().transfer_id, %reason, "direct kv transfer refused");
                 drop(transfer);
@@ -316,37 +413,65 @@ async fn deliver(
     }
     let layer_bytes = 2 * transfer.header().layer_floats() * if direct { 2 } else { 4 };
     let mut bytes = 0u64;
+    let mut broken = None;
     while let Some(layer) = transfer.next_layer().await {
         bytes += layer_bytes as u64;
-        if direct {
-            engine.direct_layer_landed(entry.request, layer.layer, entry.blocks.clone());
-        } else {
-            engine.write_remote_kv(
+        match &mut path {
+            Some(DirectPath::Link { copies, .. }) => {
+                // The sender's copy left it; this side's lands right after.
+                let copy = copies.get_mut(layer.layer as usize).and_then(Option::take);
+                if let Some(copy) = copy
+                    && let Err(reason) = wait_copy(copy).await
+                {
+                    broken = Some(reason);
+                    break;
+                }
+                engine.direct_layer_landed(entry.request, layer.layer, entry.blocks.clone());
+            }
+            Some(DirectPath::Ipc) => engine.direct_layer_landed(entry.request, layer.layer, entry.blocks.clone()),
+            None => engine.write_remote_kv(
                 entry.request,
                 layer.layer,
                 entry.blocks.clone(),
                 layer.keys,
                 layer.values,
-            );
+            ),
         }
     }
-    let outcome = transfer.outcome().await;
-    if let Some(writes) = &mut writes {
+    let (result, mut clean) = match broken {
+        Some(reason) => {
+            drop(transfer);
+            (Err(format!("receiving over the NCCL link failed: {reason}")), false)
+        }
         // Complete: every layer landed; Abort: the sender stopped its device first. Anything else may leave
         // copies in flight.
-        writes.clean = !matches!(outcome, TransferOutcome::Failed { .. });
-    }
-    let result = match outcome {
-        TransferOutcome::Complete => Ok(()),
-        TransferOutcome::Aborted { reason, .. } => Err(format!("the prefill worker aborted: {reason}")),
-        TransferOutcome::Failed { error, layers_received } => {
-            Err(format!("{error} ({} layers had arrived)", layers_received.len()))
-        }
+        None => match transfer.outcome().await {
+            TransferOutcome::Complete => (Ok(()), true),
+            TransferOutcome::Aborted { reason, .. } => (Err(format!("the prefill worker aborted: {reason}")), true),
+            TransferOutcome::Failed { error, layers_received } => (
+                Err(format!("{error} ({} layers had arrived)", layers_received.len())),
+                false,
+            ),
+        },
     };
+    if let Some(DirectPath::Link { link, copies }) = path {
+        let pending: Vec<LandedCopy> = copies.into_iter().flatten().collect();
+        if !pending.is_empty() || result.is_err() {
+            // Receipts the sender will never match: abort them, then wait until the link's stream let go of the
+            // blocks, after which nothing writes them.
+            link.abort("its transfer did not complete");
+            clean = true;
+            for copy in pending {
+                clean &= wait_copy(copy).await.is_ok() || link.is_aborted();
+            }
+        }
+    }
+    if let Some(writes) = &mut writes {
+        writes.clean = clean;
+    }
     // Released (or scheduled to be) before the request hears the outcome, so the engine sees them in that order.
     drop(writes);
-    let transport = if direct { CUDA_IPC } else { TCP };
-    metrics.record(
+    sinks.metrics.record(
         KvDirection::Received,
         transport,
         bytes,

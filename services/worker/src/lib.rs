@@ -8,13 +8,14 @@
 //! prefill worker's `Prefill` naming its KV listener and destination blocks ([`remote_prefill`]), and receives the
 //! layers into those blocks ([`kv_inbox`]); the prefill worker computes and streams them layer by layer
 //! ([`prefill`]) — over TCP, or between GPUs of one host by writing them straight into the decode worker's pool
-//! (CUDA IPC). Any failure on the way prefills the prompt locally.
+//! (CUDA IPC), or between GPUs anywhere over an NCCL link per pair ([`nccl_links`]). Any failure on the way prefills the prompt locally.
 //!
 //! Metrics ([`metrics`]): the engine's scheduler is sampled on each scrape; KV transfers are counted as they end.
 
 mod convert;
 pub mod kv_inbox;
 pub mod metrics;
+pub mod nccl_links;
 mod peer_pools;
 mod prefill;
 pub mod remote_prefill;
@@ -23,5 +24,6 @@ mod service;
 pub use convert::{response, status};
 pub use kv_inbox::KvInbox;
 pub use metrics::{EngineSampler, register_worker_metrics};
+pub use nccl_links::NcclLinks;
 pub use remote_prefill::DEFAULT_REMOTE_PREFILL_TIMEOUT;
 pub use service::{WorkerService, serve, serve_with};

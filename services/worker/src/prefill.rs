@@ -14,7 +14,9 @@
 //! Transport: the first of the decode worker's list this worker can use. CUDA IPC needs the same host and a GPU
 //! engine holding the whole model here; the layers then never touch the host: each one is copied into the decode
 //! worker's blocks on a transfer stream while the next layer computes, and a Landed frame follows once the copy is
-//! done. Invariant of that path: this side closes the connection only after every copy it queued has finished,
+//! done. NCCL (any host, GPU engines on both sides, a registry to meet through) works the same way over a link
+//! (`nccl_links`): each layer is sent over it while the next computes, the decode worker receiving into its blocks;
+//! a link whose transfer failed is aborted here and on the decode side, one that succeeded goes back to the pool. Invariant of that path: this side closes the connection only after every copy it queued has finished,
 //! so a decode worker may reuse the blocks as soon as the connection ends cleanly.
 
 use std::sync::Arc;
@@ -23,13 +25,14 @@ use cleave_cluster::kv_transfer::{
     DEFAULT_IO_TIMEOUT, KvDtype, KvSender, KvTransferError, KvTransferHeader, TransferMode,
 };
 use cleave_engine::scheduler::{ExportedLayer, FinishReason, LayerData, PeerExport};
-use cleave_engine::{EngineError, Export, ExportSpec, GenerationStream};
+use cleave_engine::{EngineError, Export, ExportSpec, GenerationStream, PeerKv};
 use cleave_proto::v1;
 use cleave_telemetry::{KvDirection, KvTransferMetrics};
 use tonic::Status;
 
 use crate::convert::status;
-use crate::kv_inbox::{CUDA_IPC, TCP, engine_layout, host_id};
+use crate::kv_inbox::{CUDA_IPC, NEW_LINK, TCP, engine_layout, host_id};
+use crate::nccl_links::{LINKS_PER_PEER, LeaseSlot, NCCL};
 use crate::service::WorkerService;
 
 impl WorkerService {
@@ -50,7 +53,8 @@ impl WorkerService {
                 layout.block_size, req.block_size
             )));
         }
-        let direct = self.pick_transport(&dest).await?;
+        let transport = self.pick_transport(&dest).await?;
+        let direct = transport != Transport::Tcp;
         let mut prompt = req.prompt_token_ids;
         if req.return_logits {
             if prompt.is_empty() {
@@ -79,46 +83,73 @@ impl WorkerService {
             layout,
             dest_blocks: dest.block_ids,
             mode: TransferMode::Payload,
+            link: String::new(),
         };
         if direct {
             header.mode = TransferMode::Direct;
             header.layout.dtype = KvDtype::Bf16;
         }
         let n_layers = header.layout.n_layers;
-        let transport = match (direct, self.tls.is_some()) {
-            (true, _) => CUDA_IPC,
-            (false, true) => "tcp+tls",
-            (false, false) => TCP,
+        let transport_name = match (transport, self.tls.is_some()) {
+            (Transport::CudaIpc, _) => CUDA_IPC,
+            (Transport::Nccl, _) => NCCL,
+            (Transport::Tcp, true) => "tcp+tls",
+            (Transport::Tcp, false) => TCP,
         };
         // Ends when this call returns: connect to the decode worker's confirmation of the last layer.
         let transfer_span = tracing::info_span!(
             "kv_transfer.send",
             peer = %dest.kv_addr,
-            transport,
+            transport = transport_name,
             layers = n_layers,
             blocks = header.dest_blocks.len(),
             bytes = tracing::field::Empty,
         );
-        let mut sent_record = SentTransfer::new(self.kv_metrics.clone(), if direct { CUDA_IPC } else { TCP });
+        let mut sent_record = SentTransfer::new(
+            self.kv_metrics.clone(),
+            if transport_name == "tcp+tls" {
+                TCP
+            } else {
+                transport_name
+            },
+        );
         let layer_bytes = 2 * header.layer_floats() as u64 * if direct { 2 } else { 4 };
         let dest_blocks: Arc<[u32]> = header.dest_blocks.clone().into();
-        let mut sender = KvSender::connect_with(dest.kv_addr.as_str(), header, DEFAULT_IO_TIMEOUT, self.tls.as_ref())
-            .await
-            .map_err(|e| transfer_status(&e))?;
-        let peer = match sender.grant() {
-            Some(descriptor) => match self.peer_pools.open(&self.engine, &dest.kv_addr, descriptor).await {
-                Ok(pool) => Some(PeerExport {
+        let (mut sender, peer) = match transport {
+            Transport::Nccl => {
+                let (sender, link) = self.connect_over_link(&dest.kv_addr, header).await?;
+                (sender, Some(link))
+            }
+            _ => {
+                let sender =
+                    KvSender::connect_with(dest.kv_addr.as_str(), header, DEFAULT_IO_TIMEOUT, self.tls.as_ref())
+                        .await
+                        .map_err(|e| transfer_status(&e))?;
+                let pool = match sender.grant() {
+                    Some(descriptor) => match self.peer_pools.open(&self.engine, &dest.kv_addr, descriptor).await {
+                        Ok(pool) => Some(pool),
+                        Err(e) => {
+                            let reason = format!("cannot map the decode worker's KV pool: {e}");
+                            let _ = sender.abort(&reason).await;
+                            return Err(Status::failed_precondition(reason));
+                        }
+                    },
+                    None => None,
+                };
+                (sender, pool.map(|pool| (pool, None)))
+            }
+        };
+        let (peer, link_slot) = match peer {
+            Some((pool, slot)) => (
+                Some(PeerExport {
                     pool,
                     blocks: dest_blocks,
                 }),
-                Err(e) => {
-                    let reason = format!("cannot map the decode worker's KV pool: {e}");
-                    let _ = sender.abort(&reason).await;
-                    return Err(Status::failed_precondition(reason));
-                }
-            },
-            None => None,
+                slot,
+            ),
+            None => (None, None),
         };
+        let link = peer.as_ref().map(|p| p.pool.clone()).filter(|_| link_slot.is_some());
         let spec = ExportSpec {
             first_block,
             priority: 0,
@@ -152,6 +183,10 @@ impl WorkerService {
                     _ => "the engine stopped before computing every layer".to_owned(),
                 },
             };
+            if let Some(link) = &link {
+                // Ends the sends the decode worker will never receive (it aborts its side on the Abort below).
+                link.abort(&reason);
+            }
             if direct {
                 // Nothing may still be writing into the decode worker's blocks when the connection closes.
                 drop(registration);
@@ -162,7 +197,15 @@ impl WorkerService {
                 "prefill stopped after {sent} of {n_layers} layers: {reason}"
             )));
         }
-        sender.finish().await.map_err(|e| transfer_status(&e))?;
+        if let Err(e) = sender.finish().await {
+            if let Some(link) = &link {
+                link.abort(&e.to_string());
+            }
+            return Err(transfer_status(&e));
+        }
+        if let (Some(slot), Some(link)) = (link_slot, link) {
+            self.nccl_links.give_back(slot, link);
+        }
         transfer_span.record("bytes", sent_record.bytes);
         drop(transfer_span);
         sent_record.ok = true;
@@ -186,10 +229,20 @@ impl WorkerService {
     }
 }
 
+/// How a prefill worker moves a transfer's KV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Layer payloads over the KV connection.
+    Tcp,
+    /// Straight into the decode worker's pool, mapped here (same host).
+    CudaIpc,
+    /// Over an NCCL link to the decode worker's GPU, which scatters each layer into its blocks.
+    Nccl,
+}
+
 impl WorkerService {
-    /// Whether to write into the decode worker's pool directly (CUDA IPC) rather than send the layers over TCP:
-    /// the first transport of the destination's list this worker can use.
-    async fn pick_transport(&self, dest: &v1::KvDestination) -> Result<bool, Status> {
+    /// The first transport of the destination's list this worker can use.
+    async fn pick_transport(&self, dest: &v1::KvDestination) -> Result<Transport, Status> {
         let offered: Vec<&str> = dest.transport.split(',').map(str::trim).collect();
         for transport in &offered {
             match *transport {
@@ -199,17 +252,77 @@ impl WorkerService {
                         && !self.peer_pools.refused(&dest.kv_addr)
                         && self.peer_pools.capable(&self.engine).await;
                     if usable {
-                        return Ok(true);
+                        return Ok(Transport::CudaIpc);
                     }
                 }
-                TCP => return Ok(false),
+                NCCL if self.nccl_links.enabled() => return Ok(Transport::Nccl),
+                TCP => return Ok(Transport::Tcp),
                 _ => {}
             }
         }
         Err(Status::invalid_argument(format!(
-            "destination.transport: none of {:?} is spoken here (this worker speaks \"{TCP}\", and \"{CUDA_IPC}\" \
-             to GPUs of its host)",
+            "destination.transport: none of {:?} is spoken here (this worker speaks \"{TCP}\", \"{CUDA_IPC}\" to GPUs of \
+             its host, and \"{NCCL}\" when its GPU engine has a registry to meet peers through)",
             dest.transport
+        )))
+    }
+
+    /// Opens a direct transfer's KV connection over an NCCL link to the decode worker at `kv_addr`: an idle link,
+    /// or a new one this side joins while the decode worker joins it on the Hello (which names it with
+    /// [`NEW_LINK`]). An idle link the decode worker refuses (it restarted, so the link is dead) is aborted and the
+    /// next one tried.
+    async fn connect_over_link(
+        &self,
+        kv_addr: &str,
+        mut header: KvTransferHeader,
+    ) -> Result<(KvSender, (PeerKv, Option<LeaseSlot>)), Status> {
+        for _ in 0..=LINKS_PER_PEER {
+            let (idle, slot) = self
+                .nccl_links
+                .lease(kv_addr)
+                .await
+                .map_err(Status::failed_precondition)?;
+            let joining = match idle {
+                Some(link) => {
+                    header.link = slot.name.clone();
+                    Err(link)
+                }
+                None => {
+                    header.link = format!("{}{NEW_LINK}", slot.name);
+                    let (links, name) = (self.nccl_links.clone(), slot.name.clone());
+                    Ok(tokio::spawn(async move { links.join_as_sender(&name).await }))
+                }
+            };
+            let connected =
+                KvSender::connect_with(kv_addr, header.clone(), DEFAULT_IO_TIMEOUT, self.tls.as_ref()).await;
+            match (connected, joining) {
+                (Ok(sender), Err(link)) => return Ok((sender, (link, Some(slot)))),
+                (Ok(sender), Ok(task)) => {
+                    let joined = task
+                        .await
+                        .unwrap_or_else(|e| Err(format!("joining the link failed: {e}")));
+                    return match joined {
+                        Ok(link) => Ok((sender, (link, Some(slot)))),
+                        Err(reason) => {
+                            let _ = sender.abort(&reason).await;
+                            Err(Status::unavailable(format!("NCCL link to {kv_addr}: {reason}")))
+                        }
+                    };
+                }
+                (Err(e), Err(link)) => {
+                    link.abort(&format!("the decode worker refused the transfer: {e}"));
+                    if !matches!(e, KvTransferError::PeerAborted { .. }) {
+                        return Err(transfer_status(&e));
+                    }
+                }
+                (Err(e), Ok(task)) => {
+                    task.abort();
+                    return Err(transfer_status(&e));
+                }
+            }
+        }
+        Err(Status::unavailable(format!(
+            "the decode worker at {kv_addr} refused every NCCL link"
         )))
     }
 }

@@ -45,6 +45,8 @@ pub struct WorkerService {
     pub(crate) tls: Option<ClusterTls>,
     /// Decode workers' KV pools this worker writes into directly (CUDA IPC).
     pub(crate) peer_pools: crate::peer_pools::PeerPools,
+    /// NCCL links to decode workers' GPUs (enabled with [`WorkerService::with_nccl_links`]).
+    pub(crate) nccl_links: crate::nccl_links::NcclLinks,
 }
 
 impl WorkerService {
@@ -58,7 +60,14 @@ impl WorkerService {
             kv_metrics: KvTransferMetrics::default(),
             tls: None,
             peer_pools: Default::default(),
+            nccl_links: Default::default(),
         }
+    }
+
+    /// Sends KV over these NCCL links when a decode worker offers them (see [`crate::nccl_links`]).
+    pub fn with_nccl_links(mut self, links: crate::nccl_links::NcclLinks) -> Self {
+        self.nccl_links = links;
+        self
     }
 
     /// Dials other workers (prefill workers' gRPC, decode workers' KV listeners) over the cluster's mutual TLS.

@@ -13,13 +13,13 @@ use super::KvTransferError;
 use super::layout::{KvDtype, KvLayout, KvTransferHeader, MAX_ID_LEN, TransferMode};
 
 pub(crate) const MAGIC: [u8; 4] = *b"CLKV";
-pub(crate) const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 3;
 pub(crate) const FRAME_HEADER_LEN: usize = 5;
 /// Bytes in a Layer frame's body ahead of the payload: layer and n_blocks.
 pub(crate) const LAYER_PREFIX_LEN: usize = 8;
 pub(crate) const MAX_REASON_LEN: usize = 1024;
-/// A Hello without destination blocks: magic, version, two length-prefixed ids, dtype, mode, six u32 fields.
-const HELLO_FIXED_MAX: usize = 4 + 2 + 2 * (2 + MAX_ID_LEN) + 2 + 6 * 4;
+/// A Hello without destination blocks: magic, version, three length-prefixed ids, dtype, mode, six u32 fields.
+const HELLO_FIXED_MAX: usize = 4 + 2 + 3 * (2 + MAX_ID_LEN) + 2 + 6 * 4;
 /// The longest pool descriptor a Grant frame carries.
 pub(crate) const MAX_GRANT_LEN: usize = 64 * 1024;
 
@@ -89,13 +89,13 @@ pub(crate) fn hello_max_len(pool_blocks: u32) -> usize {
 /// A whole Hello frame, header included. The header must already be validated (ids within `MAX_ID_LEN`).
 pub(crate) fn encode_hello(header: &KvTransferHeader) -> Vec<u8> {
     let layout = &header.layout;
-    let body_len =
-        4 + 2 + 2 + header.transfer_id.len() + 2 + layout.model_id.len() + 2 + 6 * 4 + 4 * header.dest_blocks.len();
+    let ids = [&header.transfer_id, &layout.model_id, &header.link];
+    let body_len = 4 + 2 + ids.iter().map(|id| 2 + id.len()).sum::<usize>() + 2 + 6 * 4 + 4 * header.dest_blocks.len();
     let mut out = Vec::with_capacity(FRAME_HEADER_LEN + body_len);
     out.extend_from_slice(&frame_header(FrameKind::Hello, body_len as u32));
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    for id in [&header.transfer_id, &layout.model_id] {
+    for id in ids {
         out.extend_from_slice(&(id.len() as u16).to_le_bytes());
         out.extend_from_slice(id.as_bytes());
     }
@@ -135,6 +135,7 @@ pub(crate) fn decode_hello(body: &[u8]) -> Result<KvTransferHeader, KvTransferEr
     }
     let transfer_id = cursor.string("transfer_id")?;
     let model_id = cursor.string("model_id")?;
+    let link = cursor.string("link")?;
     let dtype = KvDtype::from_wire_code(cursor.take("dtype", 1)?[0])?;
     let mode = TransferMode::from_wire_code(cursor.take("mode", 1)?[0])?;
     let block_size = cursor.u32("block_size")?;
@@ -165,6 +166,7 @@ pub(crate) fn decode_hello(body: &[u8]) -> Result<KvTransferHeader, KvTransferEr
             head_dim,
         },
         mode,
+        link,
         dest_blocks,
     })
 }

@@ -171,6 +171,9 @@ pub struct KvTransferHeader {
     pub transfer_id: String,
     pub layout: KvLayout,
     pub mode: TransferMode,
+    /// Direct mode over an NCCL link: the link's name (the receiver receives each layer over it and scatters it
+    /// into the blocks); empty when the sender writes through CUDA IPC or sends payloads.
+    pub link: String,
     /// Decode-worker block ids, in prompt order; payload block `i` lands in `dest_blocks[i]`.
     pub dest_blocks: Vec<u32>,
 }
@@ -190,6 +193,12 @@ impl KvTransferHeader {
             });
         }
         self.layout.validate()?;
+        if self.link.len() > MAX_ID_LEN || (!self.link.is_empty() && self.mode != TransferMode::Direct) {
+            return Err(KvTransferError::InvalidHeader {
+                field: "link",
+                reason: "at most 256 bytes, and only for a direct transfer".to_owned(),
+            });
+        }
         if self.dest_blocks.is_empty() {
             return Err(KvTransferError::InvalidHeader {
                 field: "dest_blocks",

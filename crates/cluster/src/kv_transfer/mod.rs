@@ -5,14 +5,14 @@
 //! while later layers are still being computed, so compute and transfer overlap. GPU transports (NCCL, CUDA IPC)
 //! will implement the same header, the same per-layer payloads and the same [`KvSink`].
 //!
-//! # Wire format, version 2
+//! # Wire format, version 3
 //!
 //! Every frame is `[kind: u8][len: u32 LE][body: len bytes]`; all integers are little-endian and every float is an
 //! IEEE-754 `f32` in little-endian byte order.
 //!
 //! | kind | name     | direction | body |
 //! |------|----------|-----------|------|
-//! | 1    | Hello    | P → D | `b"CLKV"`, version `u16`, transfer id (`u16` len + UTF-8), model id (`u16` len + UTF-8), dtype `u8` (0 = f32, 1 = bf16), mode `u8` (0 = payload, 1 = direct), block_size `u32`, n_layers `u32`, kv head range start `u32`, end `u32`, head_dim `u32`, n_dest_blocks `u32`, dest block ids `u32 × n` |
+//! | 1    | Hello    | P → D | `b"CLKV"`, version `u16`, transfer id (`u16` len + UTF-8), model id (`u16` len + UTF-8), link (`u16` len + UTF-8: an NCCL link's name, empty unless the direct writes go over one), dtype `u8` (0 = f32, 1 = bf16), mode `u8` (0 = payload, 1 = direct), block_size `u32`, n_layers `u32`, kv head range start `u32`, end `u32`, head_dim `u32`, n_dest_blocks `u32`, dest block ids `u32 × n` |
 //! | 2    | Layer    | P → D | layer `u32`, n_blocks `u32`, keys `f32 × n_blocks·block_floats`, values the same |
 //! | 3    | End      | P → D | empty |
 //! | 4    | Abort    | both  | reason, UTF-8, at most 1024 bytes |
@@ -27,7 +27,9 @@
 //! exactly once in any order, then End, and waits for Complete. Either side may send Abort instead and close.
 //! In direct mode the header's dtype is the pools' (bf16), the receiver sends Grant once the transfer is matched to
 //! a waiting request, and Landed frames replace Layer frames; a sender closes the connection only after its device
-//! stopped writing, which is what lets the receiver reuse the blocks of a request that ended meanwhile.
+//! stopped writing, which is what lets the receiver reuse the blocks of a request that ended meanwhile. Direct mode
+//! over an NCCL link (a non-empty link in the Hello): the receiver queues the receipt of every layer on the link
+//! before it grants (an empty descriptor), and each Landed frame says the layer left the sender.
 //!
 //! # Invariants
 //!

@@ -14,6 +14,7 @@ fn header() -> KvTransferHeader {
         },
         dest_blocks: vec![9, 3, 12],
         mode: TransferMode::Payload,
+        link: String::new(),
     }
 }
 
@@ -25,6 +26,29 @@ fn hello_round_trips() {
     assert_eq!(len, encoded.len() - FRAME_HEADER_LEN);
     assert!(len <= frame::hello_max_len(3));
     assert_eq!(frame::decode_hello(&encoded[FRAME_HEADER_LEN..]).unwrap(), header());
+}
+
+#[test]
+fn a_direct_hello_names_its_nccl_link() {
+    let mut linked = header();
+    linked.mode = TransferMode::Direct;
+    linked.layout.dtype = KvDtype::Bf16;
+    linked.link = "kvlink-1f-2a-0+new".to_owned();
+    let encoded = frame::encode_hello(&linked);
+    assert!(encoded.len() - FRAME_HEADER_LEN <= frame::hello_max_len(3));
+    assert_eq!(frame::decode_hello(&encoded[FRAME_HEADER_LEN..]).unwrap(), linked);
+    assert!(linked.validate(None).is_ok());
+
+    // A link is for direct transfers only, and an id-sized name at most.
+    let mut payload = linked.clone();
+    payload.mode = TransferMode::Payload;
+    let err = payload.validate(None).unwrap_err();
+    assert!(
+        matches!(err, KvTransferError::InvalidHeader { field: "link", .. }),
+        "{err}"
+    );
+    linked.link = "x".repeat(257);
+    assert!(linked.validate(None).is_err());
 }
 
 #[test]

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 
 use super::CudaError;
-use crate::backend::{KvBlockReader, LandedCopy, PeerKv};
+use crate::backend::{KvBlockReader, LandedCopy, PeerKv, PeerTarget};
 use crate::config::ModelConfig;
 use crate::kv::{BlockId, KvShape};
 use cleave_kernels::Kernels;
@@ -88,6 +88,15 @@ impl DeviceKv {
     }
 
     /// Copies block `src` over block `dst` in every layer.
+    /// Each layer's keys and values as raw device pointers (the NCCL receiver scatters into them).
+    pub fn layer_pointers(&self) -> Vec<(u64, u64)> {
+        self.keys
+            .iter()
+            .zip(&self.values)
+            .map(|(k, v)| (k.device_ptr(k.stream()).0, v.device_ptr(v.stream()).0))
+            .collect()
+    }
+
     pub fn copy_block(&mut self, stream: &Arc<CudaStream>, src: BlockId, dst: BlockId) -> Result<(), CudaError> {
         if src == dst {
             return Ok(());
@@ -227,9 +236,21 @@ impl KvBlockReader for DeviceKvReader<'_> {
         let (Some(keys), Some(values)) = (self.kv.keys.get(layer), self.kv.values.get(layer)) else {
             return Err(format!("layer {layer} is out of range"));
         };
-        super::ipc::copy_layer(kernels, self.stream, transfer, keys, values, &peer.0, layer, pairs)
-            .map(LandedCopy)
-            .map_err(|e| e.to_string())
+        let copied = match &peer.0 {
+            PeerTarget::Pool(pool) => {
+                super::ipc::copy_layer(kernels, self.stream, transfer, keys, values, pool, layer, pairs)
+                    .map(|event| LandedCopy { event, link: None })
+            }
+            PeerTarget::Link(link) => {
+                let blocks: Vec<BlockId> = pairs.iter().map(|&(local, _)| local).collect();
+                link.send_layer(kernels, self.stream, keys, values, &blocks)
+                    .map(|event| LandedCopy {
+                        event,
+                        link: Some(link.clone()),
+                    })
+            }
+        };
+        copied.map_err(|e| e.to_string())
     }
 }
 

@@ -13,6 +13,7 @@ mod forward;
 mod graphs;
 mod ipc;
 mod kv;
+mod nccl_link;
 pub mod reference;
 mod synthetic;
 mod weights;
@@ -25,7 +26,7 @@ use cleave_kernels::{KernelError, Kernels, ModuleInfo};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 
-use crate::backend::{Backend, KvBlockReader, PeerKv};
+use crate::backend::{Backend, KvBlockReader, KvLinkEndpoint, LandedCopy, PeerKv, PeerTarget};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvShape};
@@ -38,6 +39,7 @@ use graphs::DecodeGraphs;
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 pub use ipc::PeerPool;
 use kv::DeviceKv;
+pub use nccl_link::{LINK_TIMEOUT, NcclLink, STAGING_BYTES, chunk_blocks, new_link_id};
 pub use synthetic::{SYNTHETIC_SHAPES, synthetic_config};
 use weights::DeviceWeights;
 
@@ -57,6 +59,8 @@ pub enum CudaError {
     MixtureOfExperts,
     #[error("tensor-parallel group: {0}")]
     Group(#[from] cleave_comm::CommError),
+    #[error("NCCL KV link: {0}")]
+    Nccl(String),
 }
 
 impl From<CudaError> for EngineError {
@@ -308,26 +312,39 @@ impl CudaBackend {
         Ok(out)
     }
 
-    /// Copies blocks `0..blocks` of every layer into the same blocks of `peer` (CUDA IPC), `repeats` times, and
-    /// returns the bytes of keys and values moved per second (the transfer path alone, for benchmarks).
+    /// Copies blocks `0..blocks` of every layer into the same blocks of `peer` (CUDA IPC), or sends them over an
+    /// NCCL link (whose receiver takes `1 + repeats` transfers of those blocks), `1 + repeats` times, and returns
+    /// the bytes of keys and values moved per second after the first (the transfer path alone, for benchmarks).
     pub fn peer_copy_bandwidth(&self, peer: &PeerKv, blocks: usize, repeats: usize) -> Result<f64, EngineError> {
         let pairs: Vec<(BlockId, BlockId)> = (0..blocks as BlockId).map(|b| (b, b)).collect();
+        let own: Vec<BlockId> = pairs.iter().map(|&(b, _)| b).collect();
         let shape = self.kv.shape();
         let run = || -> Result<(), CudaError> {
+            let mut last = None;
             for layer in 0..shape.n_layers {
                 let (keys, values) = (&self.kv.keys[layer], &self.kv.values[layer]);
-                ipc::copy_layer(
-                    &self.kernels,
-                    &self.stream,
-                    &self.transfer,
-                    keys,
-                    values,
-                    &peer.0,
-                    layer,
-                    &pairs,
-                )?;
+                match &peer.0 {
+                    PeerTarget::Pool(pool) => {
+                        ipc::copy_layer(
+                            &self.kernels,
+                            &self.stream,
+                            &self.transfer,
+                            keys,
+                            values,
+                            pool,
+                            layer,
+                            &pairs,
+                        )?;
+                    }
+                    PeerTarget::Link(link) => {
+                        last = Some(link.send_layer(&self.kernels, &self.stream, keys, values, &own)?);
+                    }
+                }
             }
-            Ok(self.transfer.synchronize()?)
+            match (&peer.0, last) {
+                (PeerTarget::Link(link), Some(event)) => link.wait(&event),
+                _ => Ok(self.transfer.synchronize()?),
+            }
         };
         run()?;
         let started = std::time::Instant::now();
@@ -444,7 +461,31 @@ impl Backend for CudaBackend {
         }
         let shape = self.kv.shape();
         let pool = PeerPool::open(self.stream.context(), descriptor, shape.n_layers, shape.block_floats())?;
-        Ok(PeerKv(Arc::new(pool)))
+        Ok(PeerKv(PeerTarget::Pool(Arc::new(pool))))
+    }
+
+    /// NCCL links for KV, under the same condition as CUDA IPC (the whole model on this device) and with NCCL.
+    fn kv_link_endpoint(&self) -> Option<KvLinkEndpoint> {
+        (self.shard.world == 1 && cleave_comm::nccl_available()).then(|| KvLinkEndpoint {
+            ctx: self.stream.context().clone(),
+            block_elems: self.kv.shape().block_floats(),
+            staging_bytes: STAGING_BYTES,
+        })
+    }
+
+    fn receive_kv(&mut self, link: &PeerKv, blocks: &[BlockId]) -> Result<Vec<LandedCopy>, EngineError> {
+        let PeerTarget::Link(link) = &link.0 else {
+            return Err(EngineError::invalid("transport", "KV is received over NCCL links only"));
+        };
+        let pointers = self.kv.layer_pointers();
+        let events = link.receive_layers(&self.kernels, &pointers, self.kv.shape().n_blocks + 1, blocks)?;
+        Ok(events
+            .into_iter()
+            .map(|event| LandedCopy {
+                event,
+                link: Some(link.clone()),
+            })
+            .collect())
     }
 
     fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<(), EngineError> {

@@ -261,6 +261,22 @@ impl Scheduler {
         }
     }
 
+    /// [`Scheduler::allow_direct_writes`] for a writer that names the blocks it writes: they must be exactly the
+    /// request's destination blocks.
+    pub fn allow_direct_writes_into(
+        &mut self,
+        request: RequestId,
+        blocks: &[BlockId],
+        n_layers: usize,
+    ) -> Result<(), RemoteWriteError> {
+        self.awaiting_layer(request, 0, blocks, n_layers)?;
+        if self.allow_direct_writes(request) {
+            Ok(())
+        } else {
+            Err(RemoteWriteError::NotAwaiting(request))
+        }
+    }
+
     /// Records that a peer finished writing `layer` of `request` into `blocks` directly.
     pub fn direct_layer_landed(
         &mut self,

@@ -1,9 +1,10 @@
 //! CUDA IPC between two processes: KV written straight into another process's pool, and its benchmark.
 
 use super::*;
+use cleave_engine::PeerKv;
 
 /// GPUs on this machine (0 without a driver).
-fn gpu_count() -> usize {
+pub(super) fn gpu_count() -> usize {
     CudaContext::device_count().map_or(0, |n| n as usize)
 }
 
@@ -29,9 +30,9 @@ fn run_child(test: &str, env: &[(&str, String)]) {
     assert!(status.success(), "the child process failed: {status}");
 }
 
-const IPC_PROMPT: usize = 37;
+pub(super) const IPC_PROMPT: usize = 37;
 /// Where the prefill side's blocks land in the decode side's pool: scattered, out of order.
-const IPC_DEST: [u32; 10] = [7, 2, 11, 30, 4, 19, 25, 9, 14, 0];
+pub(super) const IPC_DEST: [u32; 10] = [7, 2, 11, 30, 4, 19, 25, 9, 14, 0];
 
 /// Two processes, each with the tiny Llama on a GPU (different GPUs when there are two): the prefill side maps the
 /// decode side's pool through CUDA IPC and writes a 37-token prompt's KV straight into scattered blocks of it,
@@ -50,38 +51,10 @@ fn kv_written_through_cuda_ipc_gives_the_local_prefill_logits() {
         let peer = gpu.open_peer_kv(&unhex(&descriptor)).unwrap();
         let own: Vec<u32> = (40..40 + blocks as u32).collect();
         let pairs: Vec<(u32, u32)> = own.iter().copied().zip(IPC_DEST).collect();
-        let mut copies = Vec::new();
-        gpu.forward(
-            &[SeqChunk {
-                tokens: &prompt[..IPC_PROMPT - 1],
-                start_pos: 0,
-                blocks: &own,
-                want_logits: false,
-            }],
-            &mut |layer, reader| copies.push(reader.copy_to_peer(layer, &peer, &pairs).unwrap()),
-        )
-        .unwrap();
-        assert_eq!(copies.len(), gpu.kv_shape().n_layers, "one copy per layer");
-        for copy in copies {
-            copy.wait().unwrap();
-        }
+        prefill_into_peer(&mut gpu, &prompt[..IPC_PROMPT - 1], &own, &peer, &pairs);
         // Refused: a block outside the peer's pool.
-        let mut refused = None;
-        gpu.forward(
-            &[SeqChunk {
-                tokens: &prompt[..4],
-                start_pos: 0,
-                blocks: &own[..1],
-                want_logits: false,
-            }],
-            &mut |layer, reader| {
-                if layer == 0 {
-                    refused = Some(reader.copy_to_peer(0, &peer, &[(40, 1 << 30)]).unwrap_err());
-                }
-            },
-        )
-        .unwrap();
-        assert!(refused.unwrap().contains("pool"));
+        let refused = refused_copy(&mut gpu, &prompt[..4], own[0], &peer, (40, 1 << 30));
+        assert!(refused.contains("pool"), "{refused}");
         return;
     }
     let mut gpu = tiny_gpu_on(0);
@@ -99,38 +72,8 @@ fn kv_written_through_cuda_ipc_gives_the_local_prefill_logits() {
         "ipc::kv_written_through_cuda_ipc_gives_the_local_prefill_logits",
         &[("CLEAVE_IPC_CHILD", hex(&descriptor))],
     );
-    let last = [prompt[IPC_PROMPT - 1]];
-    let landed = gpu
-        .forward(
-            &[SeqChunk {
-                tokens: &last,
-                start_pos: IPC_PROMPT - 1,
-                blocks: &IPC_DEST,
-                want_logits: true,
-            }],
-            &mut |_, _| {},
-        )
-        .unwrap();
     let local_blocks: Vec<u32> = (40..40 + blocks as u32).collect();
-    let local = gpu
-        .forward(
-            &[SeqChunk {
-                tokens: &prompt,
-                start_pos: 0,
-                blocks: &local_blocks,
-                want_logits: true,
-            }],
-            &mut |_, _| {},
-        )
-        .unwrap();
-    let scale = local.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert_close(
-        "logits from KV landed through CUDA IPC",
-        &landed,
-        &local,
-        0.0,
-        1e-3 * scale.max(1.0),
-    );
+    assert_landed_kv_gives_local_logits(&mut gpu, &prompt, &IPC_DEST, &local_blocks, "CUDA IPC");
     eprintln!(
         "CUDA IPC: {} blocks × {} layers landed; logits match local prefill",
         blocks,
@@ -138,8 +81,163 @@ fn kv_written_through_cuda_ipc_gives_the_local_prefill_logits() {
     );
 }
 
+/// Prefills `prompt` into `own` blocks, copying each layer into the peer's blocks (`pairs`) as it is computed, and
+/// waits until every copy landed.
+pub(super) fn prefill_into_peer(
+    gpu: &mut CudaBackend,
+    prompt: &[u32],
+    own: &[u32],
+    peer: &PeerKv,
+    pairs: &[(u32, u32)],
+) {
+    let mut copies = Vec::new();
+    gpu.forward(
+        &[SeqChunk {
+            tokens: prompt,
+            start_pos: 0,
+            blocks: own,
+            want_logits: false,
+        }],
+        &mut |layer, reader| copies.push(reader.copy_to_peer(layer, peer, pairs).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(copies.len(), gpu.kv_shape().n_layers, "one copy per layer");
+    for copy in copies {
+        copy.wait().unwrap();
+    }
+}
+
+/// The error of copying `pair` to `peer` during a prefill of `prompt` into block `own` (which must fail).
+pub(super) fn refused_copy(gpu: &mut CudaBackend, prompt: &[u32], own: u32, peer: &PeerKv, pair: (u32, u32)) -> String {
+    let mut refused = None;
+    gpu.forward(
+        &[SeqChunk {
+            tokens: prompt,
+            start_pos: 0,
+            blocks: &[own],
+            want_logits: false,
+        }],
+        &mut |layer, reader| {
+            if layer == 0 {
+                refused = Some(reader.copy_to_peer(0, peer, &[pair]).unwrap_err());
+            }
+        },
+    )
+    .unwrap();
+    refused.unwrap()
+}
+
+/// The next-token logits of `prompt` computed from its KV landed in `dest` (all but the last token) equal a local
+/// prefill of the whole prompt into `local_blocks`.
+pub(super) fn assert_landed_kv_gives_local_logits(
+    gpu: &mut CudaBackend,
+    prompt: &[u32],
+    dest: &[u32],
+    local_blocks: &[u32],
+    transport: &str,
+) {
+    let n = prompt.len();
+    let last = [prompt[n - 1]];
+    let landed = gpu
+        .forward(
+            &[SeqChunk {
+                tokens: &last,
+                start_pos: n - 1,
+                blocks: dest,
+                want_logits: true,
+            }],
+            &mut |_, _| {},
+        )
+        .unwrap();
+    let local = gpu
+        .forward(
+            &[SeqChunk {
+                tokens: prompt,
+                start_pos: 0,
+                blocks: local_blocks,
+                want_logits: true,
+            }],
+            &mut |_, _| {},
+        )
+        .unwrap();
+    let scale = local.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_close(
+        &format!("logits from KV landed through {transport}"),
+        &landed,
+        &local,
+        0.0,
+        1e-3 * scale.max(1.0),
+    );
+}
+
+/// The median time (ms, of 3 after a warm-up) to prefill `chunk`, copying each layer into `export`'s peer blocks
+/// when given and waiting for the copies.
+pub(super) fn prefill_ms(
+    gpu: &mut CudaBackend,
+    chunk: &[SeqChunk<'_>],
+    export: Option<(&PeerKv, &[(u32, u32)])>,
+) -> f64 {
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        let mut copies = Vec::new();
+        gpu.forward(chunk, &mut |layer, reader| {
+            if let Some((peer, pairs)) = export {
+                copies.push(reader.copy_to_peer(layer, peer, pairs).unwrap());
+            }
+        })
+        .unwrap();
+        for copy in copies {
+            copy.wait().unwrap();
+        }
+        runs.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    runs.remove(0);
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+/// The sending side of a transport benchmark: the KV of 4,096 tokens moved to `peer` (GB/s), then each prompt's
+/// prefill alone and moving each layer to the peer as it is computed.
+pub(super) fn sender_bench(
+    gpu: &mut CudaBackend,
+    peer: &PeerKv,
+    transport: &str,
+    prompts: &[usize],
+    block_size: usize,
+    vocab: usize,
+) {
+    let shape = gpu.kv_shape();
+    let per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * 2;
+    let gb_s = gpu.peer_copy_bandwidth(peer, 4096 / block_size, 5).unwrap();
+    let bytes = 4096 * per_token;
+    eprintln!(
+        "{transport}: KV of 4096 tokens ({:.3} GB) in {:.2} ms → {:.0} GB/s",
+        bytes as f64 / 1e9,
+        bytes as f64 / gb_s * 1e3,
+        gb_s / 1e9
+    );
+    for &n in prompts {
+        let prompt: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % vocab as u32).collect();
+        let blocks: Vec<u32> = (0..n.div_ceil(block_size) as u32).collect();
+        let pairs: Vec<(u32, u32)> = blocks.iter().map(|&b| (b, b)).collect();
+        let chunk = [SeqChunk {
+            tokens: &prompt,
+            start_pos: 0,
+            blocks: &blocks,
+            want_logits: false,
+        }];
+        let alone = prefill_ms(gpu, &chunk, None);
+        let exported = prefill_ms(gpu, &chunk, Some((peer, &pairs)));
+        eprintln!(
+            "prefill {n:>5} tokens: {alone:.1} ms alone, {exported:.1} ms moving each layer to the peer ({:+.1}%)",
+            100.0 * (exported / alone - 1.0)
+        );
+    }
+}
+
 /// The tiny Llama on GPU `ordinal`, 4-token blocks.
-fn tiny_gpu_on(ordinal: usize) -> CudaBackend {
+pub(super) fn tiny_gpu_on(ordinal: usize) -> CudaBackend {
     let (model, _) = load_model(ModelFiles::HfDir(&fixture("fixtures/tiny-llama"))).unwrap();
     let options = CudaOptions {
         ordinal,
@@ -174,55 +272,17 @@ fn cuda_ipc_bench_when_asked() {
         block_size,
         kernel_cache: None,
     };
-    let tokens = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919) % config.vocab_size as u32).collect() };
     if let Ok(descriptor) = std::env::var("CLEAVE_IPC_CHILD") {
         let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(0)).unwrap();
         let peer = gpu.open_peer_kv(&unhex(&descriptor)).unwrap();
-        let gb_s = gpu.peer_copy_bandwidth(&peer, 4096 / block_size, 5).unwrap();
-        let bytes = 4096 * per_token;
-        eprintln!(
-            "CUDA IPC copy: KV of 4096 tokens ({:.3} GB) in {:.2} ms → {:.0} GB/s",
-            bytes as f64 / 1e9,
-            bytes as f64 / gb_s * 1e3,
-            gb_s / 1e9
+        sender_bench(
+            &mut gpu,
+            &peer,
+            "CUDA IPC copy",
+            &prompts,
+            block_size,
+            config.vocab_size,
         );
-        for &n in &prompts {
-            let prompt = tokens(n);
-            let blocks: Vec<u32> = (0..n.div_ceil(block_size) as u32).collect();
-            let pairs: Vec<(u32, u32)> = blocks.iter().map(|&b| (b, b)).collect();
-            let chunk = [SeqChunk {
-                tokens: &prompt,
-                start_pos: 0,
-                blocks: &blocks,
-                want_logits: false,
-            }];
-            let mut time = |export: bool| {
-                let mut runs = Vec::new();
-                for _ in 0..4 {
-                    let started = std::time::Instant::now();
-                    let mut copies = Vec::new();
-                    gpu.forward(&chunk, &mut |layer, reader| {
-                        if export {
-                            copies.push(reader.copy_to_peer(layer, &peer, &pairs).unwrap());
-                        }
-                    })
-                    .unwrap();
-                    for copy in copies {
-                        copy.wait().unwrap();
-                    }
-                    runs.push(started.elapsed().as_secs_f64() * 1e3);
-                }
-                runs.remove(0);
-                runs.sort_by(f64::total_cmp);
-                runs[runs.len() / 2]
-            };
-            let (alone, exported) = (time(false), time(true));
-            eprintln!(
-                "prefill {n:>5} tokens: {alone:.1} ms alone, {exported:.1} ms writing each layer into the peer \
-                 ({:+.1}%)",
-                100.0 * (exported / alone - 1.0)
-            );
-        }
         return;
     }
     let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(1)).unwrap();
