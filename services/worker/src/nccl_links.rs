@@ -7,7 +7,9 @@
 //! Invariants: a link carries one transfer at a time — the prefill side leases it ([`NcclLinks::lease`]) and takes
 //! it back only after a transfer that ended cleanly; a link on which anything failed is aborted on both sides and
 //! forgotten (the next transfer makes a new one). At most [`LINKS_PER_PEER`] links per decode worker exist; a
-//! transfer finding them all busy waits for one. Cost: each link holds its communicator's buffers and its staging
+//! transfer finding them all busy waits for one; each side keeps at most [`MAX_KEPT_LINKS`] links beyond those in
+//! use, closing the least recently used (the other side finds out at its next transfer on it, which fails over to
+//! a new link or, on the receiving side, is refused). Cost: each link holds its communicator's buffers and its staging
 //! buffers on the GPU of each side (`PeerKv::device_bytes`, logged when made); making one takes a registry
 //! rendezvous and NCCL's own connection set-up (tens of milliseconds).
 
@@ -27,6 +29,10 @@ pub const NCCL: &str = "nccl";
 /// Links one prefill worker keeps to one decode worker (concurrent transfers to it).
 pub const LINKS_PER_PEER: usize = 4;
 
+/// Links kept open per side beyond those in use: idle ones on the sending side, joined ones on the receiving side
+/// (the least recently used go first; each holds device memory).
+pub const MAX_KEPT_LINKS: usize = 32;
+
 /// How long both sides wait for each other in the rendezvous.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -39,11 +45,12 @@ struct Enabled {
 #[derive(Default)]
 struct Inner {
     enabled: OnceLock<Enabled>,
-    /// Sending side: per decode KV address, the idle links and the permits bounding how many exist.
-    idle: Mutex<HashMap<String, Vec<PeerKv>>>,
+    /// Sending side: idle links and the decode KV address each goes to, least recently used first; and per
+    /// address, the permits bounding how many links exist.
+    idle: Mutex<Vec<(String, PeerKv)>>,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Receiving side: links by name.
-    joined: Mutex<HashMap<String, PeerKv>>,
+    /// Receiving side: links by name, least recently used first.
+    joined: Mutex<Vec<(String, PeerKv)>>,
     made: AtomicU64,
 }
 
@@ -109,9 +116,9 @@ impl NcclLinks {
                 .idle
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let links = idle.entry(kv_addr.to_owned()).or_default();
-            links.retain(|link| !link.is_aborted());
-            links.pop()
+            idle.retain(|(_, link)| !link.is_aborted());
+            let newest = idle.iter().rposition(|(addr, _)| addr == kv_addr);
+            newest.map(|at| idle.remove(at).1)
         };
         let name = match &idle {
             Some(link) => link.link_name().unwrap_or_default().to_owned(),
@@ -147,13 +154,17 @@ impl NcclLinks {
 
     /// The receiving side of link `name`, joined before (a live one).
     pub fn joined(&self, name: &str) -> Option<PeerKv> {
-        self.inner
+        let mut joined = self
+            .inner
             .joined
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .filter(|link| !link.is_aborted())
-            .cloned()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        joined.retain(|(_, link)| !link.is_aborted());
+        let at = joined.iter().position(|(n, _)| n == name)?;
+        let entry = joined.remove(at);
+        let link = entry.1.clone();
+        joined.push(entry);
+        Some(link)
     }
 
     /// The receiving side of link `name` (named in a transfer's Hello): the one joined before, or joined now.
@@ -172,8 +183,7 @@ impl NcclLinks {
             .joined
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        joined.retain(|_, link| !link.is_aborted());
-        joined.insert(name.to_owned(), link.clone());
+        keep_newest(&mut joined, (name.to_owned(), link.clone()));
         Ok(link)
     }
 
@@ -215,7 +225,7 @@ impl NcclLinks {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.entry(slot.kv_addr).or_default().push(link);
+        keep_newest(&mut idle, (slot.kv_addr, link));
     }
 }
 
@@ -227,6 +237,16 @@ pub struct LeaseSlot {
     kv_addr: String,
     /// Counts the link among the peer's [`LINKS_PER_PEER`] while leased.
     _permit: OwnedSemaphorePermit,
+}
+
+/// Appends `entry` (most recently used last), closing the least recently used links beyond [`MAX_KEPT_LINKS`].
+fn keep_newest(links: &mut Vec<(String, PeerKv)>, entry: (String, PeerKv)) {
+    links.retain(|(_, link)| !link.is_aborted());
+    links.push(entry);
+    let excess = links.len().saturating_sub(MAX_KEPT_LINKS);
+    for (_, link) in links.drain(..excess) {
+        link.abort("more links than a worker keeps; the least recently used goes");
+    }
 }
 
 fn started_nanos() -> u128 {
