@@ -58,6 +58,15 @@ impl PeerKv {
         matches!(&self.0, PeerTarget::Link(link) if link.is_aborted())
     }
 
+    /// NCCL's own send/receive bandwidth over this link (bytes per second; both sides call it alike), for
+    /// benchmarks against the KV path over the same link.
+    pub fn link_bandwidth(&self, bytes: usize, repeats: usize) -> Result<f64, EngineError> {
+        match &self.0 {
+            PeerTarget::Link(link) => Ok(link.raw_bandwidth(bytes, repeats)?),
+            PeerTarget::Pool(_) => Err(EngineError::invalid("peer", "not an NCCL link")),
+        }
+    }
+
     /// Aborts an NCCL link, ending the operations waiting on it (a transfer on it failed); no-op for a pool.
     pub fn abort(&self, reason: &str) {
         if let PeerTarget::Link(link) = &self.0 {

@@ -311,6 +311,23 @@ impl NcclLink {
         Ok(landed)
     }
 
+    /// NCCL's own bandwidth on this link, for benchmarks: `bytes` in one send (rank 0) or receive (rank 1) from a
+    /// contiguous buffer, `1 + repeats` times; bytes per second after the first. Both sides call it alike.
+    pub fn raw_bandwidth(&self, bytes: usize, repeats: usize) -> Result<f64, CudaError> {
+        let elems = (bytes / 2).max(1);
+        let mut buffer = self.stream.alloc_zeros::<bf16>(elems)?;
+        let mut run = || -> Result<(), CudaError> {
+            let event = self.exchange(|link, comm, _| link.send_or_recv(comm, &mut buffer, elems))?;
+            self.wait(&event)
+        };
+        run()?;
+        let started = Instant::now();
+        for _ in 0..repeats.max(1) {
+            run()?;
+        }
+        Ok((2 * elems * repeats.max(1)) as f64 / started.elapsed().as_secs_f64())
+    }
+
     /// Waits for `event` (work queued on this link) for at most [`LINK_TIMEOUT`]; aborts the link past it.
     pub fn wait(&self, event: &CudaEvent) -> Result<(), CudaError> {
         let deadline = Instant::now() + LINK_TIMEOUT;

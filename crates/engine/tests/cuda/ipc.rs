@@ -8,11 +8,11 @@ pub(super) fn gpu_count() -> usize {
     CudaContext::device_count().map_or(0, |n| n as usize)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Vec<u8> {
+pub(super) fn unhex(text: &str) -> Vec<u8> {
     (0..text.len() / 2)
         .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
         .collect()
@@ -20,7 +20,7 @@ fn unhex(text: &str) -> Vec<u8> {
 
 /// Runs this test binary's `test` in a child process with `env` set (CUDA IPC needs two processes) and fails if it
 /// fails.
-fn run_child(test: &str, env: &[(&str, String)]) {
+pub(super) fn run_child(test: &str, env: &[(&str, String)]) {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap());
     child.args(["--exact", test, "--nocapture", "--test-threads=1"]);
     for (key, value) in env {
