@@ -257,8 +257,7 @@ fn cuda_ipc_bench_when_asked() {
     let Ok(shape) = std::env::var("CLEAVE_IPC_BENCH") else {
         return;
     };
-    if skip() || gpu_count() < 2 {
-        eprintln!("skipped: 2 GPUs wanted");
+    if skip() {
         return;
     }
     let config = cleave_engine::cuda::synthetic_config(&shape).unwrap();
@@ -285,7 +284,8 @@ fn cuda_ipc_bench_when_asked() {
         );
         return;
     }
-    let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(1)).unwrap();
+    // On a one-GPU machine both processes share it (the copy then stays in its memory).
+    let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(gpu_count().min(2) - 1)).unwrap();
     let descriptor = gpu.export_kv_pool().unwrap().unwrap();
     run_child(
         "ipc::cuda_ipc_bench_when_asked",
