@@ -53,6 +53,7 @@ impl WorkerService {
                 layout.block_size, req.block_size
             )));
         }
+        let started = std::time::Instant::now();
         let transport = self.pick_transport(&dest).await?;
         let direct = transport != Transport::Tcp;
         let mut prompt = req.prompt_token_ids;
@@ -162,6 +163,7 @@ impl WorkerService {
             mut logits,
         } = self.engine.submit_export(prompt, spec).map_err(|e| status(&e))?;
         let registration = self.register(&req.request_id, stream.id())?;
+        let submitted = started.elapsed();
 
         let mut sent = 0;
         let mut failure = None;
@@ -197,6 +199,7 @@ impl WorkerService {
                 "prefill stopped after {sent} of {n_layers} layers: {reason}"
             )));
         }
+        let shipped = started.elapsed();
         if let Err(e) = sender.finish().await {
             if let Some(link) = &link {
                 link.abort(&e.to_string());
@@ -210,11 +213,20 @@ impl WorkerService {
         drop(transfer_span);
         sent_record.ok = true;
         drop(sent_record);
+        let finished = started.elapsed();
         let last_logits = if req.return_logits {
             logits.recv().await.unwrap_or_default()
         } else {
             Vec::new()
         };
+        tracing::debug!(
+            transport = transport_name,
+            submitted_us = submitted.as_micros() as u64,
+            shipped_us = shipped.as_micros() as u64,
+            finished_us = finished.as_micros() as u64,
+            logits_us = started.elapsed().as_micros() as u64,
+            "prefill sent: connected and submitted, every layer shipped, transfer complete, logits ready"
+        );
         match stream.next().await {
             Some(Ok(out)) => match out.finish {
                 Some(finish) if finish.reason == FinishReason::Prefilled => Ok(v1::PrefillResponse {

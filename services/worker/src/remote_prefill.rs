@@ -155,6 +155,7 @@ async fn drive(
     engine_request: u64,
     timeout: Duration,
 ) {
+    let started = std::time::Instant::now();
     let prefill = async {
         let mut request = tonic::Request::new(request);
         cleave_telemetry::trace::inject(request.metadata_mut());
@@ -162,7 +163,13 @@ async fn drive(
             .prefill(request)
             .await
             .map_err(|s| format!("Prefill failed ({:?}): {}", s.code(), s.message()))?;
+        let answered = started.elapsed();
         expected.outcome().await?;
+        tracing::debug!(
+            answered_us = answered.as_micros() as u64,
+            landed_us = started.elapsed().as_micros() as u64,
+            "remote prefill: Prefill answered, transfer outcome in"
+        );
         let response = response.into_inner();
         Ok(RemoteDone {
             prefill_cached: response.cached_tokens as usize,
