@@ -215,7 +215,8 @@ impl WorkerService {
         drop(sent_record);
         let finished = started.elapsed();
         let last_logits = if req.return_logits {
-            logits.recv().await.unwrap_or_default()
+            let row = logits.recv().await.unwrap_or_default();
+            row.iter().flat_map(|v| v.to_le_bytes()).collect()
         } else {
             Vec::new()
         };

@@ -146,6 +146,20 @@ impl RemotePrefillContext {
     }
 }
 
+/// Logits sent as little-endian f32 bytes; `None` when there are none or they are cut mid-value (the decode
+/// worker then computes the last prompt token itself).
+fn f32_row(bytes: &[u8]) -> Option<Vec<f32>> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
 /// Calls `Prefill`, waits for the transfer, and ends the engine's wait either way.
 async fn drive(
     engine: Arc<Engine>,
@@ -173,7 +187,7 @@ async fn drive(
         let response = response.into_inner();
         Ok(RemoteDone {
             prefill_cached: response.cached_tokens as usize,
-            logits: (!response.last_logits.is_empty()).then_some(response.last_logits),
+            logits: f32_row(&response.last_logits),
         })
     };
     let result = tokio::time::timeout(timeout, prefill)
@@ -185,4 +199,18 @@ async fn drive(
     };
     tracing::Span::current().record("outcome", outcome.as_str());
     engine.finish_remote_kv(engine_request, result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f32_row;
+
+    #[test]
+    fn logits_cross_as_little_endian_bytes() {
+        let row = [1.5f32, -0.25, f32::MIN_POSITIVE, 3.0e38];
+        let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(f32_row(&bytes).unwrap(), row);
+        assert_eq!(f32_row(&[]), None);
+        assert_eq!(f32_row(&bytes[..7]), None, "a row cut mid-value is dropped");
+    }
 }
