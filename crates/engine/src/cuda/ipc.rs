@@ -7,8 +7,7 @@
 //! pool's shape, then the handles. Invariant: a mapped pool is only written through `copy_layer`, which checks every
 //! destination block against the pool's size; which blocks a transfer may write is the decode worker's decision,
 //! made before it hands the descriptor to the transfer's sender. Cost: mapping takes a few milliseconds per pool and
-//! no device memory; a copy is a few copy-engine transfers per layer when the blocks form at most 8 runs on both
-//! sides (a fresh prompt's usually do), else one kernel launch per layer (per 256 blocks), on a transfer stream.
+//! no device memory; a copy is one kernel launch per layer (per 256 blocks) on a transfer stream.
 
 use std::sync::Arc;
 
@@ -172,64 +171,6 @@ impl Drop for PeerPool {
     }
 }
 
-/// At most this many runs of consecutive blocks go through the copy engines (one `cuMemcpyDtoDAsync` per run for
-/// keys and one for values); more fragmented transfers take the copy kernel, one launch for all.
-const MAX_DMA_RUNS: usize = 8;
-
-/// `pairs` as runs of consecutive blocks on both sides: (first local block, first peer block, blocks).
-fn contiguous_runs(pairs: &[(BlockId, BlockId)]) -> Vec<(BlockId, BlockId, usize)> {
-    let mut runs: Vec<(BlockId, BlockId, usize)> = Vec::new();
-    for &(src, dst) in pairs {
-        match runs.last_mut() {
-            Some((s, d, n))
-                if s.checked_add(*n as BlockId) == Some(src) && d.checked_add(*n as BlockId) == Some(dst) =>
-            {
-                *n += 1
-            }
-            _ => runs.push((src, dst, 1)),
-        }
-    }
-    runs
-}
-
-/// Copies `runs` of `keys`/`values` into the peer's layer buffers `dst` with the copy engines, which leaves the
-/// SMs to the compute stream (over NVLink, SM-driven stores hold their blocks for the whole remote write).
-fn copy_runs(
-    transfer: &Arc<CudaStream>,
-    keys: &CudaSlice<bf16>,
-    values: &CudaSlice<bf16>,
-    (dst_k, dst_v): (sys::CUdeviceptr, sys::CUdeviceptr),
-    shape: &PoolShape,
-    runs: &[(BlockId, BlockId, usize)],
-) -> Result<(), CudaError> {
-    let block_bytes = shape.block_elems * std::mem::size_of::<bf16>();
-    for &(src, dst, n) in runs {
-        let (src, dst) = (src as usize, dst as usize);
-        if (src + n) * shape.block_elems > keys.len().min(values.len()) || dst + n > shape.n_blocks {
-            return Err(CudaError::Kernel(cleave_kernels::KernelError::Shape {
-                kernel: "copy_kv_blocks",
-                what: "the blocks of a run (source or destination pool)",
-                got: (src + n).max(dst + n),
-                needed: shape.n_blocks.min(keys.len() / shape.block_elems.max(1)),
-            }));
-        }
-        for (local, remote) in [(keys, dst_k), (values, dst_v)] {
-            let (base, _sync) = local.device_ptr(transfer);
-            // SAFETY: the source run lies inside `local` and the destination run inside the peer's layer buffer of
-            // `n_blocks` blocks (both checked above); the copy is ordered on `transfer` after the layer's write.
-            unsafe {
-                cudarc::driver::result::memcpy_dtod_async(
-                    remote + (dst * block_bytes) as u64,
-                    base + (src * block_bytes) as u64,
-                    n * block_bytes,
-                    transfer.cu_stream(),
-                )
-            }?;
-        }
-    }
-    Ok(())
-}
-
 /// Queues the copy of `pairs` (local block, peer block) of `layer` from `keys`/`values` into `peer`, on `transfer`
 /// once `compute` has written the layer; the returned event fires when the blocks landed.
 #[allow(clippy::too_many_arguments)] // both streams, both buffers, the kernels and the copy's description
@@ -253,11 +194,6 @@ pub(super) fn copy_layer(
             needed: layer + 1,
         }));
     };
-    let runs = contiguous_runs(pairs);
-    if runs.len() <= MAX_DMA_RUNS {
-        copy_runs(transfer, keys, values, (dst_k, dst_v), &peer.shape, &runs)?;
-        return Ok(transfer.record_event(None)?);
-    }
     // SAFETY: the destinations are the peer's layer buffers of `n_blocks` blocks of `block_elems` (checked against
     // this model's when the pool was opened); the copy kernel checks every block id against that size.
     unsafe {

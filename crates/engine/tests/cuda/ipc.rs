@@ -32,15 +32,12 @@ pub(super) fn run_child(test: &str, env: &[(&str, String)]) {
 
 pub(super) const IPC_PROMPT: usize = 37;
 /// Where the prefill side's blocks land in the decode side's pool: scattered, out of order.
-/// The same count of blocks as two runs of consecutive blocks (copied by the copy engines).
-const IPC_RUNS_DEST: [u32; 10] = [60, 61, 62, 63, 70, 71, 72, 73, 74, 75];
 pub(super) const IPC_DEST: [u32; 10] = [7, 2, 11, 30, 4, 19, 25, 9, 14, 0];
 
 /// Two processes, each with the tiny Llama on a GPU (different GPUs when there are two): the prefill side maps the
 /// decode side's pool through CUDA IPC and writes a 37-token prompt's KV straight into scattered blocks of it,
-/// layer by layer during its forward pass — once into scattered blocks (the copy kernel), once into two runs of
-/// consecutive blocks (the copy engines); the decode side's next-token logits from either equal its own local
-/// prefill's.
+/// layer by layer during its forward pass; the decode side's next-token logits from those blocks equal its own
+/// local prefill's.
 #[test]
 fn kv_written_through_cuda_ipc_gives_the_local_prefill_logits() {
     if skip() {
@@ -54,8 +51,6 @@ fn kv_written_through_cuda_ipc_gives_the_local_prefill_logits() {
         let peer = gpu.open_peer_kv(&unhex(&descriptor)).unwrap();
         let own: Vec<u32> = (40..40 + blocks as u32).collect();
         let pairs: Vec<(u32, u32)> = own.iter().copied().zip(IPC_DEST).collect();
-        prefill_into_peer(&mut gpu, &prompt[..IPC_PROMPT - 1], &own, &peer, &pairs);
-        let pairs: Vec<(u32, u32)> = own.iter().copied().zip(IPC_RUNS_DEST).collect();
         prefill_into_peer(&mut gpu, &prompt[..IPC_PROMPT - 1], &own, &peer, &pairs);
         // Refused: a block outside the peer's pool.
         let refused = refused_copy(&mut gpu, &prompt[..4], own[0], &peer, (40, 1 << 30));
@@ -78,14 +73,7 @@ fn kv_written_through_cuda_ipc_gives_the_local_prefill_logits() {
         &[("CLEAVE_IPC_CHILD", hex(&descriptor))],
     );
     let local_blocks: Vec<u32> = (40..40 + blocks as u32).collect();
-    assert_landed_kv_gives_local_logits(&mut gpu, &prompt, &IPC_DEST, &local_blocks, "CUDA IPC (kernel)");
-    assert_landed_kv_gives_local_logits(
-        &mut gpu,
-        &prompt,
-        &IPC_RUNS_DEST,
-        &local_blocks,
-        "CUDA IPC (copy engines)",
-    );
+    assert_landed_kv_gives_local_logits(&mut gpu, &prompt, &IPC_DEST, &local_blocks, "CUDA IPC");
     eprintln!(
         "CUDA IPC: {} blocks × {} layers landed; logits match local prefill",
         blocks,
