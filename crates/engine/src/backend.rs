@@ -84,12 +84,20 @@ pub struct LandedCopy {
 }
 
 impl LandedCopy {
+    /// Polls the copy's event: a blocking wait would hold the driver against the engine thread's launches.
+    fn poll(&self) -> Result<(), String> {
+        while !self.event.try_is_complete().map_err(|e| e.to_string())? {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+        Ok(())
+    }
+
     /// Blocks until the layer's blocks are in the peer's memory (for an NCCL link: until they left this device,
     /// or, on the receiving side, are in this pool).
     pub fn wait(&self) -> Result<(), EngineError> {
         let waited = match &self.link {
             Some(link) => link.wait(&self.event).map_err(|e| e.to_string()),
-            None => self.event.synchronize().map_err(|e| e.to_string()),
+            None => self.poll(),
         };
         waited.map_err(|e| EngineError::Internal(format!("moving KV to or from the peer failed: {e}")))
     }

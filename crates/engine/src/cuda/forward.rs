@@ -432,7 +432,13 @@ impl CudaBackend {
             tp: self.tp.as_ref().map(|c| &c.0),
             transfer: Some(&self.transfer),
         };
+        let exporting = layer_done.is_some();
         run_pass(&model, kv, scratch, &batch, layer_done)?;
+        if exporting {
+            // A blocking wait (stream sync, pageable copy) holds the driver for the whole pass, and the threads
+            // waiting on the pass's KV copies to report each layer landed would only see them at its end.
+            wait_polling(&stream)?;
+        }
         read_logits(&stream, scratch, batch.n_logits * cfg.vocab_size)
     }
 }
@@ -443,6 +449,15 @@ fn all_reduce_rows(tp: Option<&NcclCommunicator>, x: &mut CudaSlice<f32>, n: usi
         Some(comm) => Ok(comm.all_reduce_sum(&mut x.slice_mut(..n))?),
         None => Ok(()),
     }
+}
+
+/// Waits for the work queued on `stream` by polling, so other threads' CUDA calls go through meanwhile.
+pub(super) fn wait_polling(stream: &CudaStream) -> Result<(), CudaError> {
+    let done = stream.record_event(None)?;
+    while !done.try_is_complete()? {
+        std::thread::sleep(std::time::Duration::from_micros(20));
+    }
+    Ok(())
 }
 
 /// Copies the first `n` logits back to the host (waits for the pass).
