@@ -189,3 +189,46 @@ async fn cancelling_a_remote_request_aborts_the_prefill_and_frees_every_block() 
     let stats = decode.engine.stats().await.unwrap();
     assert_eq!(stats.remote_prefill.completed, 0);
 }
+
+/// KV transports on CPU workers: an inbox speaks TCP only, and keeps offering it when an operator restricts it to
+/// transports it does not speak; a prefill worker asked for NCCL alone (it has no links) refuses, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transports_a_worker_cannot_use_fall_back_to_tcp_or_are_refused() {
+    let mut prefill = start(MODEL, false).await;
+    let mut inbox = KvInbox::bind("127.0.0.1:0".parse().unwrap(), None, prefill.engine.clone(), MODEL)
+        .await
+        .unwrap();
+    assert_eq!(inbox.transports(), ["tcp"]);
+    inbox.offer_only(&["nccl".to_owned(), "cuda_ipc".to_owned()]);
+    assert_eq!(inbox.transports(), ["tcp"], "TCP stays the fallback");
+
+    let block_size = prefill.engine.block_size() as u32;
+    let request = |transport: &str| v1::PrefillRequest {
+        request_id: "transport-check".to_owned(),
+        prompt_token_ids: (1..=40).collect(),
+        destination: Some(v1::KvDestination {
+            kv_addr: inbox.addr().to_owned(),
+            transport: transport.to_owned(),
+            host_id: String::new(),
+            block_ids: (0..40u32.div_ceil(block_size)).collect(),
+            first_block: 0,
+            transfer_id: "kv-transport-check".to_owned(),
+        }),
+        model: MODEL.to_owned(),
+        block_size,
+        return_logits: true,
+    };
+    let refused = prefill.client.prefill(request("nccl")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("destination.transport"),
+        "{}",
+        refused.message()
+    );
+    // Offered NCCL first, it falls through to TCP and starts sending layers; the inbox expects no such transfer and
+    // drops it — a transfer error, not a transport refusal.
+    let over_tcp = prefill.client.prefill(request("nccl,tcp")).await.unwrap_err();
+    assert_eq!(over_tcp.code(), tonic::Code::Aborted, "{}", over_tcp.message());
+    assert!(over_tcp.message().contains("layers"), "{}", over_tcp.message());
+    wait_idle(&prefill.engine).await;
+}
