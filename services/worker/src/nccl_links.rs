@@ -36,6 +36,9 @@ pub const MAX_KEPT_LINKS: usize = 32;
 /// How long both sides wait for each other in the rendezvous.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long NCCL may take to connect a link once both sides met.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
 struct Enabled {
     registry: Arc<dyn Registry>,
     prefix: String,
@@ -206,9 +209,13 @@ impl NcclLinks {
             .clone()
             .ok_or_else(|| format!("link {name}: the sender published no NCCL id"))?;
         let (endpoint, link_name) = (enabled.endpoint.clone(), name.to_owned());
-        let connected = tokio::task::spawn_blocking(move || endpoint.connect(&link_name, &unique_id, rank == 0)).await;
+        // NCCL's own join blocks until both sides are in; a side that died after the rendezvous would hold it
+        // forever, so the wait is bounded (the thread is left to NCCL; a link it makes late is dropped, closing it).
+        let joining = tokio::task::spawn_blocking(move || endpoint.connect(&link_name, &unique_id, rank == 0));
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, joining).await;
         membership.leave().await;
         let link = connected
+            .map_err(|_| format!("link {name}: NCCL did not connect within {CONNECT_TIMEOUT:?} (the other side left)"))?
             .map_err(|e| format!("link {name}: joining failed: {e}"))?
             .map_err(|e| e.to_string())?;
         tracing::info!(link = name, role, device_bytes = link.device_bytes(), "NCCL KV link up");
