@@ -320,7 +320,7 @@ pub struct DisaggArgs {
 
     /// KV transports this worker offers prefill workers, most preferred first (default: every one it speaks —
     /// `cuda_ipc` to GPUs of its host, `nccl` between GPU workers of a registry, `tcp`).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = ["cuda_ipc", "nccl", "tcp"])]
     pub kv_transports: Vec<String>,
 
     /// Seconds a decode worker waits for a prompt's KV from a prefill worker before prefilling it itself.

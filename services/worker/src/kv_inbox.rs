@@ -166,7 +166,7 @@ impl KvInbox {
     }
 
     /// Offers only these of the transports this inbox speaks, in this order (an operator's choice, e.g. to keep
-    /// KV off NCCL). Unknown names are ignored; TCP stays the fallback when nothing else is left.
+    /// KV off NCCL); the CLI accepts only known names. TCP stays the fallback when nothing else is left.
     pub fn offer_only(&mut self, transports: &[String]) {
         self.offered = Some(transports.to_vec());
     }

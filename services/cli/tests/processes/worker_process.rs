@@ -75,6 +75,20 @@ fn a_port_in_use_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+#[test]
+fn an_unknown_kv_transport_is_refused_by_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cleave"))
+        .args(["worker", "--kv-transports", "nccl,ib"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--kv-transports") && stderr.contains("'ib'"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_aborts_at_the_deadline() {
     let (mut child, mut client) = start_worker(&["--kv-cache-mib", "128", "--drain-secs", "2"]).await;
