@@ -103,7 +103,7 @@ impl NcclLinks {
     }
 
     /// A link to the decode worker at `kv_addr` for one transfer: an idle one, else a name for a new one (which
-    /// the caller joins with [`NcclLinks::join_made`] once the Hello carrying it is on its way).
+    /// the caller joins with [`NcclLinks::join_as_sender`] once the Hello carrying it is on its way).
     pub async fn lease(&self, kv_addr: &str) -> Result<(Option<PeerKv>, LeaseSlot), String> {
         if !self.enabled() {
             return Err("NCCL links are not enabled on this worker".to_owned());
