@@ -350,6 +350,13 @@ async fn grant(
             .joined(&link)
             .ok_or_else(|| format!("no NCCL link named {link} here (this worker restarted?)"))?,
     };
+    // Held from before the engine may let the link in: should queuing the receipts fail half-way, the blocks
+    // come back only after the grace period, once the aborted link's stream has let go of them.
+    let writes = DirectWrites {
+        engine: engine.clone(),
+        request: entry.request,
+        clean: false,
+    };
     // The engine lets the link write only the request's own blocks.
     let copies = match engine
         .receive_kv(entry.request, link.clone(), entry.blocks.clone())
@@ -360,11 +367,6 @@ async fn grant(
             link.abort(&e.to_string());
             return Err(e.to_string());
         }
-    };
-    let writes = DirectWrites {
-        engine: engine.clone(),
-        request: entry.request,
-        clean: false,
     };
     let path = DirectPath::Link {
         link: link.clone(),
