@@ -410,6 +410,54 @@ fn direct_writes_land_only_once_allowed_and_give_the_local_tokens() {
 }
 
 #[test]
+fn a_writer_naming_its_blocks_is_let_in_only_to_the_requests_own() {
+    let text = prompt(23);
+    let mut decode = side();
+    let target = decode
+        .scheduler
+        .add_remote(request(1, text, 6, RequestKind::Generate))
+        .unwrap()
+        .unwrap();
+    let n_layers = decode.backend.kv_shape().n_layers;
+    let mut other = target.blocks.clone();
+    other.reverse();
+    assert!(
+        decode.scheduler.allow_direct_writes_into(1, &other, n_layers).is_err(),
+        "the request's blocks in another order are other blocks"
+    );
+    assert!(
+        decode
+            .scheduler
+            .allow_direct_writes_into(1, &target.blocks[1..], n_layers)
+            .is_err()
+    );
+    assert_eq!(
+        decode.scheduler.allow_direct_writes_into(9, &target.blocks, n_layers),
+        Err(RemoteWriteError::NotAwaiting(9))
+    );
+    assert_eq!(
+        decode.scheduler.direct_layer_landed(1, 0, &target.blocks, n_layers),
+        Err(RemoteWriteError::NotAwaiting(1)),
+        "a refused writer was not let in"
+    );
+    assert!(
+        decode
+            .scheduler
+            .allow_direct_writes_into(1, &target.blocks, n_layers)
+            .is_ok()
+    );
+    assert!(
+        decode
+            .scheduler
+            .direct_layer_landed(1, 0, &target.blocks, n_layers)
+            .is_ok()
+    );
+    decode.scheduler.end_direct_writes(1);
+    assert!(decode.scheduler.abort(1));
+    assert_eq!(decode.scheduler.stats().free_blocks, BLOCKS);
+}
+
+#[test]
 fn blocks_a_direct_writer_may_still_write_are_not_reused_until_it_is_done() {
     let text = prompt(23);
     let expected = local_tokens(&text, 6);
