@@ -197,18 +197,44 @@ pub(super) fn prefill_ms(
     runs[runs.len() / 2]
 }
 
+/// Prompt lengths the transport benchmarks time.
+pub(super) const BENCH_PROMPTS: [usize; 3] = [1024, 4096, 16384];
+
+/// The transport benchmarks' synthetic model: its shape, 16-token blocks, and the KV bytes one token takes (keys and
+/// values of every layer, bf16).
+pub(super) struct TransportBench {
+    pub config: cleave_engine::ModelConfig,
+    pub block_size: usize,
+    pub per_token: usize,
+}
+
+impl TransportBench {
+    pub fn new(shape: &str) -> Self {
+        let config = cleave_engine::cuda::synthetic_config(shape).unwrap();
+        let per_token = 2 * config.n_layers * config.n_kv_heads * config.head_dim * 2;
+        TransportBench {
+            config,
+            block_size: 16,
+            per_token,
+        }
+    }
+
+    /// The model with random weights on GPU `ordinal`, with a KV pool of `tokens` tokens.
+    pub fn gpu(&self, ordinal: usize, tokens: usize) -> CudaBackend {
+        let options = CudaOptions {
+            ordinal,
+            kv_cache_bytes: tokens * self.per_token,
+            block_size: self.block_size,
+            kernel_cache: None,
+        };
+        CudaBackend::synthetic(self.config.clone(), 0x5eed, &options).unwrap()
+    }
+}
+
 /// The sending side of a transport benchmark: the KV of 4,096 tokens moved to `peer` (GB/s), then each prompt's
 /// prefill alone and moving each layer to the peer as it is computed.
-pub(super) fn sender_bench(
-    gpu: &mut CudaBackend,
-    peer: &PeerKv,
-    transport: &str,
-    prompts: &[usize],
-    block_size: usize,
-    vocab: usize,
-) {
-    let shape = gpu.kv_shape();
-    let per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * 2;
+pub(super) fn sender_bench(gpu: &mut CudaBackend, peer: &PeerKv, transport: &str, bench: &TransportBench) {
+    let (block_size, per_token, vocab) = (bench.block_size, bench.per_token, bench.config.vocab_size);
     let gb_s = gpu.peer_copy_bandwidth(peer, 4096 / block_size, 5).unwrap();
     let bytes = 4096 * per_token;
     eprintln!(
@@ -217,7 +243,7 @@ pub(super) fn sender_bench(
         bytes as f64 / gb_s * 1e3,
         gb_s / 1e9
     );
-    for &n in prompts {
+    for &n in &BENCH_PROMPTS {
         let prompt: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % vocab as u32).collect();
         let blocks: Vec<u32> = (0..n.div_ceil(block_size) as u32).collect();
         let pairs: Vec<(u32, u32)> = blocks.iter().map(|&b| (b, b)).collect();
@@ -260,32 +286,18 @@ fn cuda_ipc_bench_when_asked() {
     if skip() {
         return;
     }
-    let config = cleave_engine::cuda::synthetic_config(&shape).unwrap();
-    let prompts = [1024usize, 4096, 16384];
-    let block_size = 16;
-    let per_token = 2 * config.n_layers * config.n_kv_heads * config.head_dim * 2;
-    let options = |ordinal| CudaOptions {
-        ordinal,
-        // The longest prompt twice over (local and landed), and spare.
-        kv_cache_bytes: (2 * 16384 + 512) * per_token,
-        block_size,
-        kernel_cache: None,
-    };
+    let bench = TransportBench::new(&shape);
+    // The longest prompt twice over (local and landed), and spare.
+    let pool_tokens = 2 * 16384 + 512;
     if let Ok(descriptor) = std::env::var("CLEAVE_IPC_CHILD") {
-        let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(0)).unwrap();
+        let mut gpu = bench.gpu(0, pool_tokens);
         let peer = gpu.open_peer_kv(&unhex(&descriptor)).unwrap();
-        sender_bench(
-            &mut gpu,
-            &peer,
-            "CUDA IPC copy",
-            &prompts,
-            block_size,
-            config.vocab_size,
-        );
+        sender_bench(&mut gpu, &peer, "CUDA IPC copy", &bench);
         return;
     }
     // On a one-GPU machine both processes share it (the copy then stays in its memory).
-    let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(gpu_count().min(2) - 1)).unwrap();
+    let mut gpu = bench.gpu(gpu_count().min(2) - 1, pool_tokens);
+    let block_size = bench.block_size;
     let descriptor = gpu.export_kv_pool().unwrap().unwrap();
     run_child(
         "ipc::cuda_ipc_bench_when_asked",
@@ -295,7 +307,7 @@ fn cuda_ipc_bench_when_asked() {
         ],
     );
     // The decode side's own step once the KV landed: the prompt's last token.
-    for &n in &prompts {
+    for &n in &BENCH_PROMPTS {
         let blocks: Vec<u32> = (0..(n + 1).div_ceil(block_size) as u32).collect();
         let last = [1u32];
         let mut runs = Vec::new();

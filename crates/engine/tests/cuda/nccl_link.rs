@@ -2,8 +2,8 @@
 //! the receiver's blocks, and the links' benchmark (bandwidth, layer-wise overhead, device memory per link).
 
 use super::ipc::{
-    IPC_DEST as DEST, IPC_PROMPT as PROMPT, assert_landed_kv_gives_local_logits, gpu_count, hex, prefill_into_peer,
-    refused_copy, run_child, sender_bench, tiny_gpu_on, unhex,
+    BENCH_PROMPTS, IPC_DEST as DEST, IPC_PROMPT as PROMPT, TransportBench, assert_landed_kv_gives_local_logits,
+    gpu_count, hex, prefill_into_peer, refused_copy, run_child, sender_bench, tiny_gpu_on, unhex,
 };
 use super::*;
 
@@ -104,26 +104,18 @@ fn nccl_link_bench_when_asked() {
         return;
     }
     const EXTRA_LINKS: usize = 3;
-    let config = cleave_engine::cuda::synthetic_config(&shape).unwrap();
-    let prompts = [1024usize, 4096, 16384];
-    let block_size = 16;
-    let per_token = 2 * config.n_layers * config.n_kv_heads * config.head_dim * 2;
-    let options = |ordinal| CudaOptions {
-        ordinal,
-        kv_cache_bytes: (16384 + 512) * per_token,
-        block_size,
-        kernel_cache: None,
-    };
+    let bench = TransportBench::new(&shape);
+    let (block_size, per_token) = (bench.block_size, bench.per_token);
     let gpus = gpu_count();
     let mib = |b: usize| format!("{:.1}", b as f64 / (1 << 20) as f64);
     if let Ok(ids) = std::env::var("CLEAVE_LINK_CHILD") {
         let ids: Vec<Vec<u8>> = ids.split(',').map(unhex).collect();
-        let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(gpus.min(2) - 1)).unwrap();
+        let mut gpu = bench.gpu(gpus.min(2) - 1, 16384 + 512);
         let endpoint = gpu.kv_link_endpoint().unwrap();
         let link = endpoint.connect("bench-link", &ids[0], true).unwrap();
         let raw = link.link_bandwidth(4096 * per_token, 5).unwrap();
         eprintln!("NCCL send/recv over the link: {:.0} GB/s", raw / 1e9);
-        sender_bench(&mut gpu, &link, "NCCL link", &prompts, block_size, config.vocab_size);
+        sender_bench(&mut gpu, &link, "NCCL link", &bench);
         let extra: Vec<_> = ids[1..]
             .iter()
             .enumerate()
@@ -136,19 +128,10 @@ fn nccl_link_bench_when_asked() {
         eprintln!("sender side: device MiB per link {sizes:?}");
         return;
     }
-    let mut gpu = CudaBackend::synthetic(config.clone(), 0x5eed, &options(0)).unwrap();
+    let mut gpu = bench.gpu(0, 16384 + 512);
     let endpoint = gpu.kv_link_endpoint().unwrap();
     let ids: Vec<Vec<u8>> = (0..=EXTRA_LINKS).map(|_| endpoint.new_link_id().unwrap()).collect();
-    let mut env = vec![
-        (
-            "CLEAVE_LINK_CHILD",
-            ids.iter().map(|id| hex(id)).collect::<Vec<_>>().join(","),
-        ),
-        ("CLEAVE_IPC_BENCH", shape.clone()),
-    ];
-    if gpus < 2 {
-        env.push(("NCCL_HOSTID", "cleave-bench-sender".to_owned()));
-    }
+    let env = sender_env(("CLEAVE_IPC_BENCH", shape.clone()), &ids);
     let sender = std::thread::spawn(move || run_child("nccl_link::nccl_link_bench_when_asked", &env));
     let link = endpoint.connect("bench-link", &ids[0], false).unwrap();
     link.link_bandwidth(4096 * per_token, 5).unwrap();
@@ -163,7 +146,7 @@ fn nccl_link_bench_when_asked() {
     for _ in 0..6 {
         receive(4096);
     }
-    for &n in &prompts {
+    for &n in &BENCH_PROMPTS {
         for _ in 0..4 {
             receive(n);
         }
