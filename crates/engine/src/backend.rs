@@ -92,6 +92,21 @@ impl LandedCopy {
         Ok(())
     }
 
+    /// Whether the device is done with the copy, waiting up to `timeout` for it: true once it finished or was ended
+    /// by an aborted link (either way nothing writes its blocks any more), false if it is still running.
+    pub fn settled(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.event.try_is_complete() {
+                Ok(true) => return true,
+                Ok(false) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_micros(20))
+                }
+                Ok(false) | Err(_) => return false,
+            }
+        }
+    }
+
     /// Blocks until the layer's blocks are in the peer's memory (for an NCCL link: until they left this device,
     /// or, on the receiving side, are in this pool).
     pub fn wait(&self) -> Result<(), EngineError> {

@@ -230,8 +230,8 @@ pub fn worker_labels(id: &str, role: WorkerRole) -> WorkerLabels {
 /// the bound gRPC address). Decode and both-role workers get a KV listener (`--kv-listen`, default: `grpc_addr`'s
 /// host on a free port) so prefill workers can ship prompt KV to them. The worker's engine and KV transfers are
 /// measured in `telemetry`. With `tls` (the cluster's mutual TLS), the KV listener and the connections the worker
-/// opens to other workers use it. With `registry` (and its key prefix), a GPU worker also moves KV over NCCL links
-/// to GPU workers anywhere, meeting them through the registry.
+/// opens to other workers use it. With `registry` (and its key prefix) and no cluster TLS, a GPU worker also moves KV
+/// over NCCL links to GPU workers anywhere, meeting them through the registry.
 pub async fn prepare_worker(
     engine: Arc<Engine>,
     model: &str,
@@ -251,6 +251,9 @@ pub async fn prepare_worker(
         service = service.with_cluster_tls(tls.clone());
     }
     let mut kv_addr = String::new();
+    // NCCL moves bytes unencrypted: with the cluster's mutual TLS on, KV stays on TLS connections (or CUDA IPC,
+    // which never leaves the host).
+    let registry = registry.filter(|_| tls.is_none());
     let links = NcclLinks::default();
     if let Some((registry, prefix)) = &registry {
         links.enable(&engine, registry.clone(), prefix).await;

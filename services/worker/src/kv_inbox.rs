@@ -41,6 +41,10 @@ pub const CUDA_IPC: &str = "cuda_ipc";
 /// without it must be a link this worker already joined.
 pub const NEW_LINK: &str = "+new";
 
+/// How long an aborted NCCL link's stream may take to let go of a failed transfer's blocks before they wait out
+/// [`DIRECT_WRITE_GRACE`] instead.
+const LINK_SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long blocks granted to a direct writer stay out of use after its transfer broke without a clean end.
 pub const DIRECT_WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -379,12 +383,17 @@ async fn grant(
     Ok((writes, path))
 }
 
-/// Waits for a queued copy off the runtime's threads.
-async fn wait_copy(copy: LandedCopy) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || copy.wait())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+/// Waits for a queued copy off the runtime's threads; hands it back for a check after a failure.
+async fn wait_copy(copy: LandedCopy) -> (Option<LandedCopy>, Result<(), String>) {
+    match tokio::task::spawn_blocking(move || {
+        let waited = copy.wait().map_err(|e| e.to_string());
+        (copy, waited)
+    })
+    .await
+    {
+        Ok((copy, waited)) => (Some(copy), waited),
+        Err(e) => (None, Err(e.to_string())),
+    }
 }
 
 /// Hands each layer to the engine as it arrives (or, for a direct transfer, tells it the layer landed), then
@@ -421,12 +430,17 @@ async fn deliver(mut transfer: IncomingTransfer, entry: Expected, sinks: Sinks) 
         match &mut path {
             Some(DirectPath::Link { copies, .. }) => {
                 // The sender's copy left it; this side's lands right after.
-                let copy = copies.get_mut(layer.layer as usize).and_then(Option::take);
-                if let Some(copy) = copy
-                    && let Err(reason) = wait_copy(copy).await
+                let slot = copies.get_mut(layer.layer as usize);
+                if let Some(slot) = slot
+                    && let Some(copy) = slot.take()
                 {
-                    broken = Some(reason);
-                    break;
+                    let (copy, waited) = wait_copy(copy).await;
+                    if let Err(reason) = waited {
+                        // Kept, to check below that the aborted link's stream let go of it.
+                        *slot = copy;
+                        broken = Some(reason);
+                        break;
+                    }
                 }
                 engine.direct_layer_landed(entry.request, layer.layer, entry.blocks.clone());
             }
@@ -460,12 +474,11 @@ async fn deliver(mut transfer: IncomingTransfer, entry: Expected, sinks: Sinks) 
         let pending: Vec<LandedCopy> = copies.into_iter().flatten().collect();
         if !pending.is_empty() || result.is_err() {
             // Receipts the sender will never match: abort them, then wait until the link's stream let go of the
-            // blocks, after which nothing writes them.
+            // blocks, after which nothing writes them; blocks it still holds wait out the grace period.
             link.abort("its transfer did not complete");
-            clean = true;
-            for copy in pending {
-                clean &= wait_copy(copy).await.is_ok() || link.is_aborted();
-            }
+            let settled =
+                tokio::task::spawn_blocking(move || pending.iter().all(|copy| copy.settled(LINK_SETTLE_TIMEOUT))).await;
+            clean = settled.unwrap_or(false);
         }
     }
     if let Some(writes) = &mut writes {

@@ -91,11 +91,7 @@ impl NcclLinks {
     }
 
     fn permits(&self, kv_addr: &str) -> Arc<Semaphore> {
-        let mut permits = self
-            .inner
-            .permits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut permits = lock(&self.inner.permits);
         permits
             .entry(kv_addr.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(LINKS_PER_PEER)))
@@ -114,11 +110,7 @@ impl NcclLinks {
             .await
             .map_err(|_| "the link permits closed".to_owned())?;
         let idle = {
-            let mut idle = self
-                .inner
-                .idle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = lock(&self.inner.idle);
             idle.retain(|(_, link)| !link.is_aborted());
             let newest = idle.iter().rposition(|(addr, _)| addr == kv_addr);
             newest.map(|at| idle.remove(at).1)
@@ -157,11 +149,7 @@ impl NcclLinks {
 
     /// The receiving side of link `name`, joined before (a live one).
     pub fn joined(&self, name: &str) -> Option<PeerKv> {
-        let mut joined = self
-            .inner
-            .joined
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut joined = lock(&self.inner.joined);
         joined.retain(|(_, link)| !link.is_aborted());
         let at = joined.iter().position(|(n, _)| n == name)?;
         let entry = joined.remove(at);
@@ -181,11 +169,7 @@ impl NcclLinks {
             return Ok(link);
         }
         let link = self.join(enabled, name, 1, None).await?;
-        let mut joined = self
-            .inner
-            .joined
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut joined = lock(&self.inner.joined);
         keep_newest(&mut joined, (name.to_owned(), link.clone()));
         Ok(link)
     }
@@ -227,11 +211,7 @@ impl NcclLinks {
         if link.is_aborted() {
             return;
         }
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = lock(&self.inner.idle);
         keep_newest(&mut idle, (slot.kv_addr, link));
     }
 }
@@ -244,6 +224,11 @@ pub struct LeaseSlot {
     kv_addr: String,
     /// Counts the link among the peer's [`LINKS_PER_PEER`] while leased.
     _permit: OwnedSemaphorePermit,
+}
+
+/// Locks a table of links; a poisoned lock still guards a consistent table (nothing panics while holding one).
+fn lock<T>(table: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Appends `entry` (most recently used last), closing the least recently used links beyond [`MAX_KEPT_LINKS`].

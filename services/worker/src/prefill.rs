@@ -16,8 +16,10 @@
 //! worker's blocks on a transfer stream while the next layer computes, and a Landed frame follows once the copy is
 //! done. NCCL (any host, GPU engines on both sides, a registry to meet through) works the same way over a link
 //! (`nccl_links`): each layer is sent over it while the next computes, the decode worker receiving into its blocks;
-//! a link whose transfer failed is aborted here and on the decode side, one that succeeded goes back to the pool. Invariant of that path: this side closes the connection only after every copy it queued has finished,
-//! so a decode worker may reuse the blocks as soon as the connection ends cleanly.
+//! a link whose transfer failed is aborted here and on the decode side, one that succeeded goes back to the pool.
+//! Invariant of both direct paths: this side closes the connection only after every copy it queued has finished
+//! (or, over a link, was ended by aborting it), so a decode worker may reuse the blocks once the connection ends
+//! cleanly.
 
 use std::sync::Arc;
 
@@ -92,10 +94,8 @@ impl WorkerService {
         }
         let n_layers = header.layout.n_layers;
         let transport_name = match (transport, self.tls.is_some()) {
-            (Transport::CudaIpc, _) => CUDA_IPC,
-            (Transport::Nccl, _) => NCCL,
             (Transport::Tcp, true) => "tcp+tls",
-            (Transport::Tcp, false) => TCP,
+            _ => transport.name(),
         };
         // Ends when this call returns: connect to the decode worker's confirmation of the last layer.
         let transfer_span = tracing::info_span!(
@@ -106,14 +106,7 @@ impl WorkerService {
             blocks = header.dest_blocks.len(),
             bytes = tracing::field::Empty,
         );
-        let mut sent_record = SentTransfer::new(
-            self.kv_metrics.clone(),
-            if transport_name == "tcp+tls" {
-                TCP
-            } else {
-                transport_name
-            },
-        );
+        let mut sent_record = SentTransfer::new(self.kv_metrics.clone(), transport.name());
         let layer_bytes = 2 * header.layer_floats() as u64 * if direct { 2 } else { 4 };
         let dest_blocks: Arc<[u32]> = header.dest_blocks.clone().into();
         let (mut sender, peer) = match transport {
@@ -251,6 +244,17 @@ enum Transport {
     CudaIpc,
     /// Over an NCCL link to the decode worker's GPU, which scatters each layer into its blocks.
     Nccl,
+}
+
+impl Transport {
+    /// The name workers advertise it by (and metrics count it by).
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => TCP,
+            Transport::CudaIpc => CUDA_IPC,
+            Transport::Nccl => NCCL,
+        }
+    }
 }
 
 impl WorkerService {

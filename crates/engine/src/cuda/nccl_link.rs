@@ -3,9 +3,9 @@
 //! (it sends), rank 1 the decode side (it receives). Both sides join the communicator once ([`NcclLink::connect`],
 //! after a rendezvous the worker runs) and reuse it for every transfer between them.
 //!
-//! A layer crosses in chunks of at most [`STAGING_BYTES`] (the default) of keys (and as many of values): the sender gathers the
-//! chunk's blocks into its staging buffers and sends them, the receiver receives into its staging buffers and
-//! scatters them into the destination blocks — each side on the link's own stream, so the compute stream only
+//! A layer crosses in chunks of at most [`STAGING_BYTES`] (the default) of keys and as many of values: the sender
+//! gathers the chunk's blocks into its staging buffers and sends them, the receiver receives into its staging
+//! buffers and scatters them into the destination blocks — each side on the link's own stream, so the compute stream only
 //! waits for the gather. Both sides cut a layer into the same chunks (a function of the block count and size).
 //!
 //! Invariants: one transfer uses a link at a time (its worker leases it), and the receiver queues every receive
@@ -81,8 +81,9 @@ pub fn new_link_id() -> Result<Vec<u8>, CudaError> {
 
 impl NcclLink {
     /// Joins the link `unique_id` names as `rank` (0 sends, 1 receives) on `ctx`'s device, for blocks of
-    /// `block_elems` elements moved in chunks of `staging_bytes` (the same on both sides). Blocks until the other side joined too (NCCL's own rendezvous), then exchanges one
-    /// element so the connection is up before a transfer needs it.
+    /// `block_elems` elements moved in chunks of `staging_bytes` (the same on both sides). Blocks until the other
+    /// side joined too (NCCL's own rendezvous), then exchanges one element so the connection is up before a
+    /// transfer needs it.
     pub fn connect(
         ctx: &Arc<CudaContext>,
         name: &str,

@@ -100,7 +100,8 @@ pub struct ExportSpec {
     /// Leading blocks the receiver already holds; not sent.
     pub first_block: usize,
     pub priority: i32,
-    /// Write into this peer's pool (CUDA IPC) instead of handing the layers over on the host.
+    /// Write into this peer's pool (CUDA IPC) or send over this NCCL link instead of handing the layers over on
+    /// the host.
     pub peer: Option<PeerExport>,
     /// Also hand over the logits of the prompt's last token.
     pub logits: bool,
