@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 
 use crate::element::Element;
@@ -203,15 +203,15 @@ impl NcclCommunicator {
         i32::try_from(peer).map_err(|_| self.invalid(op, format!("peer {peer} does not fit NCCL's i32")))
     }
 
-    /// Sends `data` to `dst` (matched by a `recv` there).
-    pub fn send<T: NcclElement>(&self, data: &CudaSlice<T>, dst: usize) -> Result<(), CommError> {
+    /// Sends `data` (a whole `CudaSlice` or a view of it) to `dst` (matched by a `recv` there).
+    pub fn send<T: NcclElement, S: DevicePtr<T>>(&self, data: &S, dst: usize) -> Result<(), CommError> {
         let peer = self.check_peer("send", dst)?;
         let comm = self.comm("send")?;
         comm.send(data, peer).map_err(|e| nccl_error(self.rank, "send", e))
     }
 
-    /// Receives `data.len()` elements from `src`.
-    pub fn recv<T: NcclElement>(&self, data: &mut CudaSlice<T>, src: usize) -> Result<(), CommError> {
+    /// Receives `data.len()` elements from `src` (into a whole `CudaSlice` or a view of it).
+    pub fn recv<T: NcclElement, R: DevicePtrMut<T>>(&self, data: &mut R, src: usize) -> Result<(), CommError> {
         let peer = self.check_peer("recv", src)?;
         let comm = self.comm("recv")?;
         comm.recv(data, peer)

@@ -55,29 +55,52 @@ pub fn start_engine(
     }
 }
 
-/// Rank `rank` of a GPU tensor-parallel group of `world`: its shard of `model` (whole as loaded) on GPU
-/// `first_ordinal + rank`, with a KV pool of `config.kv_cache_bytes` for its KV heads. Joined to the other ranks'
-/// GPUs by `ParallelBackend::lead` / `parallel::run_member`.
-pub fn cuda_shard(
+/// What one rank of a GPU group holds: a tensor-parallel shard of every layer, or one pipeline stage's layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuPart {
+    Tensor(crate::parallel::TpRank),
+    Pipeline(crate::model::PipelineStage),
+}
+
+impl GpuPart {
+    /// The rank's index in its group (which GPU above the group's first it runs on).
+    pub fn rank(&self) -> usize {
+        match self {
+            GpuPart::Tensor(at) => at.rank,
+            GpuPart::Pipeline(stage) => stage.stage,
+        }
+    }
+
+    /// The model configuration the group's ranks agree on: a tensor rank's share of the heads, or a pipeline
+    /// stage's whole model.
+    pub fn agreed_config(&self, whole: &crate::config::ModelConfig) -> crate::config::ModelConfig {
+        match self {
+            GpuPart::Tensor(at) => crate::parallel::TpRank::local_config(whole, at.world),
+            GpuPart::Pipeline(_) => whole.clone(),
+        }
+    }
+}
+
+/// One rank of a GPU parallel group: its `part` of `model` (whole as loaded) on GPU `first_ordinal + part.rank()`,
+/// with a KV pool of `config.kv_cache_bytes` for its KV heads or layers. Joined to the other ranks' GPUs by
+/// `ParallelBackend::lead` / `parallel::run_member`.
+pub fn cuda_rank(
     model: LlamaModel,
-    rank: usize,
-    world: usize,
+    part: GpuPart,
     first_ordinal: usize,
     config: &EngineConfig,
     kernel_cache: Option<&Path>,
 ) -> Result<Box<dyn crate::parallel::GroupMember>, EngineError> {
     let options = CudaOptions {
-        ordinal: first_ordinal + rank,
+        ordinal: first_ordinal + part.rank(),
         kv_cache_bytes: config.kv_cache_bytes,
         block_size: config.scheduler.block_size,
         kernel_cache,
     };
-    let backend = CudaBackend::from_model_shard(model, &options, crate::parallel::TpRank { rank, world })?;
-    tracing::info!(
-        device = backend.device_name(),
-        rank,
-        world,
-        "tensor-parallel rank on CUDA"
-    );
+    let backend = match &part {
+        GpuPart::Tensor(at) => CudaBackend::from_model_shard(model, &options, *at)?,
+        GpuPart::Pipeline(stage) => CudaBackend::from_model_stage(model, &options, stage.clone())?,
+    };
+    tracing::info!(device = backend.device_name(), ?part, "parallel group rank on CUDA");
     Ok(Box::new(backend))
 }

@@ -58,7 +58,7 @@ fn on_ranks<T: Send + 'static>(
             std::thread::spawn(move || {
                 let mut backend = make(rank);
                 if world > 1 {
-                    backend.join_tensor_parallel(rank, world, &id).unwrap();
+                    backend.join_group(rank, world, &id).unwrap();
                 }
                 work(rank, &mut backend)
             })
@@ -149,14 +149,7 @@ fn two_ranks_match_one_gpu_through_prefill_and_graph_decode() {
     )
     .remove(0);
     for (step, (want, got)) in single.iter().zip(&split).enumerate() {
-        assert_eq!(want.len(), got.len());
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
-        let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        eprintln!("step {step}: TP 2 vs 1 GPU, max |Δlogit| {worst:.4} of {scale:.2}");
-        assert!(
-            worst <= 0.03 * scale,
-            "step {step}: logits differ by {worst} (scale {scale})"
-        );
+        close(&format!("TP 2, step {step}"), want, got);
     }
 }
 
@@ -169,8 +162,10 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
     if skip(2) {
         return;
     }
+    use cleave_engine::device::{GpuPart, cuda_rank};
     use cleave_engine::parallel::{ParallelBackend, run_member};
-    use cleave_engine::{Engine, EngineConfig, device::cuda_shard};
+    use cleave_engine::{Engine, EngineConfig};
+    let shard = |rank| GpuPart::Tensor(TpRank { rank, world: 2 });
     let config = EngineConfig {
         kv_cache_bytes: 16 << 20,
         ..EngineConfig::default()
@@ -182,12 +177,12 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
         std::thread::spawn(move || {
             let model = load().0;
             let local = TpRank::local_config(model.config(), 2);
-            run_member(&local, comm, |_, _| cuda_shard(model, 1, 2, 0, &config, None))
+            run_member(&local, comm, |_, _| cuda_rank(model, shard(1), 0, &config, None))
         })
     };
     let (model, tokenizer) = load();
     let tokenizer = Arc::new(tokenizer);
-    let leader = cuda_shard(model, 0, 2, 0, &config, None).unwrap();
+    let leader = cuda_rank(model, shard(0), 0, &config, None).unwrap();
     let mut group = ParallelBackend::lead(
         leader,
         comms[0].clone(),
@@ -197,44 +192,16 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
     .unwrap();
     let mut single = CudaBackend::from_model(load().0, &options(0, 16 << 20, 16)).unwrap();
 
-    // Remote KV: a 40-token prompt computed on one GPU, every layer of its 3 blocks written into the group.
-    let prompt: Vec<u32> = (0..40).map(|i| 3 + (i * 7) % 250).collect();
-    let blocks = [0u32, 1, 2];
-    let mut layers = Vec::new();
-    single
-        .forward(
-            &chunk(&prompt, 0, &blocks).map(|c| SeqChunk {
-                want_logits: false,
-                ..c
-            }),
-            &mut |layer, kv| {
-                for &b in &blocks {
-                    let (mut k, mut v) = (Vec::new(), Vec::new());
-                    kv.read_block_layer(layer, b, &mut k, &mut v);
-                    layers.push((layer, b, k, v));
-                }
-            },
-        )
-        .unwrap();
-    for (layer, block, k, v) in &layers {
-        group.write_block_layer(*layer, *block, k, v).unwrap();
-    }
-    let want = single.forward_plain(&chunk(&[9], 40, &blocks)).unwrap();
-    let got = group.forward_plain(&chunk(&[9], 40, &blocks)).unwrap();
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
-    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    eprintln!("decode after remote KV: max |Δlogit| {worst:.4} of {scale:.2}");
-    assert!(worst <= 0.03 * scale, "decode after remote KV differs by {worst}");
+    let prompt = remote_prompt();
+    let (want, got) = decode_after_remote_kv(&mut single, &mut group);
+    close("decode after remote KV", &want, &got);
 
     // KV read for a transfer (a prefill worker's export): each layer gathered from both GPUs over NCCL reads back
     // with every KV head, as one GPU computes it.
     let other = [3u32, 4, 5];
     let read = |backend: &mut dyn Backend| {
         let mut out = Vec::new();
-        let prefill = chunk(&prompt, 0, &other).map(|c| SeqChunk {
-            want_logits: false,
-            ..c
-        });
+        let prefill = chunk(&prompt, 0, &other).map(quiet);
         backend
             .forward(&prefill, &mut |layer, kv| {
                 for &b in &other {
@@ -263,22 +230,7 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
 
     // An engine on the group against an engine on one GPU, greedy.
     let prompts: Vec<Vec<u32>> = vec![prompt.clone(), (0..17).map(|i| 11 + (i * 13) % 250).collect()];
-    let generate = |engine: &Engine| -> Vec<Vec<u32>> {
-        let streams: Vec<_> = prompts
-            .iter()
-            .map(|p| engine.submit(p.clone(), &common::greedy(12), 0).unwrap())
-            .collect();
-        streams
-            .into_iter()
-            .map(|mut s| {
-                let mut ids = Vec::new();
-                while let Some(out) = s.blocking_next() {
-                    ids.extend(out.unwrap().token_ids);
-                }
-                ids
-            })
-            .collect()
-    };
+    let generate = |engine: &Engine| greedy_tokens(engine, &prompts);
     let on_group = Engine::start_backend(Box::new(group), tokenizer.clone(), config.scheduler.clone()).unwrap();
     let got = generate(&on_group);
     drop(on_group);
@@ -286,6 +238,180 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
     let on_one = Engine::start_backend(Box::new(single), tokenizer, config.scheduler.clone()).unwrap();
     let want = generate(&on_one);
     assert_eq!(got, want, "greedy tokens of the GPU group and of one GPU");
+}
+
+/// A two-stage GPU pipeline as `cleave worker --device cuda --pipeline-parallel 2` forms it: rank 0 a
+/// `ParallelBackend` leading stage 0 (layer 0), rank 1 `run_member` following with stage 1 (layer 1) in a child
+/// process — on GPU 1, or on a one-GPU machine on GPU 0 posing as another host (`NCCL_HOSTID`) — the ranks meeting
+/// over loopback TCP and joining NCCL through the group's protocol; two micro-batches, so the prefill batch's
+/// chunks are cut between pieces. Against one GPU: a two-sequence prefill and four decode steps give its logits,
+/// KV computed on one GPU lands layer by layer on the stage holding the layer (a decode step after it matches), a
+/// pass that would read KV for a transfer is refused naming `kv_transfer`, and an engine on the group generates
+/// one GPU's greedy tokens.
+#[test]
+fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
+    use cleave_engine::device::{GpuPart, cuda_rank};
+    use cleave_engine::model::PipelineStage;
+    use cleave_engine::parallel::{ParallelBackend, run_member};
+    use cleave_engine::{Engine, EngineConfig};
+    const TEST: &str = "a_gpu_pipeline_under_an_engine_matches_one_gpu";
+    if skip(1) {
+        return;
+    }
+    let config = EngineConfig {
+        kv_cache_bytes: 16 << 20,
+        ..EngineConfig::default()
+    };
+    let load = || load_model(ModelFiles::HfDir(&tiny_llama())).unwrap();
+    let stage = |rank| PipelineStage::new(2, 2, rank, 2).unwrap();
+    if let Ok(peers) = std::env::var("CLEAVE_PIPELINE_CHILD") {
+        let peers: Vec<String> = peers.split(',').map(str::to_owned).collect();
+        let listener = std::net::TcpListener::bind(&peers[1]).unwrap();
+        let comm = cleave_comm::TcpCommunicator::connect(&listener, 1, &peers, "gpu-pipeline", Default::default());
+        let model = load().0;
+        let agreed = model.config().clone();
+        let ordinal = gpus().min(2) - 1;
+        let options = options(ordinal, config.kv_cache_bytes, config.scheduler.block_size);
+        run_member(&agreed, Arc::new(comm.unwrap()), |_, _| {
+            Ok(Box::new(CudaBackend::from_model_stage(model, &options, stage(1))?))
+        })
+        .unwrap();
+        return;
+    }
+    // Rank 1's port: picked free here, bound again by the child.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peers = [
+        listener.local_addr().unwrap().to_string(),
+        spare.local_addr().unwrap().to_string(),
+    ];
+    drop(spare);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env("CLEAVE_PIPELINE_CHILD", peers.join(","));
+    if gpus() < 2 {
+        child.env("NCCL_HOSTID", "cleave-pipeline-stage-1");
+    }
+    let mut child = child.spawn().unwrap();
+    let comm = cleave_comm::TcpCommunicator::connect(&listener, 0, &peers, "gpu-pipeline", Default::default());
+    let comm: Arc<dyn cleave_comm::Communicator> = Arc::new(comm.unwrap());
+    let (model, tokenizer) = load();
+    let leader = cuda_rank(model, GpuPart::Pipeline(stage(0)), 0, &config, None).unwrap();
+    let mut group =
+        ParallelBackend::lead(leader, comm, std::time::Duration::from_millis(200), Arc::new(|_| {})).unwrap();
+    let mut single = CudaBackend::from_model(load().0, &options(0, 16 << 20, 16)).unwrap();
+
+    // Two sequences prefilled in one batch (two micro-batches cut the first one), then decoded together.
+    let a: Vec<u32> = (0..23).map(|i| 3 + (i * 11) % 250).collect();
+    let b: Vec<u32> = (0..9).map(|i| 7 + (i * 5) % 250).collect();
+    let (ta, tb): (Vec<u32>, Vec<u32>) = ((10..12).collect(), (20..21).collect());
+    fn seq<'a>(tokens: &'a [u32], start_pos: usize, blocks: &'a [u32]) -> SeqChunk<'a> {
+        chunk(tokens, start_pos, blocks)[0]
+    }
+    let prefill = [seq(&a[..], 0, &ta[..]), seq(&b[..], 0, &tb[..])];
+    close(
+        "prefill",
+        &single.forward_plain(&prefill).unwrap(),
+        &group.forward_plain(&prefill).unwrap(),
+    );
+    for step in 0..4u32 {
+        let (na, nb) = ([10 + step], [20 + step]);
+        let chunks = [
+            seq(&na[..], 23 + step as usize, &ta[..]),
+            seq(&nb[..], 9 + step as usize, &tb[..]),
+        ];
+        let want = single.forward_plain(&chunks).unwrap();
+        close(
+            &format!("decode step {step}"),
+            &want,
+            &group.forward_plain(&chunks).unwrap(),
+        );
+    }
+
+    let prompt = remote_prompt();
+    let (want, got) = decode_after_remote_kv(&mut single, &mut group);
+    close("decode after remote KV", &want, &got);
+    let refused = group.forward(&chunk(&prompt, 0, &[3, 4, 5]).map(quiet), &mut |_, _| {});
+    assert!(refused.unwrap_err().to_string().contains("kv_transfer"));
+
+    // An engine on the group against an engine on one GPU, greedy.
+    let tokenizer = Arc::new(tokenizer);
+    let prompts: Vec<Vec<u32>> = vec![prompt.clone(), (0..17).map(|i| 11 + (i * 13) % 250).collect()];
+    let generate = |engine: &Engine| greedy_tokens(engine, &prompts);
+    let on_group = Engine::start_backend(Box::new(group), tokenizer.clone(), config.scheduler.clone()).unwrap();
+    let got = generate(&on_group);
+    drop(on_group);
+    assert!(child.wait().unwrap().success(), "the stage-1 process failed");
+    let on_one = Engine::start_backend(Box::new(single), tokenizer, config.scheduler.clone()).unwrap();
+    assert_eq!(
+        got,
+        generate(&on_one),
+        "greedy tokens of the GPU pipeline and of one GPU"
+    );
+}
+
+/// Fails unless `got` (a group's logits) equals `want` (one GPU's) to bf16 summation-order noise.
+fn close(what: &str, want: &[f32], got: &[f32]) {
+    assert_eq!(want.len(), got.len(), "{what}: logits rows");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+    let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    eprintln!("{what}: group vs one GPU, max |Δlogit| {worst:.4} of {scale:.2}");
+    assert!(
+        worst <= 0.03 * scale,
+        "{what}: logits differ by {worst} (scale {scale})"
+    );
+}
+
+fn quiet(c: SeqChunk<'_>) -> SeqChunk<'_> {
+    SeqChunk {
+        want_logits: false,
+        ..c
+    }
+}
+
+/// The prompt whose KV `decode_after_remote_kv` moves.
+fn remote_prompt() -> Vec<u32> {
+    (0..40).map(|i| 3 + (i * 7) % 250).collect()
+}
+
+/// Remote KV: `remote_prompt` computed on one GPU, every layer of its 3 blocks written into `group`; the logits of
+/// a decode step after it on one GPU and on the group.
+fn decode_after_remote_kv(single: &mut CudaBackend, group: &mut dyn Backend) -> (Vec<f32>, Vec<f32>) {
+    let (prompt, blocks) = (remote_prompt(), [0u32, 1, 2]);
+    let mut layers = Vec::new();
+    single
+        .forward(&chunk(&prompt, 0, &blocks).map(quiet), &mut |layer, kv| {
+            for &b in &blocks {
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                kv.read_block_layer(layer, b, &mut k, &mut v);
+                layers.push((layer, b, k, v));
+            }
+        })
+        .unwrap();
+    for (layer, block, k, v) in &layers {
+        group.write_block_layer(*layer, *block, k, v).unwrap();
+    }
+    let want = single.forward_plain(&chunk(&[9], 40, &blocks)).unwrap();
+    (want, group.forward_plain(&chunk(&[9], 40, &blocks)).unwrap())
+}
+
+/// Greedy tokens (12 each) an engine generates for `prompts`, all submitted at once.
+fn greedy_tokens(engine: &cleave_engine::Engine, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(p.clone(), &common::greedy(12), 0).unwrap())
+        .collect();
+    streams
+        .into_iter()
+        .map(|mut s| {
+            let mut ids = Vec::new();
+            while let Some(out) = s.blocking_next() {
+                ids.extend(out.unwrap().token_ids);
+            }
+            ids
+        })
+        .collect()
 }
 
 /// Two host communicators connected over loopback TCP.

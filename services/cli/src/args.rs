@@ -231,7 +231,7 @@ pub struct WorkerArgs {
 }
 
 /// A worker whose model is split across several ranks acting as one engine replica (every kind on the CPU backend;
-/// tensor parallelism on GPUs too, one GPU per rank).
+/// tensor or pipeline parallelism alone on GPUs too, one GPU per rank).
 #[derive(Debug, Args)]
 pub struct ParallelArgs {
     /// Tensor-parallel ranks: attention heads, KV heads and MLP split across them, one all-reduce after each block
@@ -241,9 +241,9 @@ pub struct ParallelArgs {
     pub tensor_parallel: u16,
 
     /// Pipeline-parallel stages: contiguous layer ranges per rank, activations passed stage to stage, each batch
-    /// cut into --micro-batches pieces so the stages overlap. Started and formed like --tensor-parallel; with
-    /// --tensor-parallel T too, the group has T × N ranks and ranks s·T..(s+1)·T split stage s (tensor parallelism
-    /// inside a node, the pipeline across nodes).
+    /// cut into --micro-batches pieces so the stages overlap (over NCCL with --device cuda: stage s on GPU first+s).
+    /// Started and formed like --tensor-parallel; with --tensor-parallel T too (CPU backend), the group has T × N
+    /// ranks and ranks s·T..(s+1)·T split stage s (tensor parallelism inside a node, the pipeline across nodes).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pipeline_parallel: u16,
 

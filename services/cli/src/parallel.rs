@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use cleave_cluster::registry::{KeyLayout, Registry};
 use cleave_comm::{Communicator, GroupSpec, Membership, TcpCommunicator, TcpConfig, form_tcp_group};
+use cleave_engine::config::ModelConfig;
+use cleave_engine::device::GpuPart;
+use cleave_engine::model::PipelineStage;
 use cleave_engine::parallel::{GroupFailure, TpRank};
 use cleave_engine::{EngineConfig, LlamaModel};
 
@@ -113,12 +116,13 @@ pub fn follow(
     // The runtime's own threads keep serving the signal task and the membership's leases meanwhile.
     let followed = match gpu {
         Some((first, config)) => {
-            // The shard goes to the GPU before the handshake, as the leader's does, so the ranks' uploads overlap
-            // and neither waits out the other's inside a timed group operation.
-            let local_config = TpRank::local_config(model.config(), world);
+            // The rank's part goes to the GPU before the handshake, as the leader's does, so the ranks' uploads
+            // overlap and neither waits out the other's inside a timed group operation.
+            let part = gpu_part(&args.parallel, model.config(), rank)?;
+            let agreed = part.agreed_config(model.config());
             let cache = crate::model::kernel_cache_dir();
-            match cleave_engine::device::cuda_shard(model, rank, world, first, config, cache.as_deref()) {
-                Ok(shard) => cleave_engine::parallel::run_member(&local_config, comm, move |_, _| Ok(shard)),
+            match cleave_engine::device::cuda_rank(model, part, first, config, cache.as_deref()) {
+                Ok(local) => cleave_engine::parallel::run_member(&agreed, comm, move |_, _| Ok(local)),
                 Err(e) => Err(e),
             }
         }
@@ -126,6 +130,24 @@ pub fn follow(
     };
     runtime.block_on(membership.leave());
     followed.map_err(CliError::from)
+}
+
+/// What GPU rank `rank` of a group of one kind holds: its stage of a pipeline, else its tensor-parallel shard.
+pub fn gpu_part(args: &ParallelArgs, config: &ModelConfig, rank: usize) -> Result<GpuPart, CliError> {
+    let stages = usize::from(args.pipeline_parallel);
+    if stages > 1 {
+        let micro_batches = args.micro_batches.map_or(stages, usize::from);
+        return Ok(GpuPart::Pipeline(PipelineStage::new(
+            config.n_layers,
+            stages,
+            rank,
+            micro_batches,
+        )?));
+    }
+    Ok(GpuPart::Tensor(TpRank {
+        rank,
+        world: usize::from(args.tensor_parallel),
+    }))
 }
 
 /// This rank's part of `model`: its stage's layers on a pipeline (with its tensor-parallel shard of them when both

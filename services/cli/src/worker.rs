@@ -57,8 +57,8 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             return Err(CliError::ParallelNeedsEtcd);
         }
         if let Device::Cuda(first) = device.resolve() {
-            // On GPUs only a group that is tensor-parallel and nothing else.
-            if tensor == 1 || args.parallel.world() != tensor {
+            // On GPUs a group that is tensor-parallel or pipeline-parallel and nothing else.
+            if world != tensor && world != stages {
                 if matches!(device, Device::Cuda(_)) {
                     return Err(CliError::ParallelNeedsCpu);
                 }
@@ -115,8 +115,8 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
                 Arc::new(match gpus {
                     Some(first) => {
                         let cache = model::kernel_cache_dir();
-                        let local =
-                            cleave_engine::device::cuda_shard(weights, 0, world, first, &config, cache.as_deref())?;
+                        let part = parallel::gpu_part(&args.parallel, weights.config(), 0)?;
+                        let local = cleave_engine::device::cuda_rank(weights, part, first, &config, cache.as_deref())?;
                         Engine::start_group(local, comm, tokenizer, config.scheduler, heartbeat, failure.hook())?
                     }
                     None => Engine::start_parallel(

@@ -23,7 +23,7 @@ use super::{CudaBackend, CudaError};
 use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;
 use crate::kv::BlockId;
-use crate::model::SeqChunk;
+use crate::model::{PipelineStage, SeqChunk};
 use cleave_kernels::{AttnDims, AttnMeta, DecodeSplit, Kernels, PREFILL_TILE_MAX_HEAD_DIM, prefill_tile_rows};
 
 /// The per-step activations, sized for `tokens` rows (and `logit_rows` rows of logits).
@@ -94,6 +94,11 @@ impl Scratch {
             });
         }
         self.buffers.as_mut().ok_or(CudaError::NoDevice)
+    }
+
+    /// The logits buffer (after `ensure`).
+    pub fn logits_mut(&mut self) -> Result<&mut CudaSlice<f32>, CudaError> {
+        self.logits.as_mut().ok_or(CudaError::NoDevice)
     }
 
     pub fn ensure_logits(&mut self, stream: &Arc<CudaStream>, cfg: &ModelConfig, n: usize) -> Result<(), CudaError> {
@@ -169,12 +174,12 @@ fn layout(chunks: &[SeqChunk<'_>], block_size: usize, tile_rows: Option<usize>) 
 }
 
 /// `y[t, out] = x[t, in] · wᵀ + beta · y[t, out]` with bf16 inputs and f32 accumulation; `y` is bf16 or f32.
-pub(super) fn gemm<Y: DeviceRepr>(
+pub(super) fn gemm<Y: DeviceRepr, O: DevicePtrMut<Y>>(
     (blas, stream): (&CudaBlas, &CudaStream),
     x: &CudaSlice<bf16>,
     t: usize,
     w: &DeviceMatrix,
-    y: &mut CudaSlice<Y>,
+    y: &mut O,
     y_type: cudaDataType_t,
     beta: f32,
 ) -> Result<(), CudaError> {
@@ -237,6 +242,8 @@ pub(super) struct Model<'a> {
     pub tp: Option<&'a NcclCommunicator>,
     /// Where copies of KV into peers' pools run, beside the compute (passes that export KV).
     pub transfer: Option<&'a Arc<CudaStream>>,
+    /// This rank's pipeline stage and the group (NCCL on the same stream) its activations pass through.
+    pub pipeline: Option<(&'a NcclCommunicator, &'a PipelineStage)>,
 }
 
 /// One batch on the device: its token ids, attention layout and the rows that want logits.
@@ -247,10 +254,14 @@ pub(super) struct Batch<'a> {
     pub meta: AttnMeta<'a>,
     pub logit_rows: &'a CudaSlice<i32>,
     pub n_logits: usize,
+    /// The logits buffer's row where this batch's first logits row goes (a micro-batch after others).
+    pub logit_offset: usize,
 }
 
 /// The whole forward pass as a sequence of launches on the stream (so a CUDA graph can capture it): embedding,
-/// every layer, then the final norm and head for the logit rows into `scratch`'s logits buffer.
+/// every layer, then the final norm and head for the logit rows into `scratch`'s logits buffer. A pipeline stage
+/// after the first receives the activations from the one before instead of embedding, and a stage before the last
+/// sends them on instead of computing logits.
 pub(super) fn run_pass(
     m: &Model<'_>,
     kv: &mut DeviceKv,
@@ -283,15 +294,18 @@ pub(super) fn run_pass(
     else {
         return Err(CudaError::NoDevice);
     };
-    kernels.embed_rows(
-        stream,
-        &weights.embed.data,
-        cfg.vocab_size,
-        batch.ids,
-        t,
-        &mut b.x,
-        hidden,
-    )?;
+    match m.pipeline {
+        Some((comm, stage)) if stage.stage > 0 => comm.recv(&mut b.x.slice_mut(..t * hidden), stage.stage - 1)?,
+        _ => kernels.embed_rows(
+            stream,
+            &weights.embed.data,
+            cfg.vocab_size,
+            batch.ids,
+            t,
+            &mut b.x,
+            hidden,
+        )?,
+    }
     for (layer, w) in weights.layers.iter().enumerate() {
         kernels.rms_norm(stream, &b.x, None, &w.attn_norm, &mut b.normed, t, hidden, eps)?;
         gemm(on, &b.normed, t, &w.qkv, &mut b.qkv, cudaDataType_t::CUDA_R_32F, 0.0)?;
@@ -348,6 +362,11 @@ pub(super) fn run_pass(
         // Copies into peers read this pass's KV: the next pass must not overwrite it before they are done.
         stream.join(transfer)?;
     }
+    if let Some((comm, stage)) = m.pipeline
+        && stage.stage + 1 < stage.stages
+    {
+        return Ok(comm.send(&b.x.slice(..t * hidden), stage.stage + 1)?);
+    }
     let n = batch.n_logits;
     if n > 0 {
         kernels.rms_norm(
@@ -360,17 +379,101 @@ pub(super) fn run_pass(
             hidden,
             eps,
         )?;
+        let first = batch.logit_offset * cfg.vocab_size;
         gemm(
             on,
             final_normed,
             n,
             weights.head(),
-            logits,
+            &mut logits.slice_mut(first..),
             cudaDataType_t::CUDA_R_32F,
             0.0,
         )?;
     }
     Ok(())
+}
+
+/// A batch's layout on the device (what `Batch` borrows), uploaded for one pass.
+pub(super) struct DeviceBatch {
+    ids: CudaSlice<u32>,
+    pos: CudaSlice<i32>,
+    slots: CudaSlice<i32>,
+    table_off: CudaSlice<i32>,
+    tables: CudaSlice<i32>,
+    tiles: CudaSlice<i32>,
+    single_rows: CudaSlice<i32>,
+    logit_rows: CudaSlice<i32>,
+    blocks: Vec<BlockId>,
+    n_tokens: usize,
+    n_tiles: usize,
+    n_single_rows: usize,
+    pub n_logits: usize,
+}
+
+impl DeviceBatch {
+    /// Uploads the layout of `chunks` for a model of `cfg`'s shape over `block_size`-token blocks (five small
+    /// host→device copies); `None` for a batch without tokens.
+    pub fn upload(
+        stream: &Arc<CudaStream>,
+        cfg: &ModelConfig,
+        block_size: usize,
+        chunks: &[SeqChunk<'_>],
+    ) -> Result<Option<Self>, CudaError> {
+        let tiled = cfg.head_dim <= PREFILL_TILE_MAX_HEAD_DIM && cfg.head_dim.is_multiple_of(8);
+        let l = layout(chunks, block_size, tiled.then(|| prefill_tile_rows(cfg.head_dim)));
+        if l.ids.is_empty() {
+            return Ok(None);
+        }
+        let up = |v: &[i32]| stream.clone_htod(v).map_err(CudaError::from);
+        let mut rows = l.logit_rows.clone();
+        if rows.is_empty() {
+            rows.push(0);
+        }
+        let mut blocks: Vec<BlockId> = chunks.iter().flat_map(|c| c.blocks.iter().copied()).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        Ok(Some(DeviceBatch {
+            ids: stream.clone_htod(&l.ids)?,
+            pos: up(&l.pos)?,
+            slots: up(&l.slots)?,
+            table_off: up(&l.table_off)?,
+            tables: up(&l.tables)?,
+            tiles: up(&l.tiles)?,
+            single_rows: up(&l.single_rows)?,
+            logit_rows: up(&rows)?,
+            blocks,
+            n_tokens: l.ids.len(),
+            n_tiles: l.n_tiles,
+            n_single_rows: l.n_single_rows,
+            n_logits: l.logit_rows.len(),
+        }))
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+
+    /// The batch as a pass reads it, its logits going to rows `logit_offset..` of the logits buffer.
+    pub fn batch(&self, logit_offset: usize) -> Batch<'_> {
+        Batch {
+            ids: &self.ids,
+            blocks: &self.blocks,
+            meta: AttnMeta {
+                pos: &self.pos,
+                slots: &self.slots,
+                block_tables: &self.tables,
+                table_off: &self.table_off,
+                n_tokens: self.n_tokens,
+                tiles: &self.tiles,
+                n_tiles: self.n_tiles,
+                single_rows: &self.single_rows,
+                n_single_rows: self.n_single_rows,
+            },
+            logit_rows: &self.logit_rows,
+            n_logits: self.n_logits,
+            logit_offset,
+        }
+    }
 }
 
 impl CudaBackend {
@@ -380,66 +483,26 @@ impl CudaBackend {
         chunks: &[SeqChunk<'_>],
         layer_done: Option<LayerDone<'_>>,
     ) -> Result<Vec<f32>, CudaError> {
-        let cfg = self.config.clone();
-        let block_size = self.kv.shape().block_size;
-        let tiled = cfg.head_dim <= PREFILL_TILE_MAX_HEAD_DIM && cfg.head_dim.is_multiple_of(8);
-        let l = layout(chunks, block_size, tiled.then(|| prefill_tile_rows(cfg.head_dim)));
-        let t = l.ids.len();
-        if t == 0 {
-            return Ok(Vec::new());
+        if self.stage.is_some() {
+            return self.forward_stage(chunks);
         }
         let stream = self.stream.clone();
         stream.context().bind_to_thread()?;
+        let Some(uploaded) = DeviceBatch::upload(&stream, &self.config, self.kv.shape().block_size, chunks)? else {
+            return Ok(Vec::new());
+        };
+        let batch = uploaded.batch(0);
         self.scratch
-            .ensure(&stream, &cfg, &self.kernels, t, l.logit_rows.len())?;
-        let up = |v: &[i32]| stream.clone_htod(v).map_err(CudaError::from);
-        let ids = stream.clone_htod(&l.ids)?;
-        let (pos, slots, table_off, tables) = (up(&l.pos)?, up(&l.slots)?, up(&l.table_off)?, up(&l.tables)?);
-        let (tiles, single_rows) = (up(&l.tiles)?, up(&l.single_rows)?);
-        let mut rows = l.logit_rows.clone();
-        if rows.is_empty() {
-            rows.push(0);
-        }
-        let logit_rows = up(&rows)?;
-        let mut blocks: Vec<BlockId> = chunks.iter().flat_map(|c| c.blocks.iter().copied()).collect();
-        blocks.sort_unstable();
-        blocks.dedup();
-        let batch = Batch {
-            ids: &ids,
-            blocks: &blocks,
-            meta: AttnMeta {
-                pos: &pos,
-                slots: &slots,
-                block_tables: &tables,
-                table_off: &table_off,
-                n_tokens: t,
-                tiles: &tiles,
-                n_tiles: l.n_tiles,
-                single_rows: &single_rows,
-                n_single_rows: l.n_single_rows,
-            },
-            logit_rows: &logit_rows,
-            n_logits: l.logit_rows.len(),
-        };
-        let CudaBackend { kv, scratch, .. } = self;
-        let model = Model {
-            cfg: &cfg,
-            stream: &stream,
-            blas: &self.blas,
-            kernels: &self.kernels,
-            weights: &self.weights,
-            inv_freq: &self.inv_freq,
-            tp: self.tp.as_ref().map(|c| &c.0),
-            transfer: Some(&self.transfer),
-        };
-        let exporting = layer_done.is_some();
+            .ensure(&stream, &self.config, &self.kernels, uploaded.n_tokens, batch.n_logits)?;
+        let (exporting, vocab) = (layer_done.is_some(), self.config.vocab_size);
+        let (model, kv, scratch) = self.pass_parts(true);
         run_pass(&model, kv, scratch, &batch, layer_done)?;
         if exporting {
             // A blocking wait (stream sync, pageable copy) holds the driver for the whole pass, and the threads
             // waiting on the pass's KV copies to report each layer landed would only see them at its end.
             wait_polling(&stream)?;
         }
-        read_logits(&stream, scratch, batch.n_logits * cfg.vocab_size)
+        read_logits(&stream, scratch, batch.n_logits * vocab)
     }
 }
 

@@ -14,6 +14,7 @@ mod graphs;
 mod ipc;
 mod kv;
 mod nccl_link;
+mod pipeline;
 pub mod reference;
 mod synthetic;
 mod weights;
@@ -30,7 +31,7 @@ use crate::backend::{Backend, KvBlockReader, KvLinkEndpoint, LandedCopy, PeerKv,
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv::{BlockId, KvShape};
-use crate::model::{LlamaModel, SeqChunk};
+use crate::model::{LlamaModel, PipelineStage, SeqChunk};
 use crate::parallel::{GroupMember, TpRank, shard_weights};
 use forward::Scratch;
 use graphs::DecodeGraphs;
@@ -100,10 +101,13 @@ pub struct CudaBackend {
     /// cuBLAS's workspace, set once so no GEMM allocates inside a graph capture.
     _blas_workspace: CudaSlice<u8>,
     device_name: String,
-    /// This rank's tensor-parallel group, when the weights are one rank's shard.
-    tp: Option<GroupComm>,
+    /// This rank's parallel group (tensor-parallel or pipeline), once joined.
+    group: Option<GroupComm>,
     /// Which shard the weights are (rank 0 of 1 when whole).
     shard: TpRank,
+    /// Which layers this rank runs, when it is one stage of a pipeline (the weights and KV pool hold only those;
+    /// `config` stays the whole model's).
+    stage: Option<PipelineStage>,
 }
 
 /// The NCCL communicator a backend owns. cudarc leaves `Comm` `!Send` (it holds a raw `ncclComm_t`).
@@ -167,9 +171,31 @@ impl CudaBackend {
         Ok(backend)
     }
 
+    /// Stage `stage.stage` of a pipeline over `model`'s layers: that stage's layers and a KV pool for them alone;
+    /// embedding, final norm and head stay on every stage (only the first and last use them). `join_group` then
+    /// connects it to the other stages.
+    pub fn from_model_stage(
+        model: LlamaModel,
+        options: &CudaOptions<'_>,
+        stage: PipelineStage,
+    ) -> Result<Self, CudaError> {
+        if model.config().is_moe() {
+            return Err(CudaError::MixtureOfExperts);
+        }
+        let device = open(options)?;
+        let (config, mut host) = model.into_parts();
+        host.layers = host.layers.drain(stage.layers.clone()).collect();
+        let weights = DeviceWeights::upload(&device.stream, &host)?;
+        drop(host);
+        let mut backend = Self::assemble(device, config, weights, options)?;
+        backend.stage = Some(stage);
+        Ok(backend)
+    }
+
     /// Joins the NCCL group `unique_id` names as `rank` of `world` (every rank calls this at once; it blocks until
-    /// all have). Forward passes then all-reduce the residual after each block half.
-    pub fn join_tensor_parallel(&mut self, rank: usize, world: usize, unique_id: &[u8]) -> Result<(), CudaError> {
+    /// all have). Forward passes then all-reduce the residual after each block half (a tensor-parallel shard) or
+    /// pass activations from stage to stage (a pipeline stage).
+    pub fn join_group(&mut self, rank: usize, world: usize, unique_id: &[u8]) -> Result<(), CudaError> {
         let comm = cleave_comm::NcclCommunicator::from_rank(
             self.stream.clone(),
             rank,
@@ -183,8 +209,31 @@ impl CudaBackend {
         comm.all_reduce_sum(&mut warm)?;
         self.stream.synchronize()?;
         self.graphs = DecodeGraphs::default();
-        self.tp = Some(GroupComm(comm));
+        self.group = Some(GroupComm(comm));
         Ok(())
+    }
+
+    /// Whether this backend holds the whole model (no tensor-parallel shard, no pipeline stage): only then may
+    /// other processes read or write its KV pool directly.
+    fn whole(&self) -> bool {
+        self.shard.world == 1 && self.stage.is_none()
+    }
+
+    /// What a forward pass reads (with the transfer stream when `exporting`), and the pool and buffers it writes.
+    fn pass_parts(&mut self, exporting: bool) -> (forward::Model<'_>, &mut DeviceKv, &mut Scratch) {
+        let group = self.group.as_ref().map(|c| &c.0);
+        let model = forward::Model {
+            cfg: &self.config,
+            stream: &self.stream,
+            blas: &self.blas,
+            kernels: &self.kernels,
+            weights: &self.weights,
+            inv_freq: &self.inv_freq,
+            tp: group.filter(|_| self.shard.world > 1),
+            transfer: exporting.then_some(&self.transfer),
+            pipeline: group.zip(self.stage.as_ref()),
+        };
+        (model, &mut self.kv, &mut self.scratch)
     }
 
     /// Random bf16 weights of `config`'s shape, built on the GPU from `seed`.
@@ -206,7 +255,12 @@ impl CudaBackend {
             blas,
             kernels,
         } = device;
-        let kv = DeviceKv::allocate(&stream, &config, options.kv_cache_bytes, options.block_size)?;
+        // The pool holds the layers this rank runs (a pipeline stage's alone).
+        let kv_config = ModelConfig {
+            n_layers: weights.layers.len(),
+            ..config.clone()
+        };
+        let kv = DeviceKv::allocate(&stream, &kv_config, options.kv_cache_bytes, options.block_size)?;
         let blas_workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)?;
         {
             let (ptr, _guard) = cudarc::driver::DevicePtr::device_ptr(&blas_workspace, &stream);
@@ -235,8 +289,9 @@ impl CudaBackend {
             scratch: Scratch::default(),
             graphs: DecodeGraphs::default(),
             _blas_workspace: blas_workspace,
-            tp: None,
+            group: None,
             shard: TpRank { rank: 0, world: 1 },
+            stage: None,
         })
     }
 
@@ -366,6 +421,7 @@ impl GroupMember for CudaBackend {
         let local = self.kv.shape();
         KvShape {
             n_kv_heads: local.n_kv_heads * self.shard.world,
+            n_layers: self.config.n_layers,
             ..local
         }
     }
@@ -376,32 +432,42 @@ impl GroupMember for CudaBackend {
         keys: &'a [f32],
         values: &'a [f32],
     ) -> Option<(usize, &'a [f32], &'a [f32])> {
+        let layer = match &self.stage {
+            Some(stage) if !stage.layers.contains(&layer) => return None,
+            Some(stage) => layer - stage.layers.start,
+            None => layer,
+        };
         self.shard.kv_slice(keys, values).map(|(k, v)| (layer, k, v))
     }
 
-    /// A GPU group gathers each layer's KV over NCCL for a transfer (`DeviceKv::gather_layer`).
+    /// A tensor-parallel GPU group gathers each layer's KV over NCCL for a transfer (`DeviceKv::gather_layer`); a
+    /// pipeline stage holds only its layers' KV.
     fn check_kv_read(&self) -> Result<(), EngineError> {
-        Ok(())
+        match self.stage {
+            Some(_) => Err(crate::model::pipeline_kv_read()),
+            None => Ok(()),
+        }
     }
 
     fn device_group_id(&self) -> Result<Option<Vec<u8>>, EngineError> {
-        if self.shard.world == 1 {
+        if self.whole() {
             return Ok(None);
         }
         Ok(Some(cleave_comm::NcclCommunicator::new_unique_id()?))
     }
 
     fn join_device_group(&mut self, rank: usize, world: usize, id: &[u8]) -> Result<(), EngineError> {
-        if rank != self.shard.rank || world != self.shard.world {
+        let (mine, of) = match &self.stage {
+            Some(stage) => (stage.stage, stage.stages),
+            None => (self.shard.rank, self.shard.world),
+        };
+        if rank != mine || world != of {
             return Err(EngineError::invalid(
                 "parallel",
-                format!(
-                    "rank {rank} of {world} joining with the shard of rank {} of {}",
-                    self.shard.rank, self.shard.world
-                ),
+                format!("rank {rank} of {world} joining with the part of the model of rank {mine} of {of}"),
             ));
         }
-        Ok(self.join_tensor_parallel(rank, world, id)?)
+        Ok(self.join_group(rank, world, id)?)
     }
 }
 
@@ -422,19 +488,14 @@ impl Backend for CudaBackend {
         self.try_forward(chunks, Some(layer_done)).map_err(EngineError::from)
     }
 
+    /// Decode steps replay CUDA graphs, except on a pipeline stage (its micro-batches and sends run plainly).
     fn forward_plain(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<f32>, EngineError> {
-        if graphs::graphable(chunks) {
-            let model = forward::Model {
-                cfg: &self.config,
-                stream: &self.stream,
-                blas: &self.blas,
-                kernels: &self.kernels,
-                weights: &self.weights,
-                inv_freq: &self.inv_freq,
-                tp: self.tp.as_ref().map(|c| &c.0),
-                transfer: None,
-            };
-            if let Some(logits) = self.graphs.run(&model, &mut self.kv, &mut self.scratch, chunks)? {
+        if graphs::graphable(chunks) && self.stage.is_none() {
+            let mut graphs = std::mem::take(&mut self.graphs);
+            let (model, kv, scratch) = self.pass_parts(false);
+            let replayed = graphs.run(&model, kv, scratch, chunks);
+            self.graphs = graphs;
+            if let Some(logits) = replayed? {
                 return Ok(logits);
             }
         }
@@ -442,9 +503,9 @@ impl Backend for CudaBackend {
     }
 
     /// The pool's CUDA-IPC descriptor; none under tensor parallelism (each rank holds a slice of every block, so
-    /// those groups transfer over TCP).
+    /// those groups transfer over TCP) or on a pipeline stage.
     fn export_kv_pool(&self) -> Result<Option<Vec<u8>>, EngineError> {
-        if self.shard.world > 1 {
+        if !self.whole() {
             return Ok(None);
         }
         // The engine thread may not have touched the device yet: IPC calls need the context current.
@@ -453,10 +514,10 @@ impl Backend for CudaBackend {
     }
 
     fn open_peer_kv(&mut self, descriptor: &[u8]) -> Result<PeerKv, EngineError> {
-        if self.shard.world > 1 {
+        if !self.whole() {
             return Err(EngineError::invalid(
                 "transport",
-                "a tensor-parallel group sends KV over TCP, not CUDA IPC",
+                "a parallel group sends KV over TCP, not CUDA IPC",
             ));
         }
         let shape = self.kv.shape();
@@ -466,7 +527,7 @@ impl Backend for CudaBackend {
 
     /// NCCL links for KV, under the same condition as CUDA IPC (the whole model on this device) and with NCCL.
     fn kv_link_endpoint(&self) -> Option<KvLinkEndpoint> {
-        (self.shard.world == 1 && cleave_comm::nccl_available()).then(|| KvLinkEndpoint {
+        (self.whole() && cleave_comm::nccl_available()).then(|| KvLinkEndpoint {
             ctx: self.stream.context().clone(),
             block_elems: self.kv.shape().block_floats(),
             staging_bytes: STAGING_BYTES,

@@ -400,14 +400,13 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
     ];
     let gpu_worker = ["worker", "--device", "cuda", "--etcd", etcd];
     let refused_on_gpus = [
-        (&["--pipeline-parallel", "2"][..], "on GPUs only --tensor-parallel runs"),
         (
             &["--tensor-parallel", "3", "--pipeline-parallel", "2"][..],
-            "on GPUs only --tensor-parallel runs",
+            "on GPUs --tensor-parallel and --pipeline-parallel run alone",
         ),
         (
             &["--context-parallel", "2", "--role", "prefill"][..],
-            "on GPUs only --tensor-parallel runs",
+            "on GPUs --tensor-parallel and --pipeline-parallel run alone",
         ),
     ];
     let cases = refused
