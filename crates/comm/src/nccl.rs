@@ -164,8 +164,13 @@ impl NcclCommunicator {
             .map_err(|e| nccl_error(self.rank, "all_reduce", e))
     }
 
-    /// Concatenates every rank's `input` in rank order into `output` (`world_size · input.len()` elements).
-    pub fn all_gather<T: NcclElement>(&self, input: &CudaSlice<T>, output: &mut CudaSlice<T>) -> Result<(), CommError> {
+    /// Concatenates every rank's `input` in rank order into `output` (`world_size · input.len()` elements); either
+    /// may be a whole `CudaSlice` or a view of one.
+    pub fn all_gather<T: NcclElement, S: DevicePtr<T>, R: DevicePtrMut<T>>(
+        &self,
+        input: &S,
+        output: &mut R,
+    ) -> Result<(), CommError> {
         if output.len() != input.len() * self.world_size {
             return Err(self.invalid(
                 "all_gather",

@@ -55,44 +55,38 @@ pub fn start_engine(
     }
 }
 
-/// What one rank of a GPU group holds: a tensor-parallel shard of every layer, or one pipeline stage's layers.
+/// What one rank of a GPU group holds: a tensor-parallel shard of every layer, one pipeline stage's layers, or the
+/// whole model as one rank of a context-parallel group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuPart {
     Tensor(crate::parallel::TpRank),
     Pipeline(crate::model::PipelineStage),
+    Context(crate::parallel::TpRank),
 }
 
 impl GpuPart {
-    /// The rank's index in its group (which GPU above the group's first it runs on).
-    pub fn rank(&self) -> usize {
-        match self {
-            GpuPart::Tensor(at) => at.rank,
-            GpuPart::Pipeline(stage) => stage.stage,
-        }
-    }
-
-    /// The model configuration the group's ranks agree on: a tensor rank's share of the heads, or a pipeline
-    /// stage's whole model.
+    /// The model configuration the group's ranks agree on: a tensor rank's share of the heads, else the whole
+    /// model's.
     pub fn agreed_config(&self, whole: &crate::config::ModelConfig) -> crate::config::ModelConfig {
         match self {
             GpuPart::Tensor(at) => crate::parallel::TpRank::local_config(whole, at.world),
-            GpuPart::Pipeline(_) => whole.clone(),
+            GpuPart::Pipeline(_) | GpuPart::Context(_) => whole.clone(),
         }
     }
 }
 
-/// One rank of a GPU parallel group: its `part` of `model` (whole as loaded) on GPU `first_ordinal + part.rank()`,
-/// with a KV pool of `config.kv_cache_bytes` for its KV heads or layers. Joined to the other ranks' GPUs by
+/// One rank of a GPU parallel group: its `part` of `model` (whole as loaded) on GPU `ordinal`,
+/// with a KV pool of `config.kv_cache_bytes` (for its KV heads or layers when it holds a share of them). Joined to the other ranks' GPUs by
 /// `ParallelBackend::lead` / `parallel::run_member`.
 pub fn cuda_rank(
     model: LlamaModel,
     part: GpuPart,
-    first_ordinal: usize,
+    ordinal: usize,
     config: &EngineConfig,
     kernel_cache: Option<&Path>,
 ) -> Result<Box<dyn crate::parallel::GroupMember>, EngineError> {
     let options = CudaOptions {
-        ordinal: first_ordinal + part.rank(),
+        ordinal,
         kv_cache_bytes: config.kv_cache_bytes,
         block_size: config.scheduler.block_size,
         kernel_cache,
@@ -100,6 +94,7 @@ pub fn cuda_rank(
     let backend = match &part {
         GpuPart::Tensor(at) => CudaBackend::from_model_shard(model, &options, *at)?,
         GpuPart::Pipeline(stage) => CudaBackend::from_model_stage(model, &options, stage.clone())?,
+        GpuPart::Context(at) => CudaBackend::from_model(model, &options)?.context_parallel(*at),
     };
     tracing::info!(device = backend.device_name(), ?part, "parallel group rank on CUDA");
     Ok(Box::new(backend))

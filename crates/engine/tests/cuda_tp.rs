@@ -177,7 +177,7 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
         std::thread::spawn(move || {
             let model = load().0;
             let local = TpRank::local_config(model.config(), 2);
-            run_member(&local, comm, |_, _| cuda_rank(model, shard(1), 0, &config, None))
+            run_member(&local, comm, |_, _| cuda_rank(model, shard(1), 1, &config, None))
         })
     };
     let (model, tokenizer) = load();
@@ -198,35 +198,8 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
 
     // KV read for a transfer (a prefill worker's export): each layer gathered from both GPUs over NCCL reads back
     // with every KV head, as one GPU computes it.
-    let other = [3u32, 4, 5];
-    let read = |backend: &mut dyn Backend| {
-        let mut out = Vec::new();
-        let prefill = chunk(&prompt, 0, &other).map(quiet);
-        backend
-            .forward(&prefill, &mut |layer, kv| {
-                for &b in &other {
-                    let (mut k, mut v) = (Vec::new(), Vec::new());
-                    kv.read_block_layer(layer, b, &mut k, &mut v);
-                    out.push((k, v));
-                }
-            })
-            .unwrap();
-        out
-    };
-    let (want, got) = (read(&mut single), read(&mut group));
-    assert_eq!(want.len(), got.len());
-    let mut worst = 0.0f32;
-    for ((wk, wv), (gk, gv)) in want.iter().zip(&got) {
-        assert_eq!((wk.len(), wv.len()), (gk.len(), gv.len()));
-        worst = wk
-            .iter()
-            .chain(wv)
-            .zip(gk.iter().chain(gv))
-            .map(|(a, b)| (a - b).abs())
-            .fold(worst, f32::max);
-    }
-    eprintln!("KV gathered from 2 GPUs vs one GPU: max |Δ| {worst:.4}");
-    assert!(worst < 0.05, "gathered KV differs by {worst}");
+    let (want, got) = (read_kv(&mut single, &[3, 4, 5]), read_kv(&mut group, &[3, 4, 5]));
+    same_kv("KV gathered from 2 GPUs", &want, &got);
 
     // An engine on the group against an engine on one GPU, greedy.
     let prompts: Vec<Vec<u32>> = vec![prompt.clone(), (0..17).map(|i| 11 + (i * 13) % 250).collect()];
@@ -240,40 +213,35 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
     assert_eq!(got, want, "greedy tokens of the GPU group and of one GPU");
 }
 
-/// A two-stage GPU pipeline as `cleave worker --device cuda --pipeline-parallel 2` forms it: rank 0 a
-/// `ParallelBackend` leading stage 0 (layer 0), rank 1 `run_member` following with stage 1 (layer 1) in a child
-/// process — on GPU 1, or on a one-GPU machine on GPU 0 posing as another host (`NCCL_HOSTID`) — the ranks meeting
-/// over loopback TCP and joining NCCL through the group's protocol; two micro-batches, so the prefill batch's
-/// chunks are cut between pieces. Against one GPU: a two-sequence prefill and four decode steps give its logits,
-/// KV computed on one GPU lands layer by layer on the stage holding the layer (a decode step after it matches), a
-/// pass that would read KV for a transfer is refused naming `kv_transfer`, and an engine on the group generates
-/// one GPU's greedy tokens.
-#[test]
-fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
-    use cleave_engine::device::{GpuPart, cuda_rank};
-    use cleave_engine::model::PipelineStage;
+/// A two-rank GPU group of `part`s led here as `cleave worker --device cuda` leads one — rank 0 a
+/// `ParallelBackend`, rank 1 `run_member` following in a child process running this `test` (on GPU 1, or on a
+/// one-GPU machine on GPU 0 posing as another host with `NCCL_HOSTID`), the ranks meeting over loopback TCP and
+/// joining NCCL through the group's protocol — then checked against one GPU: a two-sequence prefill and four decode
+/// steps give its logits, KV computed on one GPU lands layer by layer where the group keeps it (a decode step after
+/// it matches), and an engine on the group generates one GPU's greedy tokens. `between` runs on the group and
+/// the single GPU after the remote KV, before the engines. `None` in the child, after its rank's work.
+fn two_process_group_matches_one_gpu(
+    test: &str,
+    part: fn(usize) -> cleave_engine::device::GpuPart,
+    between: impl FnOnce(&mut dyn Backend, &mut CudaBackend),
+) {
+    use cleave_engine::device::cuda_rank;
     use cleave_engine::parallel::{ParallelBackend, run_member};
     use cleave_engine::{Engine, EngineConfig};
-    const TEST: &str = "a_gpu_pipeline_under_an_engine_matches_one_gpu";
-    if skip(1) {
-        return;
-    }
     let config = EngineConfig {
         kv_cache_bytes: 16 << 20,
         ..EngineConfig::default()
     };
     let load = || load_model(ModelFiles::HfDir(&tiny_llama())).unwrap();
-    let stage = |rank| PipelineStage::new(2, 2, rank, 2).unwrap();
-    if let Ok(peers) = std::env::var("CLEAVE_PIPELINE_CHILD") {
+    if let Ok(peers) = std::env::var("CLEAVE_GROUP_CHILD") {
         let peers: Vec<String> = peers.split(',').map(str::to_owned).collect();
         let listener = std::net::TcpListener::bind(&peers[1]).unwrap();
-        let comm = cleave_comm::TcpCommunicator::connect(&listener, 1, &peers, "gpu-pipeline", Default::default());
+        let comm = cleave_comm::TcpCommunicator::connect(&listener, 1, &peers, "gpu-group", Default::default());
         let model = load().0;
-        let agreed = model.config().clone();
+        let agreed = part(1).agreed_config(model.config());
         let ordinal = gpus().min(2) - 1;
-        let options = options(ordinal, config.kv_cache_bytes, config.scheduler.block_size);
         run_member(&agreed, Arc::new(comm.unwrap()), |_, _| {
-            Ok(Box::new(CudaBackend::from_model_stage(model, &options, stage(1))?))
+            cuda_rank(model, part(1), ordinal, &config, None)
         })
         .unwrap();
         return;
@@ -288,39 +256,33 @@ fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
     drop(spare);
     let mut child = std::process::Command::new(std::env::current_exe().unwrap());
     child
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env("CLEAVE_PIPELINE_CHILD", peers.join(","));
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("CLEAVE_GROUP_CHILD", peers.join(","));
     if gpus() < 2 {
-        child.env("NCCL_HOSTID", "cleave-pipeline-stage-1");
+        child.env("NCCL_HOSTID", "cleave-group-rank-1");
     }
     let mut child = child.spawn().unwrap();
-    let comm = cleave_comm::TcpCommunicator::connect(&listener, 0, &peers, "gpu-pipeline", Default::default());
+    let comm = cleave_comm::TcpCommunicator::connect(&listener, 0, &peers, "gpu-group", Default::default());
     let comm: Arc<dyn cleave_comm::Communicator> = Arc::new(comm.unwrap());
     let (model, tokenizer) = load();
-    let leader = cuda_rank(model, GpuPart::Pipeline(stage(0)), 0, &config, None).unwrap();
+    let leader = cuda_rank(model, part(0), 0, &config, None).unwrap();
     let mut group =
         ParallelBackend::lead(leader, comm, std::time::Duration::from_millis(200), Arc::new(|_| {})).unwrap();
     let mut single = CudaBackend::from_model(load().0, &options(0, 16 << 20, 16)).unwrap();
 
-    // Two sequences prefilled in one batch (two micro-batches cut the first one), then decoded together.
+    // Two sequences prefilled in one batch (cut between the ranks), then decoded together.
     let a: Vec<u32> = (0..23).map(|i| 3 + (i * 11) % 250).collect();
     let b: Vec<u32> = (0..9).map(|i| 7 + (i * 5) % 250).collect();
     let (ta, tb): (Vec<u32>, Vec<u32>) = ((10..12).collect(), (20..21).collect());
     fn seq<'a>(tokens: &'a [u32], start_pos: usize, blocks: &'a [u32]) -> SeqChunk<'a> {
         chunk(tokens, start_pos, blocks)[0]
     }
-    let prefill = [seq(&a[..], 0, &ta[..]), seq(&b[..], 0, &tb[..])];
-    close(
-        "prefill",
-        &single.forward_plain(&prefill).unwrap(),
-        &group.forward_plain(&prefill).unwrap(),
-    );
+    let prefill = [seq(&a, 0, &ta), seq(&b, 0, &tb)];
+    let want = single.forward_plain(&prefill).unwrap();
+    close("prefill", &want, &group.forward_plain(&prefill).unwrap());
     for step in 0..4u32 {
         let (na, nb) = ([10 + step], [20 + step]);
-        let chunks = [
-            seq(&na[..], 23 + step as usize, &ta[..]),
-            seq(&nb[..], 9 + step as usize, &tb[..]),
-        ];
+        let chunks = [seq(&na, 23 + step as usize, &ta), seq(&nb, 9 + step as usize, &tb)];
         let want = single.forward_plain(&chunks).unwrap();
         close(
             &format!("decode step {step}"),
@@ -328,26 +290,60 @@ fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
             &group.forward_plain(&chunks).unwrap(),
         );
     }
-
-    let prompt = remote_prompt();
     let (want, got) = decode_after_remote_kv(&mut single, &mut group);
     close("decode after remote KV", &want, &got);
-    let refused = group.forward(&chunk(&prompt, 0, &[3, 4, 5]).map(quiet), &mut |_, _| {});
-    assert!(refused.unwrap_err().to_string().contains("kv_transfer"));
+    between(&mut group, &mut single);
 
-    // An engine on the group against an engine on one GPU, greedy.
     let tokenizer = Arc::new(tokenizer);
-    let prompts: Vec<Vec<u32>> = vec![prompt.clone(), (0..17).map(|i| 11 + (i * 13) % 250).collect()];
-    let generate = |engine: &Engine| greedy_tokens(engine, &prompts);
+    let prompts: Vec<Vec<u32>> = vec![remote_prompt(), (0..17).map(|i| 11 + (i * 13) % 250).collect()];
     let on_group = Engine::start_backend(Box::new(group), tokenizer.clone(), config.scheduler.clone()).unwrap();
-    let got = generate(&on_group);
+    let got = greedy_tokens(&on_group, &prompts);
     drop(on_group);
-    assert!(child.wait().unwrap().success(), "the stage-1 process failed");
+    assert!(child.wait().unwrap().success(), "the rank-1 process failed");
     let on_one = Engine::start_backend(Box::new(single), tokenizer, config.scheduler.clone()).unwrap();
     assert_eq!(
         got,
-        generate(&on_one),
-        "greedy tokens of the GPU pipeline and of one GPU"
+        greedy_tokens(&on_one, &prompts),
+        "greedy tokens of the GPU group and of one GPU"
+    );
+}
+
+/// Two pipeline stages (layer 0 on rank 0, layer 1 on rank 1; two micro-batches, so the prefill batch's chunks are
+/// cut between pieces) against one GPU (see `two_process_group_matches_one_gpu`); a pass that would read KV for a
+/// transfer is refused naming `kv_transfer`.
+#[test]
+fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
+    use cleave_engine::device::GpuPart;
+    use cleave_engine::model::PipelineStage;
+    if skip(1) {
+        return;
+    }
+    two_process_group_matches_one_gpu(
+        "a_gpu_pipeline_under_an_engine_matches_one_gpu",
+        |rank| GpuPart::Pipeline(PipelineStage::new(2, 2, rank, 2).unwrap()),
+        |group, _| {
+            let refused = group.forward(&chunk(&remote_prompt(), 0, &[3, 4, 5]).map(quiet), &mut |_, _| {});
+            assert!(refused.unwrap_err().to_string().contains("kv_transfer"));
+        },
+    );
+}
+
+/// Two context-parallel ranks (each prefill chunk cut at block boundaries between them, decode steps on rank 0,
+/// each layer's new KV exchanged) against one GPU (see `two_process_group_matches_one_gpu`); a KV read for a
+/// transfer on the group returns one GPU's keys and values, every layer whole on rank 0.
+#[test]
+fn a_gpu_context_parallel_group_under_an_engine_matches_one_gpu() {
+    use cleave_engine::device::GpuPart;
+    if skip(1) {
+        return;
+    }
+    two_process_group_matches_one_gpu(
+        "a_gpu_context_parallel_group_under_an_engine_matches_one_gpu",
+        |rank| GpuPart::Context(TpRank { rank, world: 2 }),
+        |group, single| {
+            let (want, got) = (read_kv(single, &[3, 4, 5]), read_kv(group, &[3, 4, 5]));
+            same_kv("KV read from 2 context-parallel ranks", &want, &got);
+        },
     );
 }
 
@@ -412,6 +408,40 @@ fn greedy_tokens(engine: &cleave_engine::Engine, prompts: &[Vec<u32>]) -> Vec<Ve
             ids
         })
         .collect()
+}
+
+/// The keys and values of `remote_prompt` in `blocks`, read layer by layer during its prefill (as a prefill
+/// worker's export reads them).
+fn read_kv(backend: &mut dyn Backend, blocks: &[u32]) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let mut out = Vec::new();
+    let prompt = remote_prompt();
+    backend
+        .forward(&chunk(&prompt, 0, blocks).map(quiet), &mut |layer, kv| {
+            for &b in blocks {
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                kv.read_block_layer(layer, b, &mut k, &mut v);
+                out.push((k, v));
+            }
+        })
+        .unwrap();
+    out
+}
+
+/// Fails unless two KV reads agree to bf16 noise.
+fn same_kv(what: &str, want: &[(Vec<f32>, Vec<f32>)], got: &[(Vec<f32>, Vec<f32>)]) {
+    assert_eq!(want.len(), got.len());
+    let mut worst = 0.0f32;
+    for ((wk, wv), (gk, gv)) in want.iter().zip(got) {
+        assert_eq!((wk.len(), wv.len()), (gk.len(), gv.len()));
+        worst = wk
+            .iter()
+            .chain(wv)
+            .zip(gk.iter().chain(gv))
+            .map(|(a, b)| (a - b).abs())
+            .fold(worst, f32::max);
+    }
+    eprintln!("{what} vs one GPU: max |Δ| {worst:.4}");
+    assert!(worst < 0.05, "{what}: KV differs by {worst}");
 }
 
 /// Two host communicators connected over loopback TCP.
@@ -503,6 +533,63 @@ fn tp_decode_benchmark() {
             bandwidth / 1e9,
             roofline,
             100.0 / step_s / roofline
+        );
+    }
+}
+
+/// Prefill of one 32,768-token prompt (CLEAVE_CP_TOKENS) of the Llama-3.1-8B shape (random weights; CLEAVE_CP_SHAPE)
+/// in one pass on 1, 2 and 4 GPUs (CLEAVE_CP_WORLDS) of a context-parallel group: the median of three passes after
+/// a warm-up, and the speed-up over one GPU in the same run.
+#[test]
+#[ignore = "a benchmark: scripts/gpu-check runs it"]
+fn cp_prefill_benchmark() {
+    if skip(1) {
+        return;
+    }
+    let shape = std::env::var("CLEAVE_CP_SHAPE").unwrap_or_else(|_| "llama-3.1-8b".to_owned());
+    let config = synthetic_config(&shape).unwrap();
+    let tokens: usize = std::env::var("CLEAVE_CP_TOKENS").map_or(32_768, |n| n.parse().unwrap());
+    let worlds: Vec<usize> = std::env::var("CLEAVE_CP_WORLDS").map_or_else(
+        |_| vec![1, 2, 4],
+        |w| w.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    );
+    let kv_bytes = 2 * config.n_layers * config.kv_dim() * 2 * (tokens + 64);
+    let mut one_gpu = None;
+    for world in worlds.into_iter().filter(|w| *w <= gpus()) {
+        let (config, barrier) = (config.clone(), Arc::new(Barrier::new(world)));
+        let results = on_ranks(
+            world,
+            move |rank| {
+                let backend = CudaBackend::synthetic(config.clone(), 7, &options(rank, kv_bytes, 16)).unwrap();
+                match world {
+                    1 => backend,
+                    _ => backend.context_parallel(TpRank { rank, world }),
+                }
+            },
+            move |_rank, backend| {
+                let blocks: Vec<u32> = (0..tokens.div_ceil(16) as u32).collect();
+                let prompt: Vec<u32> = (0..tokens as u32).map(|i| 100 + i % 30_000).collect();
+                backend.forward_plain(&chunk(&prompt, 0, &blocks)).unwrap();
+                let mut times: Vec<f64> = (0..3)
+                    .map(|_| {
+                        barrier.wait();
+                        let started = Instant::now();
+                        backend.forward_plain(&chunk(&prompt, 0, &blocks)).unwrap();
+                        started.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                (times[1], backend.device_name().to_owned())
+            },
+        );
+        let (pass_s, device) = results[0].clone();
+        let base = *one_gpu.get_or_insert(pass_s);
+        eprintln!(
+            "{shape} context-parallel prefill of {tokens} tokens on {world} × {device}: {:.1} ms = {:.0} tok/s, \
+             {:.2}× one GPU",
+            pass_s * 1e3,
+            tokens as f64 / pass_s,
+            base / pass_s
         );
     }
 }

@@ -231,7 +231,7 @@ pub struct WorkerArgs {
 }
 
 /// A worker whose model is split across several ranks acting as one engine replica (every kind on the CPU backend;
-/// tensor or pipeline parallelism alone on GPUs too, one GPU per rank).
+/// tensor, pipeline or context parallelism alone on GPUs too, one GPU per rank).
 #[derive(Debug, Args)]
 pub struct ParallelArgs {
     /// Tensor-parallel ranks: attention heads, KV heads and MLP split across them, one all-reduce after each block
@@ -254,7 +254,8 @@ pub struct ParallelArgs {
     pub expert_parallel: u16,
 
     /// Context-parallel ranks: each holds the whole model and takes 1/N of every prompt chunk's tokens, attention
-    /// runs as ring attention (key/value blocks passed rank to rank), and every rank keeps the whole KV, so a
+    /// runs as ring attention (key/value blocks passed rank to rank; with --device cuda, rank r on GPU first+r, each
+    /// layer's new blocks exchanged over NCCL before attention), and every rank keeps the whole KV, so a
     /// context-parallel prefill worker ships KV like any other. Started and formed like --tensor-parallel (not
     /// combined with the other kinds in this version).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -121,7 +121,7 @@ pub fn follow(
             let part = gpu_part(&args.parallel, model.config(), rank)?;
             let agreed = part.agreed_config(model.config());
             let cache = crate::model::kernel_cache_dir();
-            match cleave_engine::device::cuda_rank(model, part, first, config, cache.as_deref()) {
+            match cleave_engine::device::cuda_rank(model, part, first + rank, config, cache.as_deref()) {
                 Ok(local) => cleave_engine::parallel::run_member(&agreed, comm, move |_, _| Ok(local)),
                 Err(e) => Err(e),
             }
@@ -132,8 +132,13 @@ pub fn follow(
     followed.map_err(CliError::from)
 }
 
-/// What GPU rank `rank` of a group of one kind holds: its stage of a pipeline, else its tensor-parallel shard.
+/// What GPU rank `rank` of a group of one kind holds: its stage of a pipeline, the whole model in a
+/// context-parallel group, else its tensor-parallel shard.
 pub fn gpu_part(args: &ParallelArgs, config: &ModelConfig, rank: usize) -> Result<GpuPart, CliError> {
+    if args.context_parallel > 1 {
+        let world = usize::from(args.context_parallel);
+        return Ok(GpuPart::Context(TpRank { rank, world }));
+    }
     let stages = usize::from(args.pipeline_parallel);
     if stages > 1 {
         let micro_batches = args.micro_batches.map_or(stages, usize::from);

@@ -50,6 +50,8 @@ pub(super) struct Scratch {
     split_counters: Option<CudaSlice<u32>>,
     /// Bumped whenever a buffer is reallocated: CUDA graphs captured before hold stale pointers.
     pub generation: u64,
+    /// A context-parallel rank's KV exchange buffers.
+    pub context: Option<super::context::Staging>,
 }
 
 fn zeros<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<T>, CudaError> {
@@ -116,6 +118,8 @@ impl Scratch {
 /// The batch layout on the host, before upload.
 #[derive(Debug, Default)]
 struct Layout {
+    /// Token rows (the vectors below hold one padding element when there are none).
+    n_tokens: usize,
     ids: Vec<u32>,
     pos: Vec<i32>,
     slots: Vec<i32>,
@@ -165,7 +169,18 @@ fn layout(chunks: &[SeqChunk<'_>], block_size: usize, tile_rows: Option<usize>) 
         }
     }
     // Device buffers are never empty; the counts say what is used.
-    for v in [&mut l.tables, &mut l.tiles, &mut l.single_rows] {
+    l.n_tokens = l.ids.len();
+    if l.ids.is_empty() {
+        l.ids.push(0);
+    }
+    for v in [
+        &mut l.pos,
+        &mut l.slots,
+        &mut l.table_off,
+        &mut l.tables,
+        &mut l.tiles,
+        &mut l.single_rows,
+    ] {
         if v.is_empty() {
             v.push(0);
         }
@@ -244,6 +259,8 @@ pub(super) struct Model<'a> {
     pub transfer: Option<&'a Arc<CudaStream>>,
     /// This rank's pipeline stage and the group (NCCL on the same stream) its activations pass through.
     pub pipeline: Option<(&'a NcclCommunicator, &'a PipelineStage)>,
+    /// This rank's context-parallel group (NCCL on the same stream), which exchanges each layer's new KV.
+    pub context: Option<&'a NcclCommunicator>,
 }
 
 /// One batch on the device: its token ids, attention layout and the rows that want logits.
@@ -256,6 +273,9 @@ pub(super) struct Batch<'a> {
     pub n_logits: usize,
     /// The logits buffer's row where this batch's first logits row goes (a micro-batch after others).
     pub logit_offset: usize,
+    /// A context-parallel rank's share of the batch's KV exchange (the batch holds only its own rows; it may
+    /// have none).
+    pub exchange: Option<&'a super::context::Exchange>,
 }
 
 /// The whole forward pass as a sequence of launches on the stream (so a CUDA graph can capture it): embedding,
@@ -289,14 +309,18 @@ pub(super) fn run_pass(
         logits: Some(logits),
         split_partial: Some(split_partial),
         split_counters: Some(split_counters),
+        context: staging,
         ..
     } = scratch
     else {
         return Err(CudaError::NoDevice);
     };
+    // A context-parallel rank may hold no rows of a batch (decode steps stay on rank 0); it still takes part in
+    // every layer's KV exchange.
+    let rows = t > 0;
     match m.pipeline {
         Some((comm, stage)) if stage.stage > 0 => comm.recv(&mut b.x.slice_mut(..t * hidden), stage.stage - 1)?,
-        _ => kernels.embed_rows(
+        _ if rows => kernels.embed_rows(
             stream,
             &weights.embed.data,
             cfg.vocab_size,
@@ -305,21 +329,27 @@ pub(super) fn run_pass(
             &mut b.x,
             hidden,
         )?,
+        _ => {}
     }
     for (layer, w) in weights.layers.iter().enumerate() {
-        kernels.rms_norm(stream, &b.x, None, &w.attn_norm, &mut b.normed, t, hidden, eps)?;
-        gemm(on, &b.normed, t, &w.qkv, &mut b.qkv, cudaDataType_t::CUDA_R_32F, 0.0)?;
-        kernels.rope_write_kv(
-            stream,
-            &b.qkv,
-            w.qkv_bias.as_ref(),
-            meta,
-            m.inv_freq,
-            &mut b.q,
-            &mut kv.keys[layer],
-            &mut kv.values[layer],
-            dims,
-        )?;
+        if rows {
+            kernels.rms_norm(stream, &b.x, None, &w.attn_norm, &mut b.normed, t, hidden, eps)?;
+            gemm(on, &b.normed, t, &w.qkv, &mut b.qkv, cudaDataType_t::CUDA_R_32F, 0.0)?;
+            kernels.rope_write_kv(
+                stream,
+                &b.qkv,
+                w.qkv_bias.as_ref(),
+                meta,
+                m.inv_freq,
+                &mut b.q,
+                &mut kv.keys[layer],
+                &mut kv.values[layer],
+                dims,
+            )?;
+        }
+        if let (Some(comm), Some(plan), Some(staging)) = (m.context, batch.exchange, staging.as_mut()) {
+            super::context::exchange_layer(kernels, stream, comm, kv, layer, plan, staging)?;
+        }
         if let Some(done) = layer_done.as_mut() {
             match m.tp {
                 Some(comm) => {
@@ -328,6 +358,9 @@ pub(super) fn run_pass(
                 }
                 None => done(layer, &kv.reader(stream, m.transfer.map(|t| (kernels, t)))),
             }
+        }
+        if !rows {
+            continue;
         }
         kernels.attention(
             stream,
@@ -411,19 +444,16 @@ pub(super) struct DeviceBatch {
 }
 
 impl DeviceBatch {
-    /// Uploads the layout of `chunks` for a model of `cfg`'s shape over `block_size`-token blocks (five small
-    /// host→device copies); `None` for a batch without tokens.
+    /// Uploads the layout of `chunks` for a model of `cfg`'s shape over `block_size`-token blocks (a few small
+    /// host→device copies; a batch without tokens uploads padding alone).
     pub fn upload(
         stream: &Arc<CudaStream>,
         cfg: &ModelConfig,
         block_size: usize,
         chunks: &[SeqChunk<'_>],
-    ) -> Result<Option<Self>, CudaError> {
+    ) -> Result<Self, CudaError> {
         let tiled = cfg.head_dim <= PREFILL_TILE_MAX_HEAD_DIM && cfg.head_dim.is_multiple_of(8);
         let l = layout(chunks, block_size, tiled.then(|| prefill_tile_rows(cfg.head_dim)));
-        if l.ids.is_empty() {
-            return Ok(None);
-        }
         let up = |v: &[i32]| stream.clone_htod(v).map_err(CudaError::from);
         let mut rows = l.logit_rows.clone();
         if rows.is_empty() {
@@ -432,7 +462,7 @@ impl DeviceBatch {
         let mut blocks: Vec<BlockId> = chunks.iter().flat_map(|c| c.blocks.iter().copied()).collect();
         blocks.sort_unstable();
         blocks.dedup();
-        Ok(Some(DeviceBatch {
+        Ok(DeviceBatch {
             ids: stream.clone_htod(&l.ids)?,
             pos: up(&l.pos)?,
             slots: up(&l.slots)?,
@@ -442,11 +472,11 @@ impl DeviceBatch {
             single_rows: up(&l.single_rows)?,
             logit_rows: up(&rows)?,
             blocks,
-            n_tokens: l.ids.len(),
+            n_tokens: l.n_tokens,
             n_tiles: l.n_tiles,
             n_single_rows: l.n_single_rows,
             n_logits: l.logit_rows.len(),
-        }))
+        })
     }
 
     pub fn n_tokens(&self) -> usize {
@@ -472,6 +502,7 @@ impl DeviceBatch {
             logit_rows: &self.logit_rows,
             n_logits: self.n_logits,
             logit_offset,
+            exchange: None,
         }
     }
 }
@@ -486,11 +517,15 @@ impl CudaBackend {
         if self.stage.is_some() {
             return self.forward_stage(chunks);
         }
+        if self.context.is_some() {
+            return self.forward_context(chunks, layer_done);
+        }
         let stream = self.stream.clone();
         stream.context().bind_to_thread()?;
-        let Some(uploaded) = DeviceBatch::upload(&stream, &self.config, self.kv.shape().block_size, chunks)? else {
+        let uploaded = DeviceBatch::upload(&stream, &self.config, self.kv.shape().block_size, chunks)?;
+        if uploaded.n_tokens == 0 {
             return Ok(Vec::new());
-        };
+        }
         let batch = uploaded.batch(0);
         self.scratch
             .ensure(&stream, &self.config, &self.kernels, uploaded.n_tokens, batch.n_logits)?;

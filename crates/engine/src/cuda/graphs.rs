@@ -169,6 +169,7 @@ fn capture(
         logit_rows: &layout.rows,
         n_logits: bucket,
         logit_offset: 0,
+        exchange: None,
     };
     stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
     let recorded = run_pass(model, kv, scratch, &batch, None);

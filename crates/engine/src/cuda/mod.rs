@@ -9,6 +9,7 @@
 #![allow(unsafe_code)] // cuBLAS calls on raw device pointers; each one carries a SAFETY note
 
 pub mod bench;
+mod context;
 mod forward;
 mod graphs;
 mod ipc;
@@ -108,6 +109,9 @@ pub struct CudaBackend {
     /// Which layers this rank runs, when it is one stage of a pipeline (the weights and KV pool hold only those;
     /// `config` stays the whole model's).
     stage: Option<PipelineStage>,
+    /// This rank's place in a context-parallel group (whole weights, whole KV pool, a share of each batch's
+    /// tokens).
+    context: Option<TpRank>,
 }
 
 /// The NCCL communicator a backend owns. cudarc leaves `Comm` `!Send` (it holds a raw `ncclComm_t`).
@@ -192,9 +196,17 @@ impl CudaBackend {
         Ok(backend)
     }
 
+    /// This backend (the whole model) as rank `at.rank` of a context-parallel group (see `cuda/context.rs`);
+    /// `join_group` then connects it to the other ranks.
+    pub fn context_parallel(mut self, at: TpRank) -> Self {
+        self.context = Some(at);
+        self
+    }
+
     /// Joins the NCCL group `unique_id` names as `rank` of `world` (every rank calls this at once; it blocks until
-    /// all have). Forward passes then all-reduce the residual after each block half (a tensor-parallel shard) or
-    /// pass activations from stage to stage (a pipeline stage).
+    /// all have). Forward passes then all-reduce the residual after each block half (a tensor-parallel shard), pass
+    /// activations from stage to stage (a pipeline stage) or exchange each layer's new KV (a context-parallel
+    /// rank).
     pub fn join_group(&mut self, rank: usize, world: usize, unique_id: &[u8]) -> Result<(), CudaError> {
         let comm = cleave_comm::NcclCommunicator::from_rank(
             self.stream.clone(),
@@ -213,10 +225,10 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Whether this backend holds the whole model (no tensor-parallel shard, no pipeline stage): only then may
-    /// other processes read or write its KV pool directly.
+    /// Whether this backend holds the whole model on its own (no parallel group): only then may other processes
+    /// read or write its KV pool directly.
     fn whole(&self) -> bool {
-        self.shard.world == 1 && self.stage.is_none()
+        self.shard.world == 1 && self.stage.is_none() && self.context.is_none()
     }
 
     /// What a forward pass reads (with the transfer stream when `exporting`), and the pool and buffers it writes.
@@ -232,6 +244,7 @@ impl CudaBackend {
             tp: group.filter(|_| self.shard.world > 1),
             transfer: exporting.then_some(&self.transfer),
             pipeline: group.zip(self.stage.as_ref()),
+            context: group.filter(|_| self.context.is_some()),
         };
         (model, &mut self.kv, &mut self.scratch)
     }
@@ -292,6 +305,7 @@ impl CudaBackend {
             group: None,
             shard: TpRank { rank: 0, world: 1 },
             stage: None,
+            context: None,
         })
     }
 
@@ -457,9 +471,10 @@ impl GroupMember for CudaBackend {
     }
 
     fn join_device_group(&mut self, rank: usize, world: usize, id: &[u8]) -> Result<(), EngineError> {
-        let (mine, of) = match &self.stage {
-            Some(stage) => (stage.stage, stage.stages),
-            None => (self.shard.rank, self.shard.world),
+        let (mine, of) = match (&self.stage, self.context) {
+            (Some(stage), _) => (stage.stage, stage.stages),
+            (None, Some(at)) => (at.rank, at.world),
+            (None, None) => (self.shard.rank, self.shard.world),
         };
         if rank != mine || world != of {
             return Err(EngineError::invalid(
@@ -488,9 +503,10 @@ impl Backend for CudaBackend {
         self.try_forward(chunks, Some(layer_done)).map_err(EngineError::from)
     }
 
-    /// Decode steps replay CUDA graphs, except on a pipeline stage (its micro-batches and sends run plainly).
+    /// Decode steps replay CUDA graphs, except on a pipeline stage or a context-parallel rank (their sends and
+    /// exchanges run plainly).
     fn forward_plain(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<f32>, EngineError> {
-        if graphs::graphable(chunks) && self.stage.is_none() {
+        if graphs::graphable(chunks) && self.stage.is_none() && self.context.is_none() {
             let mut graphs = std::mem::take(&mut self.graphs);
             let (model, kv, scratch) = self.pass_parts(false);
             let replayed = graphs.run(&model, kv, scratch, chunks);

@@ -24,7 +24,8 @@ impl CudaBackend {
         let block_size = self.kv.shape().block_size;
         let mut pieces = Vec::new();
         for piece in micro_batches(chunks, stage.micro_batches) {
-            if let Some(uploaded) = DeviceBatch::upload(&stream, &self.config, block_size, &piece)? {
+            let uploaded = DeviceBatch::upload(&stream, &self.config, block_size, &piece)?;
+            if uploaded.n_tokens() > 0 {
                 pieces.push(uploaded);
             }
         }
