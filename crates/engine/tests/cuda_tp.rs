@@ -444,6 +444,14 @@ fn same_kv(what: &str, want: &[(Vec<f32>, Vec<f32>)], got: &[(Vec<f32>, Vec<f32>
     assert!(worst < 0.05, "{what}: KV differs by {worst}");
 }
 
+/// The group sizes a benchmark runs: `var` (e.g. "2,4") or `default`.
+fn group_sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var).map_or_else(
+        |_| default.to_vec(),
+        |w| w.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    )
+}
+
 /// Two host communicators connected over loopback TCP.
 fn tcp_pair() -> Vec<Arc<dyn cleave_comm::Communicator>> {
     let listeners: Vec<_> = (0..2)
@@ -481,10 +489,7 @@ fn tp_decode_benchmark() {
     let config = synthetic_config(&shape).unwrap();
     let gpus = gpus();
     // CLEAVE_TP_WORLDS (e.g. "2,4") picks the group sizes, for shapes one GPU cannot hold.
-    let worlds: Vec<usize> = std::env::var("CLEAVE_TP_WORLDS").map_or_else(
-        |_| vec![1, 2, 4, 8],
-        |w| w.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
-    );
+    let worlds = group_sizes("CLEAVE_TP_WORLDS", &[1, 2, 4, 8]);
     for world in worlds.into_iter().filter(|w| *w <= gpus) {
         if TpRank::check(&config, world).is_err() {
             continue;
@@ -549,10 +554,7 @@ fn cp_prefill_benchmark() {
     let shape = std::env::var("CLEAVE_CP_SHAPE").unwrap_or_else(|_| "llama-3.1-8b".to_owned());
     let config = synthetic_config(&shape).unwrap();
     let tokens: usize = std::env::var("CLEAVE_CP_TOKENS").map_or(32_768, |n| n.parse().unwrap());
-    let worlds: Vec<usize> = std::env::var("CLEAVE_CP_WORLDS").map_or_else(
-        |_| vec![1, 2, 4],
-        |w| w.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
-    );
+    let worlds = group_sizes("CLEAVE_CP_WORLDS", &[1, 2, 4]);
     let kv_bytes = 2 * config.n_layers * config.kv_dim() * 2 * (tokens + 64);
     let mut one_gpu = None;
     for world in worlds.into_iter().filter(|w| *w <= gpus()) {
