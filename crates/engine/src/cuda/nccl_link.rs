@@ -4,15 +4,18 @@
 //! after a rendezvous the worker runs) and reuse it for every transfer between them.
 //!
 //! A layer crosses in chunks of at most [`STAGING_BYTES`] (the default) of keys and as many of values: the sender
-//! gathers the chunk's blocks into its staging buffers and sends them, the receiver receives into its staging
-//! buffers and scatters them into the destination blocks — each side on the link's own stream, so the compute stream only
-//! waits for the gather. Both sides cut a layer into the same chunks (a function of the block count and size).
+//! gathers the chunk's blocks into staging buffers and sends them, the receiver receives into staging buffers and
+//! scatters them into the destination blocks. Each side holds two sets of staging buffers, used by consecutive
+//! chunks in turn, and runs its gathers or scatters on a side stream beside the link's NCCL stream, so one chunk's
+//! gather (or scatter) overlaps the neighbouring chunk's send (or receive) — within a layer and from one layer to
+//! the next; the compute stream only waits for the gathers. Both sides cut a layer into the same chunks (a function
+//! of the block count and size).
 //!
 //! Invariants: one transfer uses a link at a time (its worker leases it), and the receiver queues every receive
 //! of a transfer before it lets the sender start, so sends and receives pair up in order. Every wait on a link is
 //! bounded ([`LINK_TIMEOUT`]); a link that timed out or whose transfer failed is aborted (`ncclCommAbort` ends
 //! the operations stuck on it) and never used again. Cost: each link holds the communicator's buffers and
-//! 2 × `STAGING_BYTES` per side (measured at connect, [`NcclLink::device_bytes`]); a transfer is a gather kernel
+//! 4 × `STAGING_BYTES` per side (measured at connect, [`NcclLink::device_bytes`]); a transfer is a gather kernel
 //! and one grouped send per chunk on the sender, a grouped receive and a scatter kernel per chunk on the receiver.
 
 use std::sync::Arc;
@@ -27,8 +30,9 @@ use half::bf16;
 use super::CudaError;
 use crate::kv::BlockId;
 
-/// Bytes of keys (and as many of values) one chunk of a layer moves: the staging buffers' size on each side.
-pub const STAGING_BYTES: usize = 16 << 20;
+/// Bytes of keys (and as many of values) one chunk of a layer moves: the size of each staging buffer (two sets of
+/// keys and values per side).
+pub const STAGING_BYTES: usize = 8 << 20;
 
 /// The longest a link operation may take before the link is aborted.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,14 +44,37 @@ struct RawComm(nccl_sys::ncclComm_t);
 // SAFETY: see the type's doc: every use goes through `NcclLink::comm`, a mutex.
 unsafe impl Send for RawComm {}
 
-/// One side of a prefill–decode pair's NCCL communicator, with its stream and staging buffers.
+/// The two sets of staging buffers (keys, values), taken in turn by consecutive chunks; `free[i]` fires once the
+/// last operation that used set i (a send or a scatter) is done.
+struct Staging {
+    sets: [(CudaSlice<bf16>, CudaSlice<bf16>); 2],
+    free: [Option<CudaEvent>; 2],
+    next: usize,
+}
+
+impl Staging {
+    /// The next set, once `stream` has waited for its last use to end.
+    fn take(&mut self, stream: &CudaStream) -> Result<usize, CudaError> {
+        let set = self.next;
+        self.next = 1 - set;
+        if let Some(free) = self.free[set].take() {
+            stream.wait(&free)?;
+        }
+        Ok(set)
+    }
+}
+
+/// One side of a prefill–decode pair's NCCL communicator, with its streams and staging buffers.
 pub struct NcclLink {
     name: String,
     rank: usize,
+    /// NCCL's sends and receives.
     stream: Arc<CudaStream>,
+    /// Gathers into and scatters out of the staging buffers.
+    side: Arc<CudaStream>,
     comm: Mutex<Option<RawComm>>,
     aborted: AtomicBool,
-    staging: Mutex<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+    staging: Mutex<Staging>,
     chunk_blocks: usize,
     block_elems: usize,
     device_bytes: usize,
@@ -108,13 +135,21 @@ impl NcclLink {
         // SAFETY: `raw` is a valid out-parameter; the thread's current context is the link's device.
         unsafe { nccl::comm_init_rank(&mut raw, 2, id, rank as i32) }.map_err(|e| nccl_err("ncclCommInitRank", e))?;
         let chunk_blocks = chunk_blocks(block_elems, staging_bytes);
-        let staging = (
-            stream.alloc_zeros::<bf16>(chunk_blocks * block_elems)?,
-            stream.alloc_zeros::<bf16>(chunk_blocks * block_elems)?,
-        );
+        let set = || -> Result<_, CudaError> {
+            Ok((
+                stream.alloc_zeros::<bf16>(chunk_blocks * block_elems)?,
+                stream.alloc_zeros::<bf16>(chunk_blocks * block_elems)?,
+            ))
+        };
+        let staging = Staging {
+            sets: [set()?, set()?],
+            free: [None, None],
+            next: 0,
+        };
         let link = NcclLink {
             name: name.to_owned(),
             rank,
+            side: ctx.new_stream()?,
             stream,
             comm: Mutex::new(Some(RawComm(raw))),
             aborted: AtomicBool::new(false),
@@ -123,9 +158,9 @@ impl NcclLink {
             block_elems,
             device_bytes: 0,
         };
-        let warmup = link.exchange(|link, comm, (k, _)| {
-            link.send_or_recv(comm, k, 1)?;
-            Ok(())
+        let warmup = link.exchange(|link, comm, staging| {
+            link.send_or_recv(comm, &mut staging.sets[0].0, 1)?;
+            Ok(link.stream.record_event(None)?)
         })?;
         let mut link = link;
         link.wait(&warmup)?;
@@ -167,11 +202,11 @@ impl NcclLink {
         true
     }
 
-    /// Runs `body` with the communicator and the staging buffers, on the link's stream, and records an event after
-    /// it. Fails on an aborted link.
+    /// Runs `body` with the communicator and the staging buffers; it queues work on the link's streams and returns
+    /// an event after it. Fails on an aborted link.
     fn exchange(
         &self,
-        body: impl FnOnce(&Self, nccl_sys::ncclComm_t, &mut (CudaSlice<bf16>, CudaSlice<bf16>)) -> Result<(), CudaError>,
+        body: impl FnOnce(&Self, nccl_sys::ncclComm_t, &mut Staging) -> Result<CudaEvent, CudaError>,
     ) -> Result<CudaEvent, CudaError> {
         let comm = self
             .comm
@@ -185,8 +220,7 @@ impl NcclLink {
             .lock()
             .map_err(|_| CudaError::Nccl("link lock poisoned".to_owned()))?;
         self.stream.context().bind_to_thread()?;
-        body(self, *raw, &mut staging)?;
-        Ok(self.stream.record_event(None)?)
+        body(self, *raw, &mut staging)
     }
 
     /// The first `elems` elements of `buffer`: sent to the other rank on rank 0, received from it on rank 1.
@@ -229,7 +263,7 @@ impl NcclLink {
     }
 
     /// Sender: queues layer `blocks` of `keys`/`values` (this pool's blocks, in the transfer's order) behind
-    /// `compute`'s work; `compute` waits for the gather only. The event fires once the layer left this device.
+    /// `compute`'s work; `compute` waits for the gathers only. The event fires once the layer left this device.
     pub(super) fn send_layer(
         &self,
         kernels: &cleave_kernels::Kernels,
@@ -239,18 +273,19 @@ impl NcclLink {
         blocks: &[BlockId],
     ) -> Result<CudaEvent, CudaError> {
         let written = compute.record_event(None)?;
-        self.stream.wait(&written)?;
+        self.side.wait(&written)?;
         self.exchange(|link, comm, staging| {
             for chunk in blocks.chunks(link.chunk_blocks) {
+                let set = staging.take(&link.side)?;
                 let pairs: Vec<(BlockId, BlockId)> = chunk.iter().zip(0..).map(|(&b, i)| (b, i)).collect();
                 {
-                    let (k, _k_sync) = staging.0.device_ptr(&link.stream);
-                    let (v, _v_sync) = staging.1.device_ptr(&link.stream);
+                    let (k, _k_sync) = staging.sets[set].0.device_ptr(&link.side);
+                    let (v, _v_sync) = staging.sets[set].1.device_ptr(&link.side);
                     // SAFETY: the staging buffers hold `chunk_blocks` blocks of `block_elems`; a chunk has at most
-                    // that many blocks; the link's stream orders this gather after the previous chunk's send.
+                    // that many blocks; the side stream waited (`Staging::take`) for the last send from this set.
                     unsafe {
                         kernels.copy_kv_blocks(
-                            &link.stream,
+                            &link.side,
                             keys,
                             values,
                             k,
@@ -261,11 +296,13 @@ impl NcclLink {
                         )
                     }?;
                 }
-                let gathered = link.stream.record_event(None)?;
+                let gathered = link.side.record_event(None)?;
                 compute.wait(&gathered)?;
-                link.move_chunk(comm, staging, chunk.len())?;
+                link.stream.wait(&gathered)?;
+                link.move_chunk(comm, &mut staging.sets[set], chunk.len())?;
+                staging.free[set] = Some(link.stream.record_event(None)?);
             }
-            Ok(())
+            Ok(link.stream.record_event(None)?)
         })
     }
 
@@ -289,15 +326,18 @@ impl NcclLink {
         for &(keys, values) in layers {
             landed.push(self.exchange(|link, comm, staging| {
                 for chunk in blocks.chunks(link.chunk_blocks) {
-                    link.move_chunk(comm, staging, chunk.len())?;
+                    let set = staging.take(&link.stream)?;
+                    link.move_chunk(comm, &mut staging.sets[set], chunk.len())?;
+                    let received = link.stream.record_event(None)?;
+                    link.side.wait(&received)?;
                     let pairs: Vec<(BlockId, BlockId)> = (0..).zip(chunk.iter().copied()).collect();
                     // SAFETY: `keys`/`values` are a pool layer's buffers of `pool_blocks` blocks (the caller's
                     // pool); the kernel checks each destination block against that count.
                     unsafe {
                         kernels.copy_kv_blocks(
-                            &link.stream,
-                            &staging.0,
-                            &staging.1,
+                            &link.side,
+                            &staging.sets[set].0,
+                            &staging.sets[set].1,
                             keys,
                             values,
                             pool_blocks,
@@ -305,8 +345,9 @@ impl NcclLink {
                             &pairs,
                         )
                     }?;
+                    staging.free[set] = Some(link.side.record_event(None)?);
                 }
-                Ok(())
+                Ok(link.side.record_event(None)?)
             })?);
         }
         Ok(landed)
@@ -318,7 +359,10 @@ impl NcclLink {
         let elems = (bytes / 2).max(1);
         let mut buffer = self.stream.alloc_zeros::<bf16>(elems)?;
         let mut run = || -> Result<(), CudaError> {
-            let event = self.exchange(|link, comm, _| link.send_or_recv(comm, &mut buffer, elems))?;
+            let event = self.exchange(|link, comm, _| {
+                link.send_or_recv(comm, &mut buffer, elems)?;
+                Ok(link.stream.record_event(None)?)
+            })?;
             self.wait(&event)
         };
         run()?;
@@ -359,7 +403,8 @@ impl NcclLink {
 impl Drop for NcclLink {
     fn drop(&mut self) {
         self.close();
-        // The staging buffers go only after whatever the aborted communicator left on the stream.
+        // The staging buffers go only after whatever the aborted communicator left on the streams.
         let _ = self.stream.synchronize();
+        let _ = self.side.synchronize();
     }
 }
