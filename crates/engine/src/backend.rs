@@ -189,6 +189,8 @@ pub struct KvLinkEndpoint {
     pub(crate) ctx: std::sync::Arc<cudarc::driver::CudaContext>,
     pub(crate) block_elems: usize,
     pub(crate) staging_bytes: usize,
+    /// The most CTAs (hence channels, each with its own buffers) NCCL may give the link; `None`: NCCL's choice.
+    pub(crate) max_ctas: Option<usize>,
 }
 
 impl KvLinkEndpoint {
@@ -196,6 +198,13 @@ impl KvLinkEndpoint {
     /// [`crate::cuda::STAGING_BYTES`]; both sides of a link must use the same size.
     pub fn with_staging_bytes(mut self, bytes: usize) -> Self {
         self.staging_bytes = bytes;
+        self
+    }
+
+    /// Caps the CTAs NCCL gives each link at `ctas` (fewer channels: less device memory per link, less
+    /// bandwidth); 0 leaves NCCL's choice.
+    pub fn with_max_ctas(mut self, ctas: usize) -> Self {
+        self.max_ctas = (ctas > 0).then_some(ctas);
         self
     }
 
@@ -208,8 +217,12 @@ impl KvLinkEndpoint {
     /// both sides joined.
     pub fn connect(&self, name: &str, unique_id: &[u8], sends: bool) -> Result<PeerKv, EngineError> {
         let rank = if sends { 0 } else { 1 };
-        let sizes = (self.block_elems, self.staging_bytes);
-        let link = crate::cuda::NcclLink::connect(&self.ctx, name, unique_id, rank, sizes)?;
+        let shape = crate::cuda::LinkShape {
+            block_elems: self.block_elems,
+            staging_bytes: self.staging_bytes,
+            max_ctas: self.max_ctas,
+        };
+        let link = crate::cuda::NcclLink::connect(&self.ctx, name, unique_id, rank, shape)?;
         Ok(PeerKv(PeerTarget::Link(std::sync::Arc::new(link))))
     }
 }

@@ -41,7 +41,7 @@ use graphs::DecodeGraphs;
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 pub use ipc::PeerPool;
 use kv::DeviceKv;
-pub use nccl_link::{LINK_TIMEOUT, NcclLink, STAGING_BYTES, chunk_blocks, new_link_id};
+pub use nccl_link::{LINK_TIMEOUT, LinkShape, NcclLink, STAGING_BYTES, chunk_blocks, new_link_id};
 pub use synthetic::{SYNTHETIC_SHAPES, synthetic_config};
 use weights::DeviceWeights;
 
@@ -547,6 +547,7 @@ impl Backend for CudaBackend {
             ctx: self.stream.context().clone(),
             block_elems: self.kv.shape().block_floats(),
             staging_bytes: STAGING_BYTES,
+            max_ctas: None,
         })
     }
 

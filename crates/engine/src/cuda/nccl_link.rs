@@ -37,6 +37,48 @@ pub const STAGING_BYTES: usize = 8 << 20;
 /// The longest a link operation may take before the link is aborted.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How a link moves blocks: `block_elems` elements a block, chunks of `staging_bytes` of keys (the same on both
+/// sides), and at most `max_ctas` CTAs for NCCL (its channels, each with buffers of its own; `None`: NCCL's choice).
+#[derive(Debug, Clone, Copy)]
+pub struct LinkShape {
+    pub block_elems: usize,
+    pub staging_bytes: usize,
+    pub max_ctas: Option<usize>,
+}
+
+/// NCCL's `ncclConfig_t` as of 2.17 (the fields this crate sets), which every later NCCL accepts: the struct
+/// carries its size and version.
+#[repr(C)]
+struct NcclConfig217 {
+    size: usize,
+    magic: std::ffi::c_uint,
+    version: std::ffi::c_uint,
+    blocking: std::ffi::c_int,
+    cga_cluster_size: std::ffi::c_int,
+    min_ctas: std::ffi::c_int,
+    max_ctas: std::ffi::c_int,
+    net_name: *const std::ffi::c_char,
+    split_share: std::ffi::c_int,
+}
+
+impl NcclConfig217 {
+    /// `NCCL_CONFIG_INITIALIZER` with `maxCTAs` set.
+    fn with_max_ctas(ctas: usize) -> Self {
+        const UNDEF: std::ffi::c_int = std::ffi::c_int::MIN;
+        NcclConfig217 {
+            size: std::mem::size_of::<Self>(),
+            magic: 0xcafe_beef,
+            version: 2 * 10_000 + 17 * 100,
+            blocking: UNDEF,
+            cga_cluster_size: UNDEF,
+            min_ctas: UNDEF,
+            max_ctas: std::ffi::c_int::try_from(ctas).unwrap_or(std::ffi::c_int::MAX),
+            net_name: std::ptr::null(),
+            split_share: UNDEF,
+        }
+    }
+}
+
 /// A raw communicator; NCCL allows calls from any thread as long as they do not overlap, which the mutex around
 /// it ensures.
 struct RawComm(nccl_sys::ncclComm_t);
@@ -107,17 +149,21 @@ pub fn new_link_id() -> Result<Vec<u8>, CudaError> {
 }
 
 impl NcclLink {
-    /// Joins the link `unique_id` names as `rank` (0 sends, 1 receives) on `ctx`'s device, for blocks of
-    /// `block_elems` elements moved in chunks of `staging_bytes` (the same on both sides). Blocks until the other
-    /// side joined too (NCCL's own rendezvous), then exchanges one element so the connection is up before a
-    /// transfer needs it.
+    /// Joins the link `unique_id` names as `rank` (0 sends, 1 receives) on `ctx`'s device, moving blocks as `shape`
+    /// says. Blocks until the other side joined too (NCCL's own rendezvous), then exchanges one element so the
+    /// connection is up before a transfer needs it.
     pub fn connect(
         ctx: &Arc<CudaContext>,
         name: &str,
         unique_id: &[u8],
         rank: usize,
-        (block_elems, staging_bytes): (usize, usize),
+        shape: LinkShape,
     ) -> Result<NcclLink, CudaError> {
+        let LinkShape {
+            block_elems,
+            staging_bytes,
+            max_ctas,
+        } = shape;
         let mut id = nccl_sys::ncclUniqueId { internal: [0; 128] };
         if unique_id.len() != id.internal.len() || rank > 1 {
             return Err(CudaError::Nccl(format!(
@@ -132,8 +178,29 @@ impl NcclLink {
         let (free_before, _) = ctx.mem_get_info()?;
         let stream = ctx.new_stream()?;
         let mut raw: nccl_sys::ncclComm_t = std::ptr::null_mut();
-        // SAFETY: `raw` is a valid out-parameter; the thread's current context is the link's device.
-        unsafe { nccl::comm_init_rank(&mut raw, 2, id, rank as i32) }.map_err(|e| nccl_err("ncclCommInitRank", e))?;
+        match max_ctas {
+            // SAFETY: `raw` is a valid out-parameter; the thread's current context is the link's device.
+            None => {
+                unsafe { nccl::comm_init_rank(&mut raw, 2, id, rank as i32) }
+                    .map_err(|e| nccl_err("ncclCommInitRank", e))?;
+            }
+            Some(ctas) => {
+                let mut config = NcclConfig217::with_max_ctas(ctas);
+                // SAFETY: as above; `config` is an initialised 2.17-layout config whose `size` and `version` say so
+                // (NCCL reads no further), alive for the call.
+                unsafe {
+                    nccl_sys::ncclCommInitRankConfig(
+                        &mut raw,
+                        2,
+                        id,
+                        rank as i32,
+                        (&mut config as *mut NcclConfig217).cast(),
+                    )
+                }
+                .result()
+                .map_err(|e| nccl_err("ncclCommInitRankConfig", e))?;
+            }
+        }
         let chunk_blocks = chunk_blocks(block_elems, staging_bytes);
         let set = || -> Result<_, CudaError> {
             Ok((

@@ -103,7 +103,12 @@ fn nccl_link_bench_when_asked() {
         eprintln!("skipped: NCCL wanted");
         return;
     }
-    const EXTRA_LINKS: usize = 3;
+    // Further links after the first, each with a cap on NCCL's CTAs (0: NCCL's choice): CLEAVE_LINK_CTAS, e.g.
+    // "0,0,16,8,4"; each moves a 4k-token KV and reports its device memory.
+    let caps: Vec<usize> = std::env::var("CLEAVE_LINK_CTAS").map_or_else(
+        |_| vec![0; 3],
+        |list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    );
     let bench = TransportBench::new(&shape);
     let (block_size, per_token) = (bench.block_size, bench.per_token);
     let gpus = gpu_count();
@@ -116,58 +121,93 @@ fn nccl_link_bench_when_asked() {
         let raw = link.link_bandwidth(4096 * per_token, 5).unwrap();
         eprintln!("NCCL send/recv over the link: {:.0} GB/s", raw / 1e9);
         sender_bench(&mut gpu, &link, "NCCL link", &bench);
-        let extra: Vec<_> = ids[1..]
-            .iter()
-            .enumerate()
-            .map(|(i, id)| endpoint.connect(&format!("bench-extra-{i}"), id, true).unwrap())
-            .collect();
-        let sizes: Vec<String> = std::iter::once(&link)
-            .chain(&extra)
-            .map(|l| mib(l.device_bytes()))
-            .collect();
+        let mut sizes = vec![mib(link.device_bytes())];
+        let mut extra = Vec::new();
+        for (i, (id, &ctas)) in ids[1..].iter().zip(&caps).enumerate() {
+            let link = endpoint
+                .clone()
+                .with_max_ctas(ctas)
+                .connect(&format!("bench-extra-{i}"), id, true);
+            let link = link.unwrap();
+            let gb_s = gpu.peer_copy_bandwidth(&link, 4096 / block_size, 5).unwrap();
+            eprintln!(
+                "NCCL link {}: KV of 4096 tokens at {:.0} GB/s, sender side {} MiB",
+                cap_name(ctas),
+                gb_s / 1e9,
+                mib(link.device_bytes())
+            );
+            sizes.push(mib(link.device_bytes()));
+            extra.push(link);
+        }
         eprintln!("sender side: device MiB per link {sizes:?}");
         return;
     }
     let mut gpu = bench.gpu(0, 16384 + 512);
     let endpoint = gpu.kv_link_endpoint().unwrap();
-    let ids: Vec<Vec<u8>> = (0..=EXTRA_LINKS).map(|_| endpoint.new_link_id().unwrap()).collect();
+    let ids: Vec<Vec<u8>> = (0..=caps.len()).map(|_| endpoint.new_link_id().unwrap()).collect();
     let env = sender_env(("CLEAVE_IPC_BENCH", shape.clone()), &ids);
     let sender = std::thread::spawn(move || run_child("nccl_link::nccl_link_bench_when_asked", &env));
     let link = endpoint.connect("bench-link", &ids[0], false).unwrap();
     link.link_bandwidth(4096 * per_token, 5).unwrap();
-    let mut receive = |n: usize| {
-        let blocks: Vec<u32> = (0..n.div_ceil(block_size) as u32).collect();
-        for copy in gpu.receive_kv(&link, &blocks).unwrap() {
-            copy.wait().unwrap();
-        }
-    };
     // peer_copy_bandwidth: a warm-up and five timed transfers of 4k tokens; prefill_ms: a warm-up and three timed
     // runs, with and without sending.
     for _ in 0..6 {
-        receive(4096);
+        receive_on(&mut gpu, &link, 4096);
     }
     for &n in &BENCH_PROMPTS {
         for _ in 0..4 {
-            receive(n);
+            receive_on(&mut gpu, &link, n);
         }
     }
     let mut sizes = vec![link.device_bytes()];
-    for (i, id) in ids[1..].iter().enumerate() {
-        sizes.push(
-            endpoint
-                .connect(&format!("bench-extra-{i}"), id, false)
-                .unwrap()
-                .device_bytes(),
+    let mut extra = Vec::new();
+    for (i, (id, &ctas)) in ids[1..].iter().zip(&caps).enumerate() {
+        let link = endpoint
+            .clone()
+            .with_max_ctas(ctas)
+            .connect(&format!("bench-extra-{i}"), id, false);
+        let link = link.unwrap();
+        for _ in 0..6 {
+            receive_on(&mut gpu, &link, 4096);
+        }
+        eprintln!(
+            "NCCL link {}: receiver side {} MiB",
+            cap_name(ctas),
+            mib(link.device_bytes())
         );
+        sizes.push(link.device_bytes());
+        extra.push(link);
     }
     sender.join().unwrap();
     // The first link is made while the other process loads its model (on a shared GPU that shows up here too):
-    // the extra links give the per-link cost.
-    let extra = &sizes[1..];
-    let mean = extra.iter().sum::<usize>() as f64 / extra.len().max(1) as f64;
+    // the extra links with NCCL's own channel count give the per-link cost.
+    let default: Vec<usize> = sizes[1..]
+        .iter()
+        .zip(&caps)
+        .filter(|(_, c)| **c == 0)
+        .map(|(b, _)| *b)
+        .collect();
+    let mean = default.iter().sum::<usize>() as f64 / default.len().max(1) as f64;
     eprintln!(
         "receiver side: device MiB per link {:?}; ≈{:.0} more links per 8 GiB",
         sizes.iter().map(|&b| mib(b)).collect::<Vec<_>>(),
         (8u64 << 30) as f64 / mean.max(1.0)
     );
+}
+
+/// Receives the KV of an `n`-token prompt over `link` into blocks `0..` of `gpu`'s pool and waits for it.
+fn receive_on(gpu: &mut CudaBackend, link: &cleave_engine::PeerKv, n: usize) {
+    let block_size = gpu.kv_shape().block_size;
+    let blocks: Vec<u32> = (0..n.div_ceil(block_size) as u32).collect();
+    for copy in gpu.receive_kv(link, &blocks).unwrap() {
+        copy.wait().unwrap();
+    }
+}
+
+/// How a link's CTA cap reads in the bench's report.
+fn cap_name(ctas: usize) -> String {
+    match ctas {
+        0 => "(NCCL's channels)".to_owned(),
+        n => format!("(at most {n} CTAs)"),
+    }
 }
