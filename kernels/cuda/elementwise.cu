@@ -97,3 +97,19 @@ extern "C" __global__ void copy_kv_blocks(const uint4* src_k, const uint4* src_v
     uint4* d = (blockIdx.y ? dst_v : dst_k) + (long long)pairs.dst[blockIdx.x] * block_words;
     for (long long w = threadIdx.x; w < block_words; w += blockDim.x) d[w] = s[w];
 }
+
+// Mixture of experts: out[i] = src[idx[i]] for an expert's rows (bf16), one block per row.
+extern "C" __global__ void gather_rows_bf16(const bf16* src, const int* idx, bf16* out, int cols) {
+    const bf16* s = src + (size_t)idx[blockIdx.x] * cols;
+    bf16* d = out + (size_t)blockIdx.x * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s[c];
+}
+
+// Mixture of experts: x[idx[i]] += weight[i] · src[i] for an expert's output rows (f32), one block per row. An
+// expert's rows name distinct tokens, so no two blocks of a launch write one row.
+extern "C" __global__ void scatter_add_rows(const float* src, const int* idx, const float* weight, float* x, int cols) {
+    const float* s = src + (size_t)blockIdx.x * cols;
+    float* d = x + (size_t)idx[blockIdx.x] * cols;
+    const float w = weight[blockIdx.x];
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) d[c] += w * s[c];
+}

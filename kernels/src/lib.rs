@@ -15,6 +15,7 @@
 
 mod attention;
 mod compile;
+mod moe;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct Kernels {
     decode_attention_hd64: CudaFunction,
     decode_attention_hd128: CudaFunction,
     copy_kv_blocks: CudaFunction,
+    gather_rows_bf16: CudaFunction,
+    scatter_add_rows: CudaFunction,
     /// Streaming multiprocessors of the device (sizes the split of decode attention).
     sm_count: usize,
     pub info: ModuleInfo,
@@ -179,6 +182,8 @@ impl Kernels {
             decode_attention_hd64: f("decode_attention_hd64")?,
             decode_attention_hd128: f("decode_attention_hd128")?,
             copy_kv_blocks: f("copy_kv_blocks")?,
+            gather_rows_bf16: f("gather_rows_bf16")?,
+            scatter_add_rows: f("scatter_add_rows")?,
             sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             info,
         })

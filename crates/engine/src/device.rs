@@ -62,14 +62,17 @@ pub enum GpuPart {
     Tensor(crate::parallel::TpRank),
     Pipeline(crate::model::PipelineStage),
     Context(crate::parallel::TpRank),
+    /// A mixture-of-experts model's expert-parallel share: attention heads split, whole experts.
+    Expert(crate::parallel::TpRank),
 }
 
 impl GpuPart {
-    /// The model configuration the group's ranks agree on: a tensor rank's share of the heads, else the whole
-    /// model's.
+    /// The model configuration the group's ranks agree on: a tensor or expert rank's share of the heads (and a
+    /// tensor rank's of the MLP width), else the whole model's.
     pub fn agreed_config(&self, whole: &crate::config::ModelConfig) -> crate::config::ModelConfig {
         match self {
             GpuPart::Tensor(at) => crate::parallel::TpRank::local_config(whole, at.world),
+            GpuPart::Expert(at) => crate::parallel::TpRank::local_expert_config(whole, at.world),
             GpuPart::Pipeline(_) | GpuPart::Context(_) => whole.clone(),
         }
     }
@@ -95,6 +98,7 @@ pub fn cuda_rank(
         GpuPart::Tensor(at) => CudaBackend::from_model_shard(model, &options, *at)?,
         GpuPart::Pipeline(stage) => CudaBackend::from_model_stage(model, &options, stage.clone())?,
         GpuPart::Context(at) => CudaBackend::from_model(model, &options)?.context_parallel(*at),
+        GpuPart::Expert(at) => CudaBackend::from_model_experts(model, &options, *at)?,
     };
     tracing::info!(device = backend.device_name(), ?part, "parallel group rank on CUDA");
     Ok(Box::new(backend))

@@ -338,9 +338,18 @@ fn rounded_to_bf16(model: cleave_engine::LlamaModel) -> cleave_engine::LlamaMode
     for l in &mut w.layers {
         l.qkv = round(&l.qkv);
         l.o = round(&l.o);
-        if let cleave_engine::weights::Mlp::Dense(ff) = &mut l.mlp {
-            ff.gate_up = round(&ff.gate_up);
-            ff.down = round(&ff.down);
+        match &mut l.mlp {
+            cleave_engine::weights::Mlp::Dense(ff) => {
+                ff.gate_up = round(&ff.gate_up);
+                ff.down = round(&ff.down);
+            }
+            cleave_engine::weights::Mlp::Experts(e) => {
+                e.router = round(&e.router);
+                for ff in &mut e.local {
+                    ff.gate_up = round(&ff.gate_up);
+                    ff.down = round(&ff.down);
+                }
+            }
         }
     }
     cleave_engine::LlamaModel::new(config, w)
@@ -612,3 +621,6 @@ mod ipc;
 
 #[path = "cuda/nccl_link.rs"]
 mod nccl_link;
+
+#[path = "cuda/moe.rs"]
+mod moe;

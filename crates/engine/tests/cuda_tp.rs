@@ -213,7 +213,7 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
     assert_eq!(got, want, "greedy tokens of the GPU group and of one GPU");
 }
 
-/// A two-rank GPU group of `part`s led here as `cleave worker --device cuda` leads one — rank 0 a
+/// A two-rank GPU group of `part`s of the fixture `model` led here as `cleave worker --device cuda` leads one — rank 0 a
 /// `ParallelBackend`, rank 1 `run_member` following in a child process running this `test` (on GPU 1, or on a
 /// one-GPU machine on GPU 0 posing as another host with `NCCL_HOSTID`), the ranks meeting over loopback TCP and
 /// joining NCCL through the group's protocol — then checked against one GPU: a two-sequence prefill and four decode
@@ -222,6 +222,7 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
 /// the single GPU after the remote KV, before the engines. `None` in the child, after its rank's work.
 fn two_process_group_matches_one_gpu(
     test: &str,
+    model: &str,
     part: fn(usize) -> cleave_engine::device::GpuPart,
     between: impl FnOnce(&mut dyn Backend, &mut CudaBackend),
 ) {
@@ -232,7 +233,8 @@ fn two_process_group_matches_one_gpu(
         kv_cache_bytes: 16 << 20,
         ..EngineConfig::default()
     };
-    let load = || load_model(ModelFiles::HfDir(&tiny_llama())).unwrap();
+    let dir = tiny_llama().with_file_name(model);
+    let load = || load_model(ModelFiles::HfDir(&dir)).unwrap();
     if let Ok(peers) = std::env::var("CLEAVE_GROUP_CHILD") {
         let peers: Vec<String> = peers.split(',').map(str::to_owned).collect();
         let listener = std::net::TcpListener::bind(&peers[1]).unwrap();
@@ -320,6 +322,7 @@ fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
     }
     two_process_group_matches_one_gpu(
         "a_gpu_pipeline_under_an_engine_matches_one_gpu",
+        "tiny-llama",
         |rank| GpuPart::Pipeline(PipelineStage::new(2, 2, rank, 2).unwrap()),
         |group, _| {
             let refused = group.forward(&chunk(&remote_prompt(), 0, &[3, 4, 5]).map(quiet), &mut |_, _| {});
@@ -339,6 +342,7 @@ fn a_gpu_context_parallel_group_under_an_engine_matches_one_gpu() {
     }
     two_process_group_matches_one_gpu(
         "a_gpu_context_parallel_group_under_an_engine_matches_one_gpu",
+        "tiny-llama",
         |rank| GpuPart::Context(TpRank { rank, world: 2 }),
         |group, single| {
             let (want, got) = (read_kv(single, &[3, 4, 5]), read_kv(group, &[3, 4, 5]));
@@ -594,4 +598,24 @@ fn cp_prefill_benchmark() {
             base / pass_s
         );
     }
+}
+
+/// The tiny Mixtral (8 experts, top-2) on two expert-parallel ranks — four experts and half the attention heads
+/// each, the shares summed by the layer's all-reduce — against one GPU (see `two_process_group_matches_one_gpu`);
+/// a KV read for a transfer gathers every head from both ranks.
+#[test]
+fn a_gpu_expert_parallel_group_under_an_engine_matches_one_gpu() {
+    use cleave_engine::device::GpuPart;
+    if skip(1) {
+        return;
+    }
+    two_process_group_matches_one_gpu(
+        "a_gpu_expert_parallel_group_under_an_engine_matches_one_gpu",
+        "tiny-mixtral",
+        |rank| GpuPart::Expert(TpRank { rank, world: 2 }),
+        |group, single| {
+            let (want, got) = (read_kv(single, &[3, 4, 5]), read_kv(group, &[3, 4, 5]));
+            same_kv("KV gathered from 2 expert-parallel ranks", &want, &got);
+        },
+    );
 }

@@ -231,7 +231,7 @@ pub struct WorkerArgs {
 }
 
 /// A worker whose model is split across several ranks acting as one engine replica (every kind on the CPU backend;
-/// tensor, pipeline or context parallelism alone on GPUs too, one GPU per rank).
+/// each kind alone on GPUs too, one GPU per rank).
 #[derive(Debug, Args)]
 pub struct ParallelArgs {
     /// Tensor-parallel ranks: attention heads, KV heads and MLP split across them, one all-reduce after each block
@@ -248,7 +248,9 @@ pub struct ParallelArgs {
     pub pipeline_parallel: u16,
 
     /// Expert-parallel ranks for a mixture-of-experts model (Mixtral-style): each rank holds 1/N of every layer's
-    /// experts and attention is split by heads; tokens go to their experts' ranks and back with all-to-alls.
+    /// experts and attention is split by heads; tokens go to their experts' ranks and back with all-to-alls (with
+    /// --device cuda, rank r on GPU first+r, every rank runs its experts over the rows routed to them and one
+    /// all-reduce sums the shares, the rows being on every rank after attention).
     /// Started and formed like --tensor-parallel (not combined with the other kinds in this version).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub expert_parallel: u16,

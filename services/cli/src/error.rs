@@ -85,8 +85,8 @@ pub enum CliError {
     #[error("a parallel group (--tensor-, --pipeline-, --expert- or --context-parallel above 1) needs --etcd to form")]
     ParallelNeedsEtcd,
     #[error(
-        "on GPUs --tensor-, --pipeline- and --context-parallel run alone in this version (combined kinds and expert \
-         parallelism run on the CPU backend); use --device cpu"
+        "on GPUs each of --tensor-, --pipeline-, --expert- and --context-parallel runs alone in this version (tensor \
+         with pipeline parallelism runs on the CPU backend); use --device cpu"
     )]
     ParallelNeedsCpu,
     #[error(

@@ -133,11 +133,16 @@ pub fn follow(
 }
 
 /// What GPU rank `rank` of a group of one kind holds: its stage of a pipeline, the whole model in a
-/// context-parallel group, else its tensor-parallel shard.
+/// context-parallel group, its share of the experts (and heads) in an expert-parallel one, else its tensor-parallel
+/// shard.
 pub fn gpu_part(args: &ParallelArgs, config: &ModelConfig, rank: usize) -> Result<GpuPart, CliError> {
     if args.context_parallel > 1 {
         let world = usize::from(args.context_parallel);
         return Ok(GpuPart::Context(TpRank { rank, world }));
+    }
+    if args.expert_parallel > 1 {
+        let world = usize::from(args.expert_parallel);
+        return Ok(GpuPart::Expert(TpRank { rank, world }));
     }
     let stages = usize::from(args.pipeline_parallel);
     if stages > 1 {

@@ -57,8 +57,8 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
             return Err(CliError::ParallelNeedsEtcd);
         }
         if let Device::Cuda(first) = device.resolve() {
-            // On GPUs a group of one kind: tensor, pipeline or context parallel.
-            if world != tensor && world != stages && world != context {
+            // On GPUs a group of one kind: tensor, pipeline, expert or context parallel.
+            if ![tensor, stages, expert, context].contains(&world) {
                 if matches!(device, Device::Cuda(_)) {
                     return Err(CliError::ParallelNeedsCpu);
                 }

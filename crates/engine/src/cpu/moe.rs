@@ -16,11 +16,11 @@ use crate::weights::{Experts, FeedForward};
 /// One row of work for an expert: input row `row`, expert `expert`, its output weighted by `weight` and added to
 /// output row `out`.
 #[derive(Debug, Clone, Copy)]
-struct Route {
-    row: usize,
-    out: usize,
-    expert: usize,
-    weight: f32,
+pub(crate) struct Route {
+    pub row: usize,
+    pub out: usize,
+    pub expert: usize,
+    pub weight: f32,
 }
 
 /// `out = Σ weight · expert(x)` over each row's routed experts, for every row of `x` (`[rows, hidden]`). Under
@@ -131,7 +131,12 @@ fn route(experts: &Experts, x: &[f32], rows: usize, k: usize) -> Vec<Route> {
     let n = experts.router.rows;
     let mut logits = vec![0.0f32; rows * n];
     matmul(x, rows, &experts.router, &mut logits);
-    let mut routes = Vec::with_capacity(rows * k);
+    routes_from_logits(&logits, n, k)
+}
+
+/// [`route`] from the router's logits (`[rows, n]`), wherever they were computed.
+pub(crate) fn routes_from_logits(logits: &[f32], n: usize, k: usize) -> Vec<Route> {
+    let mut routes = Vec::with_capacity(logits.len() / n.max(1) * k);
     let mut order: Vec<usize> = Vec::with_capacity(n);
     for (row, l) in logits.chunks_exact(n).enumerate() {
         order.clear();

@@ -18,7 +18,8 @@ use half::bf16;
 use cleave_comm::NcclCommunicator;
 
 use super::kv::DeviceKv;
-use super::weights::{DeviceMatrix, DeviceWeights};
+use super::moe::{Mixture, MoeBuffers, mixture};
+use super::weights::{DeviceMatrix, DeviceMlp, DeviceWeights};
 use super::{CudaBackend, CudaError};
 use crate::backend::KvBlockReader;
 use crate::config::ModelConfig;
@@ -37,6 +38,8 @@ struct Buffers {
     attn: CudaSlice<bf16>,
     gate_up: CudaSlice<bf16>,
     act: CudaSlice<bf16>,
+    /// A mixture-of-experts model's buffers.
+    moe: Option<MoeBuffers>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +96,14 @@ impl Scratch {
                 attn: zeros(stream, tokens * cfg.q_dim())?,
                 gate_up: zeros(stream, tokens * 2 * cfg.intermediate)?,
                 act: zeros(stream, tokens * cfg.intermediate)?,
+                moe: match cfg.is_moe() {
+                    true => Some(MoeBuffers {
+                        logits: zeros(stream, tokens * cfg.n_experts)?,
+                        rows: zeros(stream, tokens * cfg.hidden)?,
+                        out: zeros(stream, tokens * cfg.hidden)?,
+                    }),
+                    false => None,
+                },
             });
         }
         self.buffers.as_mut().ok_or(CudaError::NoDevice)
@@ -378,17 +389,32 @@ pub(super) fn run_pass(
         gemm(on, &b.attn, t, &w.o, &mut b.x, cudaDataType_t::CUDA_R_32F, residual)?;
         all_reduce_rows(m.tp, &mut b.x, t * hidden)?;
         kernels.rms_norm(stream, &b.x, None, &w.mlp_norm, &mut b.normed, t, hidden, eps)?;
-        gemm(
-            on,
-            &b.normed,
-            t,
-            &w.gate_up,
-            &mut b.gate_up,
-            cudaDataType_t::CUDA_R_16BF,
-            0.0,
-        )?;
-        kernels.silu_mul(stream, &b.gate_up, &mut b.act, t, cfg.intermediate)?;
-        gemm(on, &b.act, t, &w.down, &mut b.x, cudaDataType_t::CUDA_R_32F, residual)?;
+        match &w.mlp {
+            DeviceMlp::Dense(ff) => {
+                gemm(
+                    on,
+                    &b.normed,
+                    t,
+                    &ff.gate_up,
+                    &mut b.gate_up,
+                    cudaDataType_t::CUDA_R_16BF,
+                    0.0,
+                )?;
+                kernels.silu_mul(stream, &b.gate_up, &mut b.act, t, cfg.intermediate)?;
+                gemm(on, &b.act, t, &ff.down, &mut b.x, cudaDataType_t::CUDA_R_32F, residual)?;
+            }
+            DeviceMlp::Experts { router, first, local } => {
+                let layer = Mixture {
+                    router,
+                    first: *first,
+                    local,
+                    top_k: cfg.n_experts_used,
+                };
+                let bufs = b.moe.as_mut().ok_or(CudaError::Unprepared)?;
+                let dense = (&mut b.gate_up, &mut b.act);
+                mixture(m, &layer, &b.normed, t, dense, bufs, &mut b.x, residual)?;
+            }
+        }
         all_reduce_rows(m.tp, &mut b.x, t * hidden)?;
     }
     if let (Some(transfer), true) = (m.transfer, layer_done.is_some()) {

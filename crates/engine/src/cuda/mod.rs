@@ -14,6 +14,7 @@ mod forward;
 mod graphs;
 mod ipc;
 mod kv;
+mod moe;
 mod nccl_link;
 mod pipeline;
 pub mod reference;
@@ -57,8 +58,8 @@ pub enum CudaError {
     Blas(#[from] cudarc::cublas::result::CublasError),
     #[error("the KV pool of {bytes} bytes holds no {block_size}-token block")]
     NoKvBlocks { bytes: usize, block_size: usize },
-    #[error("mixture-of-experts models run on the CPU backend in this version; use --device cpu")]
-    MixtureOfExperts,
+    #[error("a forward pass found its buffers unprepared for this model")]
+    Unprepared,
     #[error("tensor-parallel group: {0}")]
     Group(#[from] cleave_comm::CommError),
     #[error("NCCL KV link: {0}")]
@@ -68,7 +69,7 @@ pub enum CudaError {
 impl From<CudaError> for EngineError {
     fn from(e: CudaError) -> Self {
         match e {
-            CudaError::NoDevice | CudaError::MixtureOfExperts => EngineError::invalid("device", e.to_string()),
+            CudaError::NoDevice => EngineError::invalid("device", e.to_string()),
             CudaError::Group(e) => EngineError::Group(e),
             other => EngineError::Internal(other.to_string()),
         }
@@ -152,9 +153,6 @@ fn open(options: &CudaOptions<'_>) -> Result<Device, CudaError> {
 impl CudaBackend {
     /// Uploads a loaded model (GGUF or safetensors) to the GPU in bf16.
     pub fn from_model(model: LlamaModel, options: &CudaOptions<'_>) -> Result<Self, CudaError> {
-        if model.config().is_moe() {
-            return Err(CudaError::MixtureOfExperts);
-        }
         let device = open(options)?;
         let (config, host) = model.into_parts();
         let weights = DeviceWeights::upload(&device.stream, &host)?;
@@ -175,6 +173,19 @@ impl CudaBackend {
         Ok(backend)
     }
 
+    /// Rank `at.rank`'s expert-parallel share of a mixture-of-experts `model` (see `parallel::shard_experts`): its
+    /// attention heads as under tensor parallelism, whole experts `r·E/W..`, and a KV pool for its KV heads.
+    pub fn from_model_experts(model: LlamaModel, options: &CudaOptions<'_>, at: TpRank) -> Result<Self, EngineError> {
+        let device = open(options)?;
+        let (config, host) = model.into_parts();
+        let host = crate::parallel::shard_experts(host, &config, at)?;
+        let weights = DeviceWeights::upload(&device.stream, &host)?;
+        drop(host);
+        let mut backend = Self::assemble(device, TpRank::local_expert_config(&config, at.world), weights, options)?;
+        backend.shard = at;
+        Ok(backend)
+    }
+
     /// Stage `stage.stage` of a pipeline over `model`'s layers: that stage's layers and a KV pool for them alone;
     /// embedding, final norm and head stay on every stage (only the first and last use them). `join_group` then
     /// connects it to the other stages.
@@ -183,9 +194,6 @@ impl CudaBackend {
         options: &CudaOptions<'_>,
         stage: PipelineStage,
     ) -> Result<Self, CudaError> {
-        if model.config().is_moe() {
-            return Err(CudaError::MixtureOfExperts);
-        }
         let device = open(options)?;
         let (config, mut host) = model.into_parts();
         host.layers = host.layers.drain(stage.layers.clone()).collect();
@@ -504,9 +512,10 @@ impl Backend for CudaBackend {
     }
 
     /// Decode steps replay CUDA graphs, except on a pipeline stage or a context-parallel rank (their sends and
-    /// exchanges run plainly).
+    /// exchanges run plainly) and for a mixture-of-experts model (its routing waits on the host).
     fn forward_plain(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<f32>, EngineError> {
-        if graphs::graphable(chunks) && self.stage.is_none() && self.context.is_none() {
+        let graphs_allowed = self.stage.is_none() && self.context.is_none() && !self.weights.has_experts();
+        if graphs::graphable(chunks) && graphs_allowed {
             let mut graphs = std::mem::take(&mut self.graphs);
             let (model, kv, scratch) = self.pass_parts(false);
             let replayed = graphs.run(&model, kv, scratch, chunks);

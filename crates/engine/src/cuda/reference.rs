@@ -12,7 +12,7 @@ use half::bf16;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
-use super::weights::DeviceMatrix;
+use super::weights::{DeviceMatrix, DeviceMlp};
 use super::{CudaBackend, CudaError};
 use crate::backend::Backend;
 use crate::error::EngineError;
@@ -60,9 +60,15 @@ impl CudaBackend {
             matrix(format!("{p}.self_attn.k_proj.weight"), &l.qkv, q..q + kv)?;
             matrix(format!("{p}.self_attn.v_proj.weight"), &l.qkv, q + kv..q + 2 * kv)?;
             matrix(format!("{p}.self_attn.o_proj.weight"), &l.o, 0..l.o.rows)?;
-            matrix(format!("{p}.mlp.gate_proj.weight"), &l.gate_up, 0..inter)?;
-            matrix(format!("{p}.mlp.up_proj.weight"), &l.gate_up, inter..2 * inter)?;
-            matrix(format!("{p}.mlp.down_proj.weight"), &l.down, 0..l.down.rows)?;
+            let DeviceMlp::Dense(ff) = &l.mlp else {
+                return Err(EngineError::invalid(
+                    "model",
+                    "the transformers reference is written for dense models",
+                ));
+            };
+            matrix(format!("{p}.mlp.gate_proj.weight"), &ff.gate_up, 0..inter)?;
+            matrix(format!("{p}.mlp.up_proj.weight"), &ff.gate_up, inter..2 * inter)?;
+            matrix(format!("{p}.mlp.down_proj.weight"), &ff.down, 0..ff.down.rows)?;
         }
         let mut norm = |name: String, v: &cudarc::driver::CudaSlice<f32>| -> Result<(), CudaError> {
             let host: Vec<f32> = self.stream.clone_dtoh(v)?;

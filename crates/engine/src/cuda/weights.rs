@@ -11,7 +11,7 @@ use half::bf16;
 
 use super::CudaError;
 use crate::config::ModelConfig;
-use crate::weights::{LlamaWeights, Matrix};
+use crate::weights::{FeedForward, LlamaWeights, Matrix, Mlp};
 use cleave_kernels::Kernels;
 
 #[derive(Debug)]
@@ -28,8 +28,40 @@ pub(super) struct DeviceLayer {
     pub qkv_bias: Option<CudaSlice<f32>>,
     pub o: DeviceMatrix,
     pub mlp_norm: CudaSlice<f32>,
+    pub mlp: DeviceMlp,
+}
+
+/// A SwiGLU MLP on the device: `[2 · intermediate, hidden]` gate rows then up rows, and the down projection.
+#[derive(Debug)]
+pub(super) struct DeviceFeedForward {
     pub gate_up: DeviceMatrix,
     pub down: DeviceMatrix,
+}
+
+#[derive(Debug)]
+pub(super) enum DeviceMlp {
+    Dense(DeviceFeedForward),
+    /// A mixture of experts: the router (`[n_experts, hidden]`, whole) and the experts `first..first +
+    /// local.len()` held here (all of them, or an expert-parallel rank's share).
+    Experts {
+        router: DeviceMatrix,
+        first: usize,
+        local: Vec<DeviceFeedForward>,
+    },
+}
+
+impl DeviceMlp {
+    pub fn byte_len(&self) -> usize {
+        let ff = |f: &DeviceFeedForward| (f.gate_up.data.len() + f.down.data.len()) * 2;
+        match self {
+            DeviceMlp::Dense(f) => ff(f),
+            DeviceMlp::Experts { router, local, .. } => router.data.len() * 2 + local.iter().map(ff).sum::<usize>(),
+        }
+    }
+
+    pub fn is_experts(&self) -> bool {
+        matches!(self, DeviceMlp::Experts { .. })
+    }
 }
 
 #[derive(Debug)]
@@ -42,6 +74,11 @@ pub(super) struct DeviceWeights {
 }
 
 impl DeviceWeights {
+    /// Whether any layer is a mixture of experts.
+    pub fn has_experts(&self) -> bool {
+        self.layers.iter().any(|l| l.mlp.is_experts())
+    }
+
     pub fn head(&self) -> &DeviceMatrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
@@ -51,7 +88,7 @@ impl DeviceWeights {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| m(&l.qkv) + m(&l.o) + m(&l.gate_up) + m(&l.down) + 4 * (l.attn_norm.len() + l.mlp_norm.len()))
+            .map(|l| m(&l.qkv) + m(&l.o) + l.mlp.byte_len() + 4 * (l.attn_norm.len() + l.mlp_norm.len()))
             .sum();
         m(&self.embed) + layers + self.lm_head.as_ref().map_or(0, m) + 4 * self.norm.len()
     }
@@ -61,16 +98,28 @@ impl DeviceWeights {
         let matrix = |m: &Matrix| upload_matrix(stream, m);
         let floats = |v: &[f32]| stream.clone_htod(v).map_err(CudaError::from);
         let mut layers = Vec::with_capacity(weights.layers.len());
+        let feed_forward = |ff: &FeedForward| -> Result<DeviceFeedForward, CudaError> {
+            Ok(DeviceFeedForward {
+                gate_up: matrix(&ff.gate_up)?,
+                down: matrix(&ff.down)?,
+            })
+        };
         for l in &weights.layers {
-            let ff = l.mlp.dense().ok_or(CudaError::MixtureOfExperts)?;
+            let mlp = match &l.mlp {
+                Mlp::Dense(ff) => DeviceMlp::Dense(feed_forward(ff)?),
+                Mlp::Experts(e) => DeviceMlp::Experts {
+                    router: matrix(&e.router)?,
+                    first: e.first,
+                    local: e.local.iter().map(feed_forward).collect::<Result<_, _>>()?,
+                },
+            };
             layers.push(DeviceLayer {
                 attn_norm: floats(&l.attn_norm)?,
                 qkv: matrix(&l.qkv)?,
                 qkv_bias: l.qkv_bias.as_deref().map(floats).transpose()?,
                 o: matrix(&l.o)?,
                 mlp_norm: floats(&l.mlp_norm)?,
-                gate_up: matrix(&ff.gate_up)?,
-                down: matrix(&ff.down)?,
+                mlp,
             });
         }
         Ok(DeviceWeights {
@@ -109,8 +158,10 @@ impl DeviceWeights {
                 qkv_bias: None,
                 o: matrix(h, q)?,
                 mlp_norm: stream.clone_htod(&vec![1.0f32; h])?,
-                gate_up: matrix(2 * inter, h)?,
-                down: matrix(h, inter)?,
+                mlp: DeviceMlp::Dense(DeviceFeedForward {
+                    gate_up: matrix(2 * inter, h)?,
+                    down: matrix(h, inter)?,
+                }),
             });
         }
         let lm_head = if config.tie_embeddings {

@@ -119,6 +119,16 @@ impl TpRank {
         }
     }
 
+    /// An expert-parallel rank's shape of `config`: its share of the attention heads and KV heads, whole experts.
+    pub fn local_expert_config(config: &ModelConfig, world: usize) -> ModelConfig {
+        let world = world.max(1);
+        ModelConfig {
+            n_heads: config.n_heads / world,
+            n_kv_heads: config.n_kv_heads / world,
+            ..config.clone()
+        }
+    }
+
     /// Refuses an expert-parallel group of `world` ranks for a dense model, or one that does not split the
     /// experts, attention heads or KV heads evenly.
     pub fn check_experts(config: &ModelConfig, world: usize) -> Result<(), EngineError> {

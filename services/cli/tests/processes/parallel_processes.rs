@@ -401,7 +401,7 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
     let gpu_worker = ["worker", "--device", "cuda", "--etcd", etcd];
     let refused_on_gpus = [(
         &["--tensor-parallel", "3", "--pipeline-parallel", "2"][..],
-        "on GPUs --tensor-, --pipeline- and --context-parallel run alone",
+        "on GPUs each of --tensor-, --pipeline-, --expert- and --context-parallel runs alone",
     )];
     let cases = refused
         .iter()
