@@ -619,3 +619,99 @@ fn a_gpu_expert_parallel_group_under_an_engine_matches_one_gpu() {
         },
     );
 }
+
+/// Mixture-of-experts throughput of the Mixtral-8x7B shape (random weights; CLEAVE_MOE_SHAPE) at EP 1, 2 and 4
+/// (CLEAVE_EP_WORLDS; EP 1 holds all 93 GB of experts on one GPU): prefill of one 2,048-token prompt, and decode steps
+/// of 32 sequences at ~130 tokens of context; medians of three, rank 0's clock.
+#[test]
+#[ignore = "a benchmark: scripts/gpu-check runs it"]
+fn moe_ep_benchmark() {
+    if skip(1) {
+        return;
+    }
+    let shape = std::env::var("CLEAVE_MOE_SHAPE").unwrap_or_else(|_| "mixtral-8x7b".to_owned());
+    let config = synthetic_config(&shape).unwrap();
+    let mut one_gpu = None;
+    for world in group_sizes("CLEAVE_EP_WORLDS", &[1, 2, 4])
+        .into_iter()
+        .filter(|w| *w <= gpus())
+    {
+        if TpRank::check_experts(&config, world).is_err() {
+            continue;
+        }
+        let (config, barrier) = (config.clone(), Arc::new(Barrier::new(world)));
+        let results = on_ranks(
+            world,
+            move |rank| {
+                let options = options(rank, 4 << 30, 16);
+                match world {
+                    1 => CudaBackend::synthetic(config.clone(), 7, &options).unwrap(),
+                    _ => CudaBackend::synthetic_experts(&config, 7, &options, TpRank { rank, world }).unwrap(),
+                }
+            },
+            move |_rank, backend| {
+                let median = |backend: &mut CudaBackend, run: &dyn Fn(&mut CudaBackend)| {
+                    let mut times: Vec<f64> = (0..3)
+                        .map(|_| {
+                            barrier.wait();
+                            let started = Instant::now();
+                            run(backend);
+                            started.elapsed().as_secs_f64()
+                        })
+                        .collect();
+                    times.sort_by(f64::total_cmp);
+                    times[1]
+                };
+                let prompt: Vec<u32> = (0..2048u32).map(|i| 100 + i % 30_000).collect();
+                let blocks: Vec<u32> = (0..128).collect();
+                let prefill = |b: &mut CudaBackend| {
+                    b.forward_plain(&chunk(&prompt, 0, &blocks)).unwrap();
+                };
+                prefill(backend);
+                let prefill_s = median(backend, &prefill);
+                let tables: Vec<Vec<u32>> = (0..32u32).map(|s| (200 + 16 * s..216 + 16 * s).collect()).collect();
+                let starts: Vec<Vec<u32>> = (0..32u32)
+                    .map(|s| (0..128).map(|i| 7 + (i * 31 + s) % 30_000).collect())
+                    .collect();
+                let batch: Vec<SeqChunk<'_>> = starts
+                    .iter()
+                    .zip(&tables)
+                    .map(|(tokens, blocks)| chunk(tokens, 0, blocks)[0])
+                    .collect();
+                backend.forward_plain(&batch).unwrap();
+                let steps = 16;
+                let decode = |b: &mut CudaBackend| {
+                    for step in 0..steps {
+                        let next = [5u32];
+                        let batch: Vec<SeqChunk<'_>> = tables
+                            .iter()
+                            .map(|blocks| chunk(&next, 128 + step, blocks)[0])
+                            .collect();
+                        b.forward_plain(&batch).unwrap();
+                    }
+                };
+                decode(backend);
+                let decode_s = median(backend, &decode) / steps as f64;
+                (
+                    prefill_s,
+                    decode_s,
+                    backend.weights_bytes(),
+                    backend.device_name().to_owned(),
+                )
+            },
+        );
+        let (prefill_s, step_s, bytes, device) = results[0].clone();
+        let decode_tps = 32.0 / step_s;
+        let base = *one_gpu.get_or_insert(decode_tps);
+        eprintln!(
+            "{shape} EP {world} on {device}: {:.1} GB of weights per rank; prefill 2048 tokens {:.1} ms = {:.0} tok/s; \
+             batch-32 decode {:.2} ms/step = {:.0} tok/s ({:.2}× the first group size)",
+            bytes as f64 / 1e9,
+            prefill_s * 1e3,
+            2048.0 / prefill_s,
+            step_s * 1e3,
+            decode_tps,
+            decode_tps / base
+        );
+    }
+}

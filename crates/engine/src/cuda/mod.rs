@@ -260,8 +260,28 @@ impl CudaBackend {
     /// Random bf16 weights of `config`'s shape, built on the GPU from `seed`.
     pub fn synthetic(config: ModelConfig, seed: u64, options: &CudaOptions<'_>) -> Result<Self, CudaError> {
         let device = open(options)?;
-        let weights = DeviceWeights::synthetic(&device.stream, &device.kernels, &config, seed)?;
+        let experts = 0..config.n_experts;
+        let weights = DeviceWeights::synthetic(&device.stream, &device.kernels, &config, seed, experts)?;
         Self::assemble(device, config, weights, options)
+    }
+
+    /// Random weights of a mixture-of-experts `config` as expert-parallel rank `at.rank` holds them (its share of
+    /// the heads and of each layer's experts; see `from_model_experts`), for benchmarks.
+    pub fn synthetic_experts(
+        config: &ModelConfig,
+        seed: u64,
+        options: &CudaOptions<'_>,
+        at: TpRank,
+    ) -> Result<Self, EngineError> {
+        TpRank::check_experts(config, at.world)?;
+        let device = open(options)?;
+        let local = TpRank::local_expert_config(config, at.world);
+        let share = config.n_experts / at.world;
+        let experts = at.rank * share..(at.rank + 1) * share;
+        let weights = DeviceWeights::synthetic(&device.stream, &device.kernels, &local, seed, experts)?;
+        let mut backend = Self::assemble(device, local, weights, options)?;
+        backend.shard = at;
+        Ok(backend)
     }
 
     fn assemble(

@@ -5,10 +5,14 @@ use crate::config::{Llama3RopeScaling, ModelConfig};
 use crate::error::EngineError;
 
 /// The shapes `synthetic:` knows, by name.
-pub const SYNTHETIC_SHAPES: [&str; 3] = ["llama-3.2-1b", "llama-3.1-8b", "llama-3.1-70b"];
+pub const SYNTHETIC_SHAPES: [&str; 4] = ["llama-3.2-1b", "llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b"];
 
-/// The Llama-3 configuration of a named shape (the published ones, vocabulary 128,256, RoPE scaling of Llama 3.1).
+/// The configuration of a named shape: the published Llama-3 ones (vocabulary 128,256, RoPE scaling of Llama 3.1),
+/// and Mixtral-8x7B's mixture of experts.
 pub fn synthetic_config(shape: &str) -> Result<ModelConfig, EngineError> {
+    if shape == "mixtral-8x7b" {
+        return Ok(mixtral_8x7b());
+    }
     let (n_layers, hidden, intermediate, n_heads, n_kv_heads, tie) = match shape {
         "llama-3.2-1b" => (16, 2048, 8192, 32, 8, true),
         "llama-3.1-8b" => (32, 4096, 14336, 32, 8, false),
@@ -46,4 +50,27 @@ pub fn synthetic_config(shape: &str) -> Result<ModelConfig, EngineError> {
         n_experts: 0,
         n_experts_used: 0,
     })
+}
+
+/// Mixtral-8x7B's published shape: 32 layers of 8 experts (top-2), 4,096 wide, 32 query and 8 KV heads, a 32,000-token
+/// vocabulary, RoPE θ 10⁶ without scaling.
+fn mixtral_8x7b() -> ModelConfig {
+    ModelConfig {
+        architecture: "llama".to_owned(),
+        n_layers: 32,
+        hidden: 4096,
+        intermediate: 14_336,
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 128,
+        vocab_size: 32_000,
+        rope_theta: 1_000_000.0,
+        rope_scaling: None,
+        rms_eps: 1e-5,
+        max_context: 32_768,
+        tie_embeddings: false,
+        qkv_bias: false,
+        n_experts: 8,
+        n_experts_used: 2,
+    }
 }

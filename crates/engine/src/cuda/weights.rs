@@ -132,12 +132,13 @@ impl DeviceWeights {
 
     /// Random weights of `config`'s shape from `seed`, built on the device. Matrices are uniform with the
     /// variance of a 1/sqrt(fan-in) initialisation, so activations stay in range through every layer; norm weights
-    /// are ones.
+    /// are ones. A mixture of experts gets experts `experts` of each layer (all of them, or a rank's share).
     pub fn synthetic(
         stream: &Arc<CudaStream>,
         kernels: &Kernels,
         config: &ModelConfig,
         seed: u64,
+        experts: std::ops::Range<usize>,
     ) -> Result<Self, CudaError> {
         let mut next_seed = seed;
         let mut matrix = |rows: usize, cols: usize| -> Result<DeviceMatrix, CudaError> {
@@ -158,10 +159,25 @@ impl DeviceWeights {
                 qkv_bias: None,
                 o: matrix(h, q)?,
                 mlp_norm: stream.clone_htod(&vec![1.0f32; h])?,
-                mlp: DeviceMlp::Dense(DeviceFeedForward {
-                    gate_up: matrix(2 * inter, h)?,
-                    down: matrix(h, inter)?,
-                }),
+                mlp: match config.is_moe() {
+                    false => DeviceMlp::Dense(DeviceFeedForward {
+                        gate_up: matrix(2 * inter, h)?,
+                        down: matrix(h, inter)?,
+                    }),
+                    true => DeviceMlp::Experts {
+                        router: matrix(config.n_experts, h)?,
+                        first: experts.start,
+                        local: experts
+                            .clone()
+                            .map(|_| {
+                                Ok(DeviceFeedForward {
+                                    gate_up: matrix(2 * inter, h)?,
+                                    down: matrix(h, inter)?,
+                                })
+                            })
+                            .collect::<Result<_, CudaError>>()?,
+                    },
+                },
             });
         }
         let lm_head = if config.tie_embeddings {
