@@ -64,6 +64,11 @@ pub enum GpuPart {
     Context(crate::parallel::TpRank),
     /// A mixture-of-experts model's expert-parallel share: attention heads split, whole experts.
     Expert(crate::parallel::TpRank),
+    /// Tensor rank `tensor` of pipeline stage `stage` (tensor parallelism inside the stages).
+    TensorPipeline {
+        tensor: crate::parallel::TpRank,
+        stage: crate::model::PipelineStage,
+    },
 }
 
 impl GpuPart {
@@ -71,7 +76,9 @@ impl GpuPart {
     /// tensor rank's of the MLP width), else the whole model's.
     pub fn agreed_config(&self, whole: &crate::config::ModelConfig) -> crate::config::ModelConfig {
         match self {
-            GpuPart::Tensor(at) => crate::parallel::TpRank::local_config(whole, at.world),
+            GpuPart::Tensor(at) | GpuPart::TensorPipeline { tensor: at, .. } => {
+                crate::parallel::TpRank::local_config(whole, at.world)
+            }
             GpuPart::Expert(at) => crate::parallel::TpRank::local_expert_config(whole, at.world),
             GpuPart::Pipeline(_) | GpuPart::Context(_) => whole.clone(),
         }
@@ -99,6 +106,9 @@ pub fn cuda_rank(
         GpuPart::Pipeline(stage) => CudaBackend::from_model_stage(model, &options, stage.clone())?,
         GpuPart::Context(at) => CudaBackend::from_model(model, &options)?.context_parallel(*at),
         GpuPart::Expert(at) => CudaBackend::from_model_experts(model, &options, *at)?,
+        GpuPart::TensorPipeline { tensor, stage } => {
+            CudaBackend::from_model_stage_shard(model, &options, stage.clone(), *tensor)?
+        }
     };
     tracing::info!(device = backend.device_name(), ?part, "parallel group rank on CUDA");
     Ok(Box::new(backend))

@@ -213,16 +213,18 @@ fn a_gpu_group_under_an_engine_matches_one_gpu() {
     assert_eq!(got, want, "greedy tokens of the GPU group and of one GPU");
 }
 
-/// A two-rank GPU group of `part`s of the fixture `model` led here as `cleave worker --device cuda` leads one — rank 0 a
-/// `ParallelBackend`, rank 1 `run_member` following in a child process running this `test` (on GPU 1, or on a
-/// one-GPU machine on GPU 0 posing as another host with `NCCL_HOSTID`), the ranks meeting over loopback TCP and
-/// joining NCCL through the group's protocol — then checked against one GPU: a two-sequence prefill and four decode
-/// steps give its logits, KV computed on one GPU lands layer by layer where the group keeps it (a decode step after
-/// it matches), and an engine on the group generates one GPU's greedy tokens. `between` runs on the group and
-/// the single GPU after the remote KV, before the engines. `None` in the child, after its rank's work.
-fn two_process_group_matches_one_gpu(
+/// A GPU group of `world` ranks holding `part`s of the fixture `model`, led here as `cleave worker --device cuda`
+/// leads one — rank 0 a `ParallelBackend`, ranks 1.. `run_member` following in child processes running this `test`
+/// (rank r on GPU r mod the GPUs; where ranks outnumber the GPUs each child poses as a host of its own with
+/// `NCCL_HOSTID`, so NCCL lets ranks share a GPU), the ranks meeting over loopback TCP and joining NCCL through the
+/// group's protocol — then checked against one GPU: a two-sequence prefill and four decode steps give its logits, KV
+/// computed on one GPU lands layer by layer where the group keeps it (a decode step after it matches), and an engine
+/// on the group generates one GPU's greedy tokens. `between` runs on the group and the single GPU after the remote
+/// KV, before the engines.
+fn group_in_processes_matches_one_gpu(
     test: &str,
     model: &str,
+    world: usize,
     part: fn(usize) -> cleave_engine::device::GpuPart,
     between: impl FnOnce(&mut dyn Backend, &mut CudaBackend),
 ) {
@@ -235,35 +237,42 @@ fn two_process_group_matches_one_gpu(
     };
     let dir = tiny_llama().with_file_name(model);
     let load = || load_model(ModelFiles::HfDir(&dir)).unwrap();
-    if let Ok(peers) = std::env::var("CLEAVE_GROUP_CHILD") {
+    if let Ok(child) = std::env::var("CLEAVE_GROUP_CHILD") {
+        let (rank, peers) = child.split_once(';').unwrap();
+        let rank: usize = rank.parse().unwrap();
         let peers: Vec<String> = peers.split(',').map(str::to_owned).collect();
-        let listener = std::net::TcpListener::bind(&peers[1]).unwrap();
-        let comm = cleave_comm::TcpCommunicator::connect(&listener, 1, &peers, "gpu-group", Default::default());
+        let listener = std::net::TcpListener::bind(&peers[rank]).unwrap();
+        let comm = cleave_comm::TcpCommunicator::connect(&listener, rank, &peers, "gpu-group", Default::default());
         let model = load().0;
-        let agreed = part(1).agreed_config(model.config());
-        let ordinal = gpus().min(2) - 1;
+        let agreed = part(rank).agreed_config(model.config());
         run_member(&agreed, Arc::new(comm.unwrap()), |_, _| {
-            cuda_rank(model, part(1), ordinal, &config, None)
+            cuda_rank(model, part(rank), rank % gpus(), &config, None)
         })
         .unwrap();
         return;
     }
-    // Rank 1's port: picked free here, bound again by the child.
+    // The other ranks' ports: picked free here, bound again by the children.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let peers = [
-        listener.local_addr().unwrap().to_string(),
-        spare.local_addr().unwrap().to_string(),
-    ];
+    let spare: Vec<_> = (1..world)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: Vec<String> = std::iter::once(&listener)
+        .chain(&spare)
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
     drop(spare);
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-    child
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("CLEAVE_GROUP_CHILD", peers.join(","));
-    if gpus() < 2 {
-        child.env("NCCL_HOSTID", "cleave-group-rank-1");
-    }
-    let mut child = child.spawn().unwrap();
+    let children: Vec<_> = (1..world)
+        .map(|rank| {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+            child
+                .args(["--exact", test, "--nocapture", "--test-threads=1"])
+                .env("CLEAVE_GROUP_CHILD", format!("{rank};{}", peers.join(",")));
+            if gpus() < world {
+                child.env("NCCL_HOSTID", format!("cleave-group-rank-{rank}"));
+            }
+            child.spawn().unwrap()
+        })
+        .collect();
     let comm = cleave_comm::TcpCommunicator::connect(&listener, 0, &peers, "gpu-group", Default::default());
     let comm: Arc<dyn cleave_comm::Communicator> = Arc::new(comm.unwrap());
     let (model, tokenizer) = load();
@@ -301,7 +310,9 @@ fn two_process_group_matches_one_gpu(
     let on_group = Engine::start_backend(Box::new(group), tokenizer.clone(), config.scheduler.clone()).unwrap();
     let got = greedy_tokens(&on_group, &prompts);
     drop(on_group);
-    assert!(child.wait().unwrap().success(), "the rank-1 process failed");
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "a follower's process failed");
+    }
     let on_one = Engine::start_backend(Box::new(single), tokenizer, config.scheduler.clone()).unwrap();
     assert_eq!(
         got,
@@ -311,7 +322,7 @@ fn two_process_group_matches_one_gpu(
 }
 
 /// Two pipeline stages (layer 0 on rank 0, layer 1 on rank 1; two micro-batches, so the prefill batch's chunks are
-/// cut between pieces) against one GPU (see `two_process_group_matches_one_gpu`); a pass that would read KV for a
+/// cut between pieces) against one GPU (see `group_in_processes_matches_one_gpu`); a pass that would read KV for a
 /// transfer is refused naming `kv_transfer`.
 #[test]
 fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
@@ -320,9 +331,10 @@ fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
     if skip(1) {
         return;
     }
-    two_process_group_matches_one_gpu(
+    group_in_processes_matches_one_gpu(
         "a_gpu_pipeline_under_an_engine_matches_one_gpu",
         "tiny-llama",
+        2,
         |rank| GpuPart::Pipeline(PipelineStage::new(2, 2, rank, 2).unwrap()),
         |group, _| {
             let refused = group.forward(&chunk(&remote_prompt(), 0, &[3, 4, 5]).map(quiet), &mut |_, _| {});
@@ -332,7 +344,7 @@ fn a_gpu_pipeline_under_an_engine_matches_one_gpu() {
 }
 
 /// Two context-parallel ranks (each prefill chunk cut at block boundaries between them, decode steps on rank 0,
-/// each layer's new KV exchanged) against one GPU (see `two_process_group_matches_one_gpu`); a KV read for a
+/// each layer's new KV exchanged) against one GPU (see `group_in_processes_matches_one_gpu`); a KV read for a
 /// transfer on the group returns one GPU's keys and values, every layer whole on rank 0.
 #[test]
 fn a_gpu_context_parallel_group_under_an_engine_matches_one_gpu() {
@@ -340,9 +352,10 @@ fn a_gpu_context_parallel_group_under_an_engine_matches_one_gpu() {
     if skip(1) {
         return;
     }
-    two_process_group_matches_one_gpu(
+    group_in_processes_matches_one_gpu(
         "a_gpu_context_parallel_group_under_an_engine_matches_one_gpu",
         "tiny-llama",
+        2,
         |rank| GpuPart::Context(TpRank { rank, world: 2 }),
         |group, single| {
             let (want, got) = (read_kv(single, &[3, 4, 5]), read_kv(group, &[3, 4, 5]));
@@ -600,8 +613,33 @@ fn cp_prefill_benchmark() {
     }
 }
 
+/// Tensor parallelism inside pipeline stages on four GPU ranks: stage 0 (layer 0) on ranks 0–1 and stage 1 (layer 1)
+/// on ranks 2–3, each stage split by heads in two, activations passing between ranks of equal tensor rank, logits
+/// from tensor rank 0 of the last stage — against one GPU (see `group_in_processes_matches_one_gpu`).
+#[test]
+fn a_gpu_tensor_pipeline_group_under_an_engine_matches_one_gpu() {
+    use cleave_engine::device::GpuPart;
+    use cleave_engine::model::PipelineStage;
+    if skip(1) {
+        return;
+    }
+    group_in_processes_matches_one_gpu(
+        "a_gpu_tensor_pipeline_group_under_an_engine_matches_one_gpu",
+        "tiny-llama",
+        4,
+        |rank| GpuPart::TensorPipeline {
+            tensor: TpRank {
+                rank: rank % 2,
+                world: 2,
+            },
+            stage: PipelineStage::new(2, 2, rank / 2, 2).unwrap(),
+        },
+        |_, _| {},
+    );
+}
+
 /// The tiny Mixtral (8 experts, top-2) on two expert-parallel ranks — four experts and half the attention heads
-/// each, the shares summed by the layer's all-reduce — against one GPU (see `two_process_group_matches_one_gpu`);
+/// each, the shares summed by the layer's all-reduce — against one GPU (see `group_in_processes_matches_one_gpu`);
 /// a KV read for a transfer gathers every head from both ranks.
 #[test]
 fn a_gpu_expert_parallel_group_under_an_engine_matches_one_gpu() {
@@ -609,9 +647,10 @@ fn a_gpu_expert_parallel_group_under_an_engine_matches_one_gpu() {
     if skip(1) {
         return;
     }
-    two_process_group_matches_one_gpu(
+    group_in_processes_matches_one_gpu(
         "a_gpu_expert_parallel_group_under_an_engine_matches_one_gpu",
         "tiny-mixtral",
+        2,
         |rank| GpuPart::Expert(TpRank { rank, world: 2 }),
         |group, single| {
             let (want, got) = (read_kv(single, &[3, 4, 5]), read_kv(group, &[3, 4, 5]));

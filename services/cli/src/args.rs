@@ -242,8 +242,8 @@ pub struct ParallelArgs {
 
     /// Pipeline-parallel stages: contiguous layer ranges per rank, activations passed stage to stage, each batch
     /// cut into --micro-batches pieces so the stages overlap (over NCCL with --device cuda: stage s on GPU first+s).
-    /// Started and formed like --tensor-parallel; with --tensor-parallel T too (CPU backend), the group has T × N
-    /// ranks and ranks s·T..(s+1)·T split stage s (tensor parallelism inside a node, the pipeline across nodes).
+    /// Started and formed like --tensor-parallel; with --tensor-parallel T too, the group has T × N ranks and ranks
+    /// s·T..(s+1)·T split stage s (tensor parallelism inside a node, the pipeline across nodes).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pipeline_parallel: u16,
 

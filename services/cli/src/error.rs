@@ -85,11 +85,6 @@ pub enum CliError {
     #[error("a parallel group (--tensor-, --pipeline-, --expert- or --context-parallel above 1) needs --etcd to form")]
     ParallelNeedsEtcd,
     #[error(
-        "on GPUs each of --tensor-, --pipeline-, --expert- and --context-parallel runs alone in this version (tensor \
-         with pipeline parallelism runs on the CPU backend); use --device cpu"
-    )]
-    ParallelNeedsCpu,
-    #[error(
         "of --tensor-, --pipeline-, --expert- and --context-parallel only tensor with pipeline combine in this version"
     )]
     ParallelCombined,
@@ -128,7 +123,6 @@ impl CliError {
             | CliError::ReadFile { .. }
             | CliError::MissingSecret { .. }
             | CliError::ParallelNeedsEtcd
-            | CliError::ParallelNeedsCpu
             | CliError::ParallelCombined
             | CliError::PipelinePrefill
             | CliError::GroupRank { .. } => true,

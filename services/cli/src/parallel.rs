@@ -132,9 +132,9 @@ pub fn follow(
     followed.map_err(CliError::from)
 }
 
-/// What GPU rank `rank` of a group of one kind holds: its stage of a pipeline, the whole model in a
-/// context-parallel group, its share of the experts (and heads) in an expert-parallel one, else its tensor-parallel
-/// shard.
+/// What GPU rank `rank` of a group holds: its stage of a pipeline (and its tensor-parallel shard of it when both are
+/// asked for), the whole model in a context-parallel group, its share of the experts (and heads) in an
+/// expert-parallel one, else its tensor-parallel shard.
 pub fn gpu_part(args: &ParallelArgs, config: &ModelConfig, rank: usize) -> Result<GpuPart, CliError> {
     if args.context_parallel > 1 {
         let world = usize::from(args.context_parallel);
@@ -144,15 +144,21 @@ pub fn gpu_part(args: &ParallelArgs, config: &ModelConfig, rank: usize) -> Resul
         let world = usize::from(args.expert_parallel);
         return Ok(GpuPart::Expert(TpRank { rank, world }));
     }
-    let stages = usize::from(args.pipeline_parallel);
+    let (stages, tensor) = (usize::from(args.pipeline_parallel), usize::from(args.tensor_parallel));
     if stages > 1 {
         let micro_batches = args.micro_batches.map_or(stages, usize::from);
-        return Ok(GpuPart::Pipeline(PipelineStage::new(
-            config.n_layers,
-            stages,
-            rank,
-            micro_batches,
-        )?));
+        // Ranks s·T..(s+1)·T form stage s (tensor parallelism inside a node, the pipeline across nodes).
+        let stage = PipelineStage::new(config.n_layers, stages, rank / tensor, micro_batches)?;
+        return Ok(match tensor {
+            1 => GpuPart::Pipeline(stage),
+            _ => GpuPart::TensorPipeline {
+                tensor: TpRank {
+                    rank: rank % tensor,
+                    world: tensor,
+                },
+                stage,
+            },
+        });
     }
     Ok(GpuPart::Tensor(TpRank {
         rank,

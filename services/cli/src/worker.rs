@@ -50,22 +50,15 @@ pub fn run_worker(args: &WorkerArgs, device: cleave_engine::Device) -> Result<()
     if rank >= world {
         return Err(CliError::GroupRank { rank, world });
     }
-    // The first GPU of a GPU tensor-parallel group (rank r runs on the one r above it).
+    // The first GPU of a GPU parallel group (rank r runs on the one r above it); every group the checks above let
+    // through runs on GPUs too.
     let mut gpus = None;
     if world > 1 {
         if args.registry.etcd.is_empty() {
             return Err(CliError::ParallelNeedsEtcd);
         }
         if let Device::Cuda(first) = device.resolve() {
-            // On GPUs a group of one kind: tensor, pipeline, expert or context parallel.
-            if ![tensor, stages, expert, context].contains(&world) {
-                if matches!(device, Device::Cuda(_)) {
-                    return Err(CliError::ParallelNeedsCpu);
-                }
-                eprintln!("cleave worker: this kind of parallel group runs on the CPU backend");
-            } else {
-                gpus = Some(first);
-            }
+            gpus = Some(first);
         }
     }
     let config = EngineConfig {

@@ -103,8 +103,12 @@ pub struct CudaBackend {
     /// cuBLAS's workspace, set once so no GEMM allocates inside a graph capture.
     _blas_workspace: CudaSlice<u8>,
     device_name: String,
-    /// This rank's parallel group (tensor-parallel or pipeline), once joined.
+    /// This rank's parallel group (tensor-parallel, pipeline, expert- or context-parallel), once joined; with
+    /// tensor parallelism inside pipeline stages, the stage's tensor-parallel group.
     group: Option<GroupComm>,
+    /// With tensor parallelism inside pipeline stages: the ranks of this tensor rank in every stage, which pass
+    /// activations stage to stage.
+    stage_group: Option<GroupComm>,
     /// Which shard the weights are (rank 0 of 1 when whole).
     shard: TpRank,
     /// Which layers this rank runs, when it is one stage of a pipeline (the weights and KV pool hold only those;
@@ -186,6 +190,26 @@ impl CudaBackend {
         Ok(backend)
     }
 
+    /// Tensor rank `at.rank` of pipeline stage `stage.stage`: the stage's layers, sharded as `from_model_shard`
+    /// shards them; `join_device_group` connects it to its stage's tensor ranks and to its tensor rank in every stage.
+    pub fn from_model_stage_shard(
+        model: LlamaModel,
+        options: &CudaOptions<'_>,
+        stage: PipelineStage,
+        at: TpRank,
+    ) -> Result<Self, EngineError> {
+        let device = open(options)?;
+        let (config, mut host) = model.into_parts();
+        host.layers = host.layers.drain(stage.layers.clone()).collect();
+        let host = shard_weights(host, &config, at)?;
+        let weights = DeviceWeights::upload(&device.stream, &host)?;
+        drop(host);
+        let mut backend = Self::assemble(device, TpRank::local_config(&config, at.world), weights, options)?;
+        backend.shard = at;
+        backend.stage = Some(stage);
+        Ok(backend)
+    }
+
     /// Stage `stage.stage` of a pipeline over `model`'s layers: that stage's layers and a KV pool for them alone;
     /// embedding, final norm and head stay on every stage (only the first and last use them). `join_group` then
     /// connects it to the other stages.
@@ -216,6 +240,12 @@ impl CudaBackend {
     /// activations from stage to stage (a pipeline stage) or exchange each layer's new KV (a context-parallel
     /// rank).
     pub fn join_group(&mut self, rank: usize, world: usize, unique_id: &[u8]) -> Result<(), CudaError> {
+        self.group = Some(self.join(rank, world, unique_id)?);
+        Ok(())
+    }
+
+    /// The NCCL communicator `unique_id` names, joined as `rank` of `world` and warmed up.
+    fn join(&mut self, rank: usize, world: usize, unique_id: &[u8]) -> Result<GroupComm, CudaError> {
         let comm = cleave_comm::NcclCommunicator::from_rank(
             self.stream.clone(),
             rank,
@@ -229,8 +259,7 @@ impl CudaBackend {
         comm.all_reduce_sum(&mut warm)?;
         self.stream.synchronize()?;
         self.graphs = DecodeGraphs::default();
-        self.group = Some(GroupComm(comm));
-        Ok(())
+        Ok(GroupComm(comm))
     }
 
     /// Whether this backend holds the whole model on its own (no parallel group): only then may other processes
@@ -242,6 +271,10 @@ impl CudaBackend {
     /// What a forward pass reads (with the transfer stream when `exporting`), and the pool and buffers it writes.
     fn pass_parts(&mut self, exporting: bool) -> (forward::Model<'_>, &mut DeviceKv, &mut Scratch) {
         let group = self.group.as_ref().map(|c| &c.0);
+        let between_stages = match self.shard.world {
+            1 => group,
+            _ => self.stage_group.as_ref().map(|c| &c.0),
+        };
         let model = forward::Model {
             cfg: &self.config,
             stream: &self.stream,
@@ -251,7 +284,7 @@ impl CudaBackend {
             inv_freq: &self.inv_freq,
             tp: group.filter(|_| self.shard.world > 1),
             transfer: exporting.then_some(&self.transfer),
-            pipeline: group.zip(self.stage.as_ref()),
+            pipeline: between_stages.zip(self.stage.as_ref()),
             context: group.filter(|_| self.context.is_some()),
         };
         (model, &mut self.kv, &mut self.scratch)
@@ -331,6 +364,7 @@ impl CudaBackend {
             graphs: DecodeGraphs::default(),
             _blas_workspace: blas_workspace,
             group: None,
+            stage_group: None,
             shard: TpRank { rank: 0, world: 1 },
             stage: None,
             context: None,
@@ -491,14 +525,44 @@ impl GroupMember for CudaBackend {
         }
     }
 
+    /// One NCCL id; with tensor parallelism inside pipeline stages, one per stage (its tensor-parallel group) and
+    /// one per tensor rank (its ranks across the stages), back to back.
     fn device_group_id(&self) -> Result<Option<Vec<u8>>, EngineError> {
         if self.whole() {
             return Ok(None);
         }
-        Ok(Some(cleave_comm::NcclCommunicator::new_unique_id()?))
+        let groups = match (&self.stage, self.shard.world) {
+            (Some(stage), tensor) if tensor > 1 => stage.stages + tensor,
+            _ => 1,
+        };
+        let mut ids = Vec::new();
+        for _ in 0..groups {
+            ids.extend(cleave_comm::NcclCommunicator::new_unique_id()?);
+        }
+        Ok(Some(ids))
     }
 
     fn join_device_group(&mut self, rank: usize, world: usize, id: &[u8]) -> Result<(), EngineError> {
+        if let (Some(stage), tensor) = (self.stage.clone(), self.shard.world)
+            && tensor > 1
+        {
+            // Rank s·T + t: tensor rank t of stage s (see `LlamaModel::tensor_pipeline`).
+            let (s, t, stages) = (stage.stage, self.shard.rank, stage.stages);
+            let ids: Vec<&[u8]> = id.chunks(id.len() / (stages + tensor).max(1)).collect();
+            if rank != s * tensor + t || world != stages * tensor || ids.len() != stages + tensor {
+                return Err(EngineError::invalid(
+                    "parallel",
+                    format!(
+                        "rank {rank} of {world} joining as tensor rank {t} of {tensor} in stage {s} of {stages} \
+                         ({} group ids)",
+                        ids.len()
+                    ),
+                ));
+            }
+            self.group = Some(self.join(t, tensor, ids[s])?);
+            self.stage_group = Some(self.join(s, stages, ids[stages + t])?);
+            return Ok(());
+        }
         let (mine, of) = match (&self.stage, self.context) {
             (Some(stage), _) => (stage.stage, stage.stages),
             (None, Some(at)) => (at.rank, at.world),

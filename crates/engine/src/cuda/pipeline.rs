@@ -37,6 +37,7 @@ impl CudaBackend {
         self.scratch
             .ensure(&stream, &self.config, &self.kernels, most_tokens, rows)?;
         let (first, last) = (stage.stage == 0, stage.stage + 1 == stage.stages);
+        let self_lead = self.shard.rank == 0;
         let vocab = self.config.vocab_size;
         {
             let (model, kv, scratch) = self.pass_parts(false);
@@ -51,7 +52,8 @@ impl CudaBackend {
                 run_pass(&model, kv, scratch, &piece.batch(offset), None)?;
                 offset += piece.n_logits;
             }
-            if rows > 0 && first != last {
+            // Only a stage's first tensor rank passes logits (the others computed the same rows).
+            if rows > 0 && first != last && self_lead {
                 let logits = scratch.logits_mut()?;
                 if first {
                     comm.recv(&mut logits.slice_mut(..rows * vocab), stage.stages - 1)?;
@@ -60,11 +62,12 @@ impl CudaBackend {
                 }
             }
         }
-        // Bounded: a stage that died leaves the others' sends and receives waiting, and this wait aborts them.
-        if let Some(group) = self.group.as_mut() {
+        // Bounded: a stage that died leaves the others' sends and receives waiting, and these waits abort them (the
+        // communicator between stages first: a receive stuck there holds the stream).
+        for group in [self.stage_group.as_mut(), self.group.as_mut()].into_iter().flatten() {
             group.0.synchronize("a pipeline pass")?;
         }
-        if !first {
+        if !first || !self_lead {
             return Ok(Vec::new());
         }
         read_logits(&stream, &self.scratch, rows * vocab)

@@ -398,18 +398,10 @@ fn group_sizes_that_do_not_fit_are_refused_at_start() {
         ),
         (&["--expert-parallel", "3"][..], "has no experts"),
     ];
-    let gpu_worker = ["worker", "--device", "cuda", "--etcd", etcd];
-    let refused_on_gpus = [(
-        &["--tensor-parallel", "3", "--pipeline-parallel", "2"][..],
-        "on GPUs each of --tensor-, --pipeline-, --expert- and --context-parallel runs alone",
-    )];
     let cases = refused
         .iter()
         .map(|(extra, expected)| ([&cpu_worker[..], extra].concat(), expected));
-    let gpu_cases = refused_on_gpus
-        .iter()
-        .map(|(extra, expected)| ([&gpu_worker[..], extra].concat(), expected));
-    for (args, expected) in cases.chain(gpu_cases) {
+    for (args, expected) in cases {
         let (code, err) = run(&args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");
