@@ -17,7 +17,7 @@ use cleave_comm::NcclCommunicator;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 
-use super::forward::{DeviceBatch, read_logits, run_pass, wait_polling};
+use super::forward::{DeviceBatch, read_logits, run_pass};
 use super::kv::DeviceKv;
 use super::{CudaBackend, CudaError};
 use crate::kv::BlockId;
@@ -219,15 +219,12 @@ impl CudaBackend {
         let block_elems = self.kv.shape().block_floats();
         let staging = self.scratch.context.take();
         self.scratch.context = Some(Staging::ensure(staging, &stream, plan.per_rank, at.world, block_elems)?);
-        let (vocab, exporting) = (self.config.vocab_size, layer_done.is_some());
+        let vocab = self.config.vocab_size;
         {
             let (model, kv, scratch) = self.pass_parts(true);
             let mut batch = uploaded.batch(0);
             batch.exchange = Some(&plan);
             run_pass(&model, kv, scratch, &batch, layer_done)?;
-        }
-        if exporting {
-            wait_polling(&stream)?;
         }
         // Bounded: a rank that died leaves the others' all-gathers waiting, and this wait aborts them.
         if let Some(group) = self.group.as_mut() {

@@ -555,14 +555,9 @@ impl CudaBackend {
         let batch = uploaded.batch(0);
         self.scratch
             .ensure(&stream, &self.config, &self.kernels, uploaded.n_tokens, batch.n_logits)?;
-        let (exporting, vocab) = (layer_done.is_some(), self.config.vocab_size);
+        let vocab = self.config.vocab_size;
         let (model, kv, scratch) = self.pass_parts(true);
         run_pass(&model, kv, scratch, &batch, layer_done)?;
-        if exporting {
-            // A blocking wait (stream sync, pageable copy) holds the driver for the whole pass, and the threads
-            // waiting on the pass's KV copies to report each layer landed would only see them at its end.
-            wait_polling(&stream)?;
-        }
         read_logits(&stream, scratch, batch.n_logits * vocab)
     }
 }
@@ -575,19 +570,21 @@ fn all_reduce_rows(tp: Option<&NcclCommunicator>, x: &mut CudaSlice<f32>, n: usi
     }
 }
 
-/// Waits for the work queued on `stream` by polling, so other threads' CUDA calls go through meanwhile.
-pub(super) fn wait_polling(stream: &CudaStream) -> Result<(), CudaError> {
+/// Waits for the work queued on `stream` by polling (yielding between queries), never in a blocking driver call:
+/// while one thread blocks in the driver, other threads' event queries wait for it — the threads reporting KV copies
+/// landed (CUDA IPC, NCCL links) would see them only when this wait ends.
+fn wait_polling(stream: &CudaStream) -> Result<(), CudaError> {
     let done = stream.record_event(None)?;
     while !done.try_is_complete()? {
-        std::thread::sleep(std::time::Duration::from_micros(20));
+        std::thread::yield_now();
     }
     Ok(())
 }
 
-/// Copies the first `n` logits back to the host (waits for the pass).
+/// Copies the first `n` logits back to the host once the pass is done (waited for by polling).
 pub(super) fn read_logits(stream: &Arc<CudaStream>, scratch: &Scratch, n: usize) -> Result<Vec<f32>, CudaError> {
+    wait_polling(stream)?;
     if n == 0 {
-        stream.synchronize()?;
         return Ok(Vec::new());
     }
     let logits = scratch.logits.as_ref().ok_or(CudaError::NoDevice)?;
