@@ -132,24 +132,28 @@ __device__ __forceinline__ void unpack8(uint4 w, float* f) {
 }
 
 // Decode attention for 64- and 128-dim heads: what `paged_attention` computes, with more keys in flight and the keys
-// of long contexts split over several blocks (flash-decoding). Grid (rows, query heads, splits); a block has
-// DEC_WARPS warps, each four groups of 8 lanes; a group takes two keys per step (lane i holding dimensions
-// HD/8 · i .. HD/8 · (i + 1), read with 16-byte loads) with its own online softmax (in log2 units). The four groups
-// of a warp merge through shuffles, the warps through shared memory. A row's keys are cut into `active` ranges of
-// at least DEC_MIN_SPLIT_KEYS (one range for short contexts: that block writes the output itself); with several, each
-// block writes its (max, sum, unnormalised output) to `partial` and the last block of the row and head to finish
-// (counted in `counters`, which it resets to 0 for the next launch) merges them.
+// of long contexts split over several blocks (flash-decoding). Grid (rows, query-head groups, splits): a block serves
+// `hpb` query heads — every head of one KV head under grouped-query attention, so the block's warps read each key
+// and value once from memory and share it through L1 — with DEC_WARPS / hpb warps per head. A warp is four groups of
+// 8 lanes; a group takes two keys per step (lane i holding dimensions HD/8 · i .. HD/8 · (i + 1), read with 16-byte
+// loads) with its own online softmax (in log2 units). The four groups of a warp merge through shuffles, a head's
+// warps through shared memory. A row's keys are cut into `active` ranges of at least DEC_MIN_SPLIT_KEYS (one range for
+// short contexts: that block writes the output itself); with several, each block writes each head's (max, sum,
+// unnormalised output) to `partial` and the last block of the row and group to finish (counted in `counters`, which
+// it resets to 0 for the next launch) merges them.
 template <int HD>
 __device__ __forceinline__ void decode_attention(const float* q, const bf16* k_cache, const bf16* v_cache,
                                                  const int* block_tables, const int* table_off, const int* pos,
                                                  const int* rows, bf16* out, float* partial, unsigned* counters,
-                                                 int n_heads, int n_kv, int block_size, float scale) {
+                                                 int n_heads, int n_kv, int block_size, float scale, int hpb) {
     constexpr int DPL = HD / 8;
     __shared__ float s_m[DEC_WARPS], s_l[DEC_WARPS];
     __shared__ float s_acc[DEC_WARPS][HD];
     __shared__ bool s_last;
-    const int t = rows ? rows[blockIdx.x] : blockIdx.x, h = blockIdx.y;
+    const int t = rows ? rows[blockIdx.x] : blockIdx.x;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // This warp's head, and its place among the head's warps.
+    const int wph = DEC_WARPS / hpb, h = blockIdx.y * hpb + warp / wph, wi = warp % wph;
     const int li = lane & 7, gi = lane >> 3;
     const int kh = h / (n_heads / n_kv);
     const float scale_log2 = scale * 1.4426950408889634f;
@@ -170,14 +174,14 @@ __device__ __forceinline__ void decode_attention(const float* q, const bf16* k_c
     const int n_keys = pos[t] + 1;
     // This block's range of keys: every block of the row computes the same cut.
     const int splits = gridDim.z, z = blockIdx.z;
-    const int step = DEC_WARPS * 8;
+    const int step = wph * 8;
     const int per_split = max(DEC_MIN_SPLIT_KEYS, ((n_keys + splits - 1) / splits + step - 1) / step * step);
     const int active = (n_keys + per_split - 1) / per_split;
     if (z >= active) return;
     const int k_begin = z * per_split, k_end = min(n_keys, k_begin + per_split);
     // The loop bound is the same for the whole warp (its shuffles need every lane): a step takes keys jb .. jb + 8,
     // group gi the keys jb + gi and jb + 4 + gi; a key past the end loads key jb again (finite) and weighs nothing.
-    for (int jb = k_begin + warp * 8; jb < k_end; jb += step) {
+    for (int jb = k_begin + wi * 8; jb < k_end; jb += step) {
         const int j0 = jb + gi, j1 = jb + 4 + gi;
         const bool has0 = j0 < k_end, has1 = j1 < k_end;
         const int a0 = has0 ? j0 : jb, a1 = has1 ? j1 : jb;
@@ -248,39 +252,40 @@ __device__ __forceinline__ void decode_attention(const float* q, const bf16* k_c
         }
     }
     __syncthreads();
-    const int d = threadIdx.x;
-    float gm = NEG_INF, gl = 0.0f, o = 0.0f;
-    if (d < HD) {
-        for (int w = 0; w < DEC_WARPS; w++) gm = fmaxf(gm, s_m[w]);
-        for (int w = 0; w < DEC_WARPS; w++) {
+    // Each head's warps merge; with several ranges, each head's result is published for the last block to merge.
+    for (int e = threadIdx.x; e < hpb * HD; e += blockDim.x) {
+        const int hh = e / HD, d = e % HD, head = blockIdx.y * hpb + hh;
+        float gm = NEG_INF, gl = 0.0f, o = 0.0f;
+        for (int w = hh * wph; w < (hh + 1) * wph; w++) gm = fmaxf(gm, s_m[w]);
+        for (int w = hh * wph; w < (hh + 1) * wph; w++) {
             if (s_m[w] == NEG_INF) continue;
             float fw = exp2f(s_m[w] - gm);
             gl += s_l[w] * fw;
             o += s_acc[w][d] * fw;
         }
+        if (active == 1) {
+            out[((size_t)t * n_heads + head) * HD + d] = f2bf(o / gl);
+            continue;
+        }
+        float* mine = partial + (((size_t)blockIdx.x * n_heads + head) * splits + z) * (HD + 2);
+        mine[d] = o;
+        if (d == 0) {
+            mine[HD] = gm;
+            mine[HD + 1] = gl;
+        }
     }
-    bf16* out_row = out + ((size_t)t * n_heads + h) * HD;
-    if (active == 1) {
-        if (d < HD) out_row[d] = f2bf(o / gl);
-        return;
-    }
-    // Several ranges: publish this one, and let the last block of (row, head) merge them all.
-    const size_t slot = (size_t)blockIdx.x * n_heads + h;
-    float* mine = partial + (slot * splits + z) * (HD + 2);
-    if (d < HD) mine[d] = o;
-    if (d == 0) {
-        mine[HD] = gm;
-        mine[HD + 1] = gl;
-    }
+    if (active == 1) return;
+    const size_t group = (size_t)blockIdx.x * gridDim.y + blockIdx.y;
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(&counters[slot], 1u) == (unsigned)(active - 1);
+    if (threadIdx.x == 0) s_last = atomicAdd(&counters[group], 1u) == (unsigned)(active - 1);
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    if (d < HD) {
+    for (int e = threadIdx.x; e < hpb * HD; e += blockDim.x) {
+        const int d = e % HD, head = blockIdx.y * hpb + e / HD;
         // Other blocks wrote these: read around the (incoherent) L1.
-        const volatile float* parts = partial + slot * splits * (HD + 2);
+        const volatile float* parts = partial + ((size_t)blockIdx.x * n_heads + head) * splits * (HD + 2);
         float m_all = NEG_INF;
         for (int i = 0; i < active; i++) m_all = fmaxf(m_all, parts[i * (HD + 2) + HD]);
         float sum = 0.0f, acc_all = 0.0f;
@@ -289,20 +294,22 @@ __device__ __forceinline__ void decode_attention(const float* q, const bf16* k_c
             sum += parts[i * (HD + 2) + HD + 1] * f;
             acc_all += parts[i * (HD + 2) + d] * f;
         }
-        out_row[d] = f2bf(acc_all / sum);
+        out[((size_t)t * n_heads + head) * HD + d] = f2bf(acc_all / sum);
     }
-    if (threadIdx.x == 0) counters[slot] = 0;
+    if (threadIdx.x == 0) counters[group] = 0;
 }
 
 #define DECODE_ARGS                                                                                                 \
     const float *q, const bf16 *k_cache, const bf16 *v_cache, const int *block_tables, const int *table_off,         \
         const int *pos, const int *rows, bf16 *out, float *partial, unsigned *counters, int n_heads, int n_kv,       \
-        int block_size, float scale
+        int block_size, float scale, int hpb
 #define DECODE_PASS                                                                                                 \
-    q, k_cache, v_cache, block_tables, table_off, pos, rows, out, partial, counters, n_heads, n_kv, block_size, scale
+    q, k_cache, v_cache, block_tables, table_off, pos, rows, out, partial, counters, n_heads, n_kv, block_size, scale, \
+        hpb
 
-// Grid (rows, query heads, splits), 32 · DEC_WARPS threads; arguments as `paged_attention` (without head_dim), plus
-// with more than one split `partial` ([rows][heads][splits][HD + 2] f32) and `counters` ([rows][heads], zero).
+// Grid (rows, query heads / hpb, splits), 32 · DEC_WARPS threads; arguments as `paged_attention` (without head_dim),
+// plus with more than one split `partial` ([rows][heads][splits][HD + 2] f32) and `counters` ([rows][head groups],
+// zero), and `hpb`, the query heads a block serves (dividing DEC_WARPS and the heads per KV head).
 extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS) decode_attention_hd64(DECODE_ARGS) {
     decode_attention<64>(DECODE_PASS);
 }

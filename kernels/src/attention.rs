@@ -40,12 +40,15 @@ pub struct DecodeSplit<'a> {
 const MAX_DECODE_SPLITS: usize = 16;
 /// Blocks per SM that splitting aims for (and at most launches).
 const SPLIT_BLOCKS_PER_SM: usize = 2;
+/// Warps of a `decode_attention` block (`DEC_WARPS` in the source); the query heads a block serves divide it.
+const DEC_WARPS: usize = 16;
 
 impl Kernels {
-    /// Lengths of the `partial` and `counters` buffers of [`DecodeSplit`] for `head_dim`-sized heads.
+    /// Lengths of the `partial` and `counters` buffers of [`DecodeSplit`] for `head_dim`-sized heads (a block
+    /// publishes a partial result for each query head it serves, at most `DEC_WARPS`).
     pub fn decode_split_lens(&self, head_dim: usize) -> (usize, usize) {
         let blocks = SPLIT_BLOCKS_PER_SM * self.sm_count;
-        (blocks * (head_dim + 2), blocks)
+        (blocks * DEC_WARPS * (head_dim + 2), blocks)
     }
 
     fn flash_for(&self, head_dim: usize) -> Option<&CudaFunction> {
@@ -238,9 +241,20 @@ impl Kernels {
                 launch.arg(&NULL);
             }
             launch.arg(&mut *out);
+            // Once one block per row and head would fill the GPU, a decode block serves every query head of one KV
+            // head where their count divides its warps (each key and value then leaves memory once); with fewer rows,
+            // one head each, all warps on its keys (batch-1 decode is latency-bound).
+            let group = n_heads / n_kv_heads;
+            let busy = singles * n_heads >= SPLIT_BLOCKS_PER_SM * self.sm_count;
+            let per_block = if decode.is_some() && busy && DEC_WARPS.is_multiple_of(group) {
+                group
+            } else {
+                1
+            };
+            let blocks_y = n_heads / per_block;
             // Splits only where the rows alone leave the GPU idle: at most SPLIT_BLOCKS_PER_SM blocks per SM in all,
             // which bounds the scratch the split path needs.
-            let budget = SPLIT_BLOCKS_PER_SM * self.sm_count / (singles * n_heads).max(1);
+            let budget = SPLIT_BLOCKS_PER_SM * self.sm_count / (singles * blocks_y).max(1);
             let splits = match split {
                 Some(s) if decode.is_some() && budget >= 2 => {
                     let (partial_len, counters_len) = self.decode_split_lens(head_dim);
@@ -261,17 +275,23 @@ impl Kernels {
                 launch.arg(&hd);
             }
             launch.arg(&bs).arg(&scale);
+            let per_block_i = int(per_block);
+            if decode.is_some() {
+                launch.arg(&per_block_i);
+            }
             let cfg = LaunchConfig {
-                grid_dim: (singles as u32, n_heads as u32, splits as u32),
+                grid_dim: (singles as u32, blocks_y as u32, splits as u32),
                 block_dim: (512, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: block (x, h, z) serves row single_rows[x] (or x), inside q and out (checked); it reads keys
-            // 0..=pos[row] through the row's block table, which the scheduler allocated to cover pos[row]; the
-            // arguments match the kernel chosen (the head-size-specific ones take no head_dim, and their 16-byte
-            // loads are aligned: rows of 64 or 128 elements in aligned allocations). With splits, block (x, h, z)
-            // writes partial[((x·nh + h)·splits + z)·(hd + 2) ..] and counts in counters[x·nh + h]: x·nh·splits is
-            // below SPLIT_BLOCKS_PER_SM · sm_count, the lengths checked above.
+            // SAFETY: block (x, g, z) serves row single_rows[x] (or x) and query heads g·per_block.., inside q and out
+            // (checked); it reads keys 0..=pos[row] through the row's block table, which the scheduler allocated to
+            // cover pos[row]; the arguments match the kernel chosen (the head-size-specific ones take no head_dim but
+            // the heads per block, which divides DEC_WARPS, and their 16-byte loads are aligned: rows of 64 or 128
+            // elements in aligned allocations). With splits, block (x, g, z) writes partial[((x·nh + h)·splits +
+            // z)·(hd + 2) ..] for each of its heads h and counts in counters[x·blocks_y + g]: x·blocks_y·splits is
+            // below SPLIT_BLOCKS_PER_SM · sm_count, so the partial index stays below that × DEC_WARPS · (hd + 2), the
+            // lengths checked above.
             unsafe { launch.launch(cfg) }?;
         }
         Ok(())

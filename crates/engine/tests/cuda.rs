@@ -126,6 +126,11 @@ fn rope_cache_write_and_paged_attention_match_the_cpu() {
     // Decode rows with long contexts next to a short chunk: few rows, so their keys split over several blocks.
     check_attention(8, 2, 128, 16, &[(1000, 1), (700, 1), (40, 1), (300, 20)]);
     check_attention(4, 1, 64, 16, &[(1500, 1), (9, 1), (0, 16)]);
+    // A decode batch wide enough to fill the GPU: each block serves every query head of a KV head (and the longest
+    // contexts still split).
+    let batch: Vec<(usize, usize)> = (0..48).map(|i| (20 + 37 * i, 1)).collect();
+    check_attention(8, 2, 128, 16, &batch);
+    check_attention(16, 2, 64, 16, &batch);
 }
 
 fn check_attention(nh: usize, nkv: usize, hd: usize, bs: usize, chunks: &[(usize, usize)]) {
