@@ -187,6 +187,21 @@ impl Campaign {
         Ok(campaign)
     }
 
+    /// Keeps only the stages named in `names` (in the campaign's order) and the faults that fire during them; a
+    /// name the campaign does not have is refused, listing the ones it has.
+    pub fn keep_stages(&mut self, names: &[String]) -> Result<(), LoadError> {
+        if let Some(unknown) = names.iter().find(|n| !self.stages.iter().any(|s| &s.name == *n)) {
+            let known: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+            return Err(LoadError::invalid(
+                "stages",
+                format!("the campaign has no stage '{unknown}' (it has: {})", known.join(", ")),
+            ));
+        }
+        self.stages.retain(|s| names.contains(&s.name));
+        self.faults.retain(|f| names.contains(&f.stage));
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), LoadError> {
         if self.targets.is_empty() {
             return Err(LoadError::invalid("targets", "needs at least one target"));
@@ -307,5 +322,55 @@ impl Campaign {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--stages` keeps the named stages in the campaign's order and only their faults; an unknown name is refused.
+    #[test]
+    fn keeping_stages_drops_the_others_and_their_faults() {
+        let text = r#"
+name = "two"
+slo = { ttft_ms = 100, tpot_ms = 10 }
+[[targets]]
+name = "t"
+url = "grpc://127.0.0.1:1"
+[[workloads]]
+name = "w"
+kind = "synthetic"
+input = { dist = "fixed", value = 8 }
+output = { dist = "fixed", value = 8 }
+[[processes]]
+name = "p"
+command = ["true"]
+[[stages]]
+name = "a"
+workload = "w"
+arrival = { kind = "concurrency", concurrency = 1 }
+requests = 1
+duration_s = 1
+[[stages]]
+name = "b"
+workload = "w"
+arrival = { kind = "concurrency", concurrency = 1 }
+requests = 1
+duration_s = 1
+[[faults]]
+stage = "a"
+at_s = 1.0
+process = "p"
+"#;
+        let mut campaign: Campaign = toml::from_str(text).unwrap();
+        campaign.validate().unwrap();
+        let refused = campaign.keep_stages(&["c".to_owned()]).unwrap_err().to_string();
+        assert!(refused.contains("no stage 'c' (it has: a, b)"), "{refused}");
+        campaign.keep_stages(&["b".to_owned()]).unwrap();
+        let names: Vec<&str> = campaign.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["b"]);
+        assert!(campaign.faults.is_empty());
+        campaign.validate().unwrap();
     }
 }

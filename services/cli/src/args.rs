@@ -522,6 +522,10 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 64, conflicts_with = "campaign")]
     pub output_len: u32,
 
+    /// Runs only these stages of the campaign (comma-separated names), with the faults that fire during them.
+    #[arg(long, value_delimiter = ',', requires = "campaign")]
+    pub stages: Vec<String>,
+
     /// TTFT target for goodput, in ms (overrides the campaign's).
     #[arg(long)]
     pub slo_ttft_ms: Option<f64>,

@@ -46,6 +46,9 @@ fn load(args: &LoadArgs) -> Result<(), LoadError> {
         return print(&text);
     }
     let mut campaign = campaign(args)?;
+    if !args.stages.is_empty() {
+        campaign.keep_stages(&args.stages)?;
+    }
     if let Some(t) = args.slo_ttft_ms {
         campaign.slo.ttft_ms = t;
     }

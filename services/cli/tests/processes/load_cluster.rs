@@ -140,10 +140,26 @@ action = "kill"
     )
     .unwrap();
     let out = dir.path().join("out");
+    // A stage the campaign does not have is refused before anything starts, naming the ones it has.
+    let campaign = campaign.to_str().unwrap();
+    let refused = cleave(&[
+        "load",
+        "--campaign",
+        campaign,
+        "--stages",
+        "crash,warmup",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no stage 'warmup' (it has: crash)"), "{stderr}");
     let run = cleave(&[
         "load",
         "--campaign",
-        campaign.to_str().unwrap(),
+        campaign,
+        "--stages",
+        "crash",
         "--out",
         out.to_str().unwrap(),
     ]);
