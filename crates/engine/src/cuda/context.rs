@@ -230,7 +230,7 @@ impl CudaBackend {
         if let Some(group) = self.group.as_mut() {
             group.0.synchronize("a context-parallel pass")?;
         }
-        read_logits(&stream, &self.scratch, uploaded.n_logits * vocab)
+        read_logits(&stream, &self.scratch, uploaded.n_logits * vocab, None)
     }
 }
 

@@ -555,10 +555,10 @@ impl CudaBackend {
         let batch = uploaded.batch(0);
         self.scratch
             .ensure(&stream, &self.config, &self.kernels, uploaded.n_tokens, batch.n_logits)?;
-        let vocab = self.config.vocab_size;
+        let (vocab, group_rank) = (self.config.vocab_size, self.group.as_ref().map(|g| g.0.rank()));
         let (model, kv, scratch) = self.pass_parts(true);
         run_pass(&model, kv, scratch, &batch, layer_done)?;
-        read_logits(&stream, scratch, batch.n_logits * vocab)
+        read_logits(&stream, scratch, batch.n_logits * vocab, group_rank)
     }
 }
 
@@ -570,20 +570,43 @@ fn all_reduce_rows(tp: Option<&NcclCommunicator>, x: &mut CudaSlice<f32>, n: usi
     }
 }
 
+/// How long a pass of a parallel group's rank may run before the group counts as failed: a member that stopped
+/// mid-pass leaves the others' collectives waiting for ever. (A lone GPU waits as long as its pass takes.)
+pub(super) const GROUP_PASS_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Waits for the work queued on `stream` by polling (yielding between queries), never in a blocking driver call:
 /// while one thread blocks in the driver, other threads' event queries wait for it — the threads reporting KV copies
-/// landed (CUDA IPC, NCCL links) would see them only when this wait ends.
-fn wait_polling(stream: &CudaStream) -> Result<(), CudaError> {
+/// landed (CUDA IPC, NCCL links) would see them only when this wait ends. Rank `group_rank` of a group gives up
+/// after [`GROUP_PASS_LIMIT`].
+fn wait_polling(stream: &CudaStream, group_rank: Option<usize>) -> Result<(), CudaError> {
     let done = stream.record_event(None)?;
+    let started = std::time::Instant::now();
     while !done.try_is_complete()? {
+        if let Some(rank) = group_rank
+            && started.elapsed() > GROUP_PASS_LIMIT
+        {
+            return Err(CudaError::Group(cleave_comm::CommError::Aborted {
+                rank,
+                cause: format!(
+                    "a forward pass did not finish in {} s (a member of the group stopped mid-pass)",
+                    GROUP_PASS_LIMIT.as_secs()
+                ),
+            }));
+        }
         std::thread::yield_now();
     }
     Ok(())
 }
 
-/// Copies the first `n` logits back to the host once the pass is done (waited for by polling).
-pub(super) fn read_logits(stream: &Arc<CudaStream>, scratch: &Scratch, n: usize) -> Result<Vec<f32>, CudaError> {
-    wait_polling(stream)?;
+/// Copies the first `n` logits back to the host once the pass is done (waited for by polling; bounded on rank
+/// `group_rank` of a group).
+pub(super) fn read_logits(
+    stream: &Arc<CudaStream>,
+    scratch: &Scratch,
+    n: usize,
+    group_rank: Option<usize>,
+) -> Result<Vec<f32>, CudaError> {
+    wait_polling(stream, group_rank)?;
     if n == 0 {
         return Ok(Vec::new());
     }

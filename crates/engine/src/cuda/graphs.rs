@@ -139,7 +139,8 @@ impl DecodeGraphs {
         }
         let (graph, _) = self.graphs.get(&bucket).ok_or(CudaError::NoDevice)?;
         graph.0.launch()?;
-        read_logits(stream, scratch, n * model.cfg.vocab_size).map(Some)
+        let group_rank = model.tp.map(|c| c.rank());
+        read_logits(stream, scratch, n * model.cfg.vocab_size, group_rank).map(Some)
     }
 }
 

@@ -70,6 +70,6 @@ impl CudaBackend {
         if !first || !self_lead {
             return Ok(Vec::new());
         }
-        read_logits(&stream, &self.scratch, rows * vocab)
+        read_logits(&stream, &self.scratch, rows * vocab, None)
     }
 }
