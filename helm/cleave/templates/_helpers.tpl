@@ -123,9 +123,20 @@ decode: decode
 {{- fail (printf "planner.%s.min (%d) is above planner.%s.max (%d)" $phase (int $b.min) $phase (int $b.max)) -}}
 {{- end -}}
 {{- $p := index $.Values.workers $phase -}}
-{{- $tp := int $p.parallel.tensor -}}
-{{- if and (gt (int $p.gpus) 0) (lt (int $p.gpus) $tp) -}}
-{{- fail (printf "workers.%s.gpus (%d) is below workers.%s.parallel.tensor (%d)" $phase (int $p.gpus) $phase $tp) -}}
+{{- $ranks := include "cleave.poolRanks" (dict "root" $ "settings" $phase) | int -}}
+{{- if and (gt (int $p.gpus) 0) (lt (int $p.gpus) $ranks) -}}
+{{- fail (printf "workers.%s.gpus (%d) is below the %d ranks of workers.%s.parallel" $phase (int $p.gpus) $ranks $phase) -}}
+{{- end -}}
+{{- $kinds := 0 -}}
+{{- range $kind := list "tensor" "pipeline" "expert" "context" -}}
+{{- if gt (int (index $p.parallel $kind | default 1)) 1 -}}{{- $kinds = add1 $kinds -}}{{- end -}}
+{{- end -}}
+{{- $tensorPipeline := and (gt (int $p.parallel.tensor) 1) (gt (int ($p.parallel.pipeline | default 1)) 1) (eq $kinds 2) -}}
+{{- if and (gt $kinds 1) (not $tensorPipeline) -}}
+{{- fail (printf "workers.%s.parallel: only tensor with pipeline combine (one kind per pool otherwise)" $phase) -}}
+{{- end -}}
+{{- if and (eq $phase "prefill") (gt (int ($p.parallel.pipeline | default 1)) 1) -}}
+{{- fail "workers.prefill.parallel.pipeline: a prefill pool cannot be pipeline-parallel (its KV ships layer by layer from every stage)" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -136,13 +147,23 @@ decode: decode
 {{- default .root.Values.device $p.device -}}
 {{- end -}}
 
-{{/* A pool's GPUs per pod: workers.<pool>.gpus, else parallel.tensor on a cuda device, else 0. */}}
+{{/* The ranks of a pool's parallel group: the product of its parallel kinds (1 when none). */}}
+{{- define "cleave.poolRanks" -}}
+{{- $p := index .root.Values.workers .settings -}}
+{{- $ranks := 1 -}}
+{{- range $kind := list "tensor" "pipeline" "expert" "context" -}}
+{{- $ranks = mul $ranks (int (index $p.parallel $kind | default 1)) -}}
+{{- end -}}
+{{- $ranks -}}
+{{- end -}}
+
+{{/* A pool's GPUs per pod: workers.<pool>.gpus, else one per rank of its group on a cuda device, else 0. */}}
 {{- define "cleave.poolGpus" -}}
 {{- $p := index .root.Values.workers .settings -}}
 {{- if gt (int $p.gpus) 0 -}}
 {{- $p.gpus -}}
 {{- else if regexMatch "^(cuda|gpu)" (include "cleave.poolDevice" .) -}}
-{{- $p.parallel.tensor -}}
+{{- include "cleave.poolRanks" . -}}
 {{- else -}}
 0
 {{- end -}}
