@@ -25,9 +25,10 @@ pub fn spawn_cleave_with_env(args: &[&str], env: &[(&str, &str)]) -> ChildGuard 
     )
 }
 
-/// Polls `ok` every 100 ms until it holds; fails the test after 30 s.
+/// Polls `ok` every 100 ms until it holds; fails the test after 60 s (a worker starting while the other process
+/// tests load a 2-core machine has taken over 30 s to register).
 pub async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !ok().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
