@@ -238,6 +238,13 @@ impl ModelConfig {
         self.n_layers * per_layer + self.vocab_size * self.hidden + head + self.hidden
     }
 
+    /// Parameters a batch-1 decode step leaves unread: the experts a token is not routed to (every layer's
+    /// `n_experts − n_experts_used` of them; none in a dense model).
+    pub fn unrouted_expert_params(&self) -> usize {
+        let unused = self.n_experts.saturating_sub(self.n_experts_used);
+        self.n_layers * unused * 3 * self.hidden * self.intermediate
+    }
+
     /// RoPE inverse frequencies for each of the `head_dim / 2` rotation pairs, with Llama-3 scaling applied.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let half = self.head_dim / 2;
@@ -299,4 +306,25 @@ struct HfRope {
     low_freq_factor: Option<f32>,
     high_freq_factor: Option<f32>,
     original_max_position_embeddings: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mixtral-8x7B's shape (the synthetic one) leaves 6 of 8 experts unread per token: 32 layers × 6 × 3 × 4096 × 14336 parameters,
+    /// i.e. a batch-1 step reads ~12.9 B of its ~46.7 B; a dense model leaves nothing.
+    #[test]
+    fn unrouted_experts_are_what_a_batch_1_step_skips() {
+        let mixtral = crate::cuda::synthetic_config("mixtral-8x7b").unwrap();
+        assert_eq!(mixtral.unrouted_expert_params(), 32 * 6 * 3 * 4096 * 14_336);
+        let active = mixtral.n_params() - mixtral.unrouted_expert_params();
+        assert!((12.5e9..13.5e9).contains(&(active as f64)), "{active}");
+        let dense = ModelConfig {
+            n_experts: 0,
+            n_experts_used: 0,
+            ..mixtral
+        };
+        assert_eq!(dense.unrouted_expert_params(), 0);
+    }
 }
