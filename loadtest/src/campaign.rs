@@ -346,24 +346,21 @@ output = { dist = "fixed", value = 8 }
 [[processes]]
 name = "p"
 command = ["true"]
-[[stages]]
-name = "a"
-workload = "w"
-arrival = { kind = "concurrency", concurrency = 1 }
-requests = 1
-duration_s = 1
-[[stages]]
-name = "b"
-workload = "w"
-arrival = { kind = "concurrency", concurrency = 1 }
-requests = 1
-duration_s = 1
 [[faults]]
 stage = "a"
 at_s = 1.0
 process = "p"
 "#;
-        let mut campaign: Campaign = toml::from_str(text).unwrap();
+        let stages: String = ["a", "b"]
+            .iter()
+            .map(|name| {
+                format!(
+                    "[[stages]]\nname = \"{name}\"\nworkload = \"w\"\nrequests = 1\nduration_s = 1\n\
+                     arrival = {{ kind = \"concurrency\", concurrency = 1 }}\n"
+                )
+            })
+            .collect();
+        let mut campaign: Campaign = toml::from_str(&format!("{text}{stages}")).unwrap();
         campaign.validate().unwrap();
         let refused = campaign.keep_stages(&["c".to_owned()]).unwrap_err().to_string();
         assert!(refused.contains("no stage 'c' (it has: a, b)"), "{refused}");

@@ -754,3 +754,20 @@ fn moe_ep_benchmark() {
         );
     }
 }
+
+/// The tiny Mixtral under tensor parallelism on two GPU ranks — every expert split by width, like the attention and
+/// dense MLPs — against one GPU (see `group_in_processes_matches_one_gpu`).
+#[test]
+fn a_gpu_tensor_parallel_mixture_of_experts_matches_one_gpu() {
+    use cleave_engine::device::GpuPart;
+    if skip(1) {
+        return;
+    }
+    group_in_processes_matches_one_gpu(
+        "a_gpu_tensor_parallel_mixture_of_experts_matches_one_gpu",
+        "tiny-mixtral",
+        2,
+        |rank| GpuPart::Tensor(TpRank { rank, world: 2 }),
+        |_, _| {},
+    );
+}

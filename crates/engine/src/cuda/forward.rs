@@ -546,12 +546,12 @@ impl CudaBackend {
         if self.context.is_some() {
             return self.forward_context(chunks, layer_done);
         }
+        if chunks.iter().all(|c| c.tokens.is_empty()) {
+            return Ok(Vec::new());
+        }
         let stream = self.stream.clone();
         stream.context().bind_to_thread()?;
         let uploaded = DeviceBatch::upload(&stream, &self.config, self.kv.shape().block_size, chunks)?;
-        if uploaded.n_tokens == 0 {
-            return Ok(Vec::new());
-        }
         let batch = uploaded.batch(0);
         self.scratch
             .ensure(&stream, &self.config, &self.kernels, uploaded.n_tokens, batch.n_logits)?;
